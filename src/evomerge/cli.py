@@ -1,0 +1,101 @@
+"""The ``evomerge`` command line: a thin shell over the library."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from . import __version__
+from .errors import EvomergeError
+
+app = typer.Typer(help="Evolutionary merging of LLMs.", no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"evomerge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+
+
+def _fail(err: EvomergeError) -> typer.Exit:
+    console.print(f"[red]error:[/red] {err}")
+    return typer.Exit(code=2)
+
+
+@app.command("demo-models")
+def demo_models(
+    out: Annotated[
+        Path | None, typer.Option(help="Where to build. Default: $EVOMERGE_DEMO_DIR or ~/.cache/evomerge/demo-<v>.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a built family is there.")] = False,
+) -> None:
+    """Build the demo model family (a tiny base and specialists), or find it in the cache."""
+    from .demo import build_demo_family, is_built, read_manifest
+    from .demo.family import default_family_dir
+
+    target = out or default_family_dir()
+    if not is_built(target) or force:
+        console.print(f"building the demo family in {target} (about 5 minutes on 2 CPU cores)...")
+    try:
+        path = build_demo_family(target, force=force)
+    except EvomergeError as err:
+        raise _fail(err) from err
+    manifest = read_manifest(path)
+    console.print(f"demo family: {path}")
+    console.print(f"models: {', '.join(manifest['models'])}; target task: {manifest['target_task']}")
+    console.print(f"built in {manifest['build_seconds']['total']:.0f}s with torch {manifest['torch']}")
+
+
+@app.command()
+def demo(
+    family: Annotated[Path | None, typer.Option(help="A built demo family (built if absent).")] = None,
+    split: Annotated[str, typer.Option(help="Which split to score: search or test.")] = "test",
+) -> None:
+    """Build the demo family if absent, score every model and merge, and show what merging buys."""
+    from .demo import build_demo_family, score_family
+    from .demo.family import default_family_dir
+
+    target = family or default_family_dir()
+    console.print(f"demo family: {target}")
+    try:
+        path = build_demo_family(target)
+        rows = score_family(path, split)
+    except EvomergeError as err:
+        raise _fail(err) from err
+    skills = [k for k in rows[0].scores if k != "average"]
+    table = Table(title=f"exact match (%) on the held-out {split} split")
+    for col in ["model", *skills, "average", "how"]:
+        table.add_column(col, justify="left" if col in ("model", "how") else "right")
+    for row in rows:
+        cells = [f"{row.scores[s]:.1f}" for s in [*skills, "average"]]
+        table.add_row(row.name, *cells, row.detail or ("" if row.kind == "model" else row.kind))
+    console.print(table)
+    singles = [r for r in rows if r.kind == "model"]
+    best_single = max(singles, key=lambda r: r.scores["average"])
+    best_merge = max((r for r in rows if r.kind == "merge"), key=lambda r: r.scores["average"])
+    gain = best_merge.scores["average"] - best_single.scores["average"]
+    console.print(
+        f"best merge ({best_merge.name}: {best_merge.detail}) averages {best_merge.scores['average']:.1f}, "
+        f"{gain:+.1f} points over the best single model ({best_single.name}, {best_single.scores['average']:.1f})."
+    )

@@ -1,0 +1,272 @@
+"""Build (or find in the cache) the demo model family.
+
+The recipe is the one measured to make merging help: a base that has learned the easy
+half of every skill, then one specialist per skill, fine-tuned briefly at a low
+learning rate on that skill (with a little replay of the others, so a specialist
+gains without forgetting). Each specialist then beats the base on its own skill, and
+a merge that keeps every specialist's gain beats every single model on average.
+See ``skills`` for why the skills have this shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from ..errors import DemoFamilyError
+from ..evaluate import exact_match_scores
+from ..merge import task_arithmetic_into
+from .skills import SKILLS, Item, level, make_splits
+from .tokenizer import build_tokenizer
+from .train import Mixture, make_model, train
+
+log = logging.getLogger(__name__)
+
+#: Bump when anything that changes the built family changes; it keys the cache.
+BUILDER_VERSION = "1"
+MANIFEST = "manifest.json"
+TARGET_TASK = "mix"  # every skill at once: what a merge of the specialists is for
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Every knob of the build, recorded in the manifest so a family can be rebuilt."""
+
+    seed: int = 0
+    n_search: int = 300
+    n_test: int = 300
+    n_train: int = 10000  # per level (easy, hard)
+    hard_share: float = 0.6  # of the search and test splits
+    # Wide and shallow: at equal cost (~1.35M parameters, 0.16 s a step here), width left
+    # room for the specialists' task vectors to add up; 128-wide/4-layer models
+    # interfered in every merge tried.
+    hidden: int = 256
+    intermediate: int = 512
+    layers: int = 2
+    heads: int = 8
+    batch_size: int = 64
+    base_steps: int = 1000
+    base_lr: float = 2e-3
+    base_mix: tuple[tuple[str, float], ...] = (("text", 0.1), ("add", 0.4), ("greek", 0.25), ("cyrillic", 0.25))
+    specialist_steps: int = 300
+    specialist_lr: float = 2e-4
+    replay: float = 0.2  # share of the other skills' easy items while fine-tuning a specialist
+    grid: tuple[float, ...] = (0.5, 0.75, 1.0)
+    max_new_tokens: int = 24
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EVOMERGE_CACHE", Path.home() / ".cache" / "evomerge"))
+
+
+def default_family_dir() -> Path:
+    """``$EVOMERGE_DEMO_DIR``, else ``$EVOMERGE_CACHE/demo-<version>`` (``~/.cache/evomerge``)."""
+    env = os.environ.get("EVOMERGE_DEMO_DIR")
+    return Path(env) if env else cache_root() / f"demo-{BUILDER_VERSION}"
+
+
+def read_manifest(family_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(family_dir) / MANIFEST).read_text())
+
+
+def is_built(family_dir: Path) -> bool:
+    try:
+        return read_manifest(family_dir).get("builder_version") == BUILDER_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+def build_demo_family(out: Path | str | None = None, *, force: bool = False, spec: FamilySpec | None = None) -> Path:
+    """Return the directory of a built demo family, building it first if absent.
+
+    The build goes to a temporary sibling directory that is renamed into place at
+    the end, so an interrupted build never leaves a half family that looks finished.
+    """
+    target = Path(out) if out is not None else default_family_dir()
+    if not force and is_built(target):
+        return target
+    if target.exists() and any(target.iterdir()) and not (target / MANIFEST).exists():
+        raise DemoFamilyError(
+            f"{target} exists and holds something other than a demo family; refusing to overwrite it. "
+            "Choose another --out, or empty that directory."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _build(tmp, spec or FamilySpec())
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write_jsonl(path: Path, items: list[Item]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+
+
+def load_jsonl(path: Path | str) -> list[Item]:
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def score_skills(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: dict[str, list[Item]], max_new_tokens: int
+) -> dict[str, float]:
+    """Exact-match accuracy in percent per skill, plus their unweighted ``average``."""
+    scores = {}
+    for skill, items in data.items():
+        hits = exact_match_scores(model, tokenizer, items, max_new_tokens=max_new_tokens, batch_size=128)
+        scores[skill] = 100 * sum(hits) / len(hits)
+    scores["average"] = sum(scores.values()) / len(scores)
+    return {k: round(v, 2) for k, v in scores.items()}
+
+
+def _rel_norm(base: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:
+    num = sum(float((other[k] - base[k]).float().pow(2).sum()) for k in base)
+    den = sum(float(base[k].float().pow(2).sum()) for k in base)
+    return round((num / den) ** 0.5, 4)
+
+
+def _build(out: Path, spec: FamilySpec) -> None:
+    t_start = time.perf_counter()
+    tokenizer = build_tokenizer()
+    splits = {s: make_splits(s, spec.n_search, spec.n_test, spec.n_train, spec.seed, spec.hard_share) for s in SKILLS}
+    tasks = _write_tasks(out, splits)
+    easy = {s: level(splits[s]["train"], "easy") for s in SKILLS}
+    search = {s: splits[s]["search"] for s in SKILLS}
+    test = {s: splits[s]["test"] for s in SKILLS}
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    model = make_model(
+        tokenizer, spec.seed, hidden=spec.hidden, intermediate=spec.intermediate, layers=spec.layers, heads=spec.heads
+    )
+    train(
+        model,
+        Mixture(tokenizer, easy, dict(spec.base_mix), spec.seed),
+        spec.base_steps,
+        lr=spec.base_lr,
+        batch_size=spec.batch_size,
+        warmup=50,
+    )
+    timings["base"] = time.perf_counter() - t0
+    base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _save(model, tokenizer, out / "models" / "base")
+    log.info("base trained in %.0fs", timings["base"])
+
+    endpoints: list[dict[str, torch.Tensor]] = []
+    for i, skill in enumerate(SKILLS):
+        t0 = time.perf_counter()
+        model.load_state_dict(base_state)
+        others = [o for o in SKILLS if o != skill]
+        items = {skill: splits[skill]["train"], **{o: easy[o] for o in others}}
+        weights = {skill: 1.0 - spec.replay, **{o: spec.replay / len(others) for o in others}}
+        train(
+            model,
+            Mixture(tokenizer, items, weights, spec.seed + 1 + i),
+            spec.specialist_steps,
+            lr=spec.specialist_lr,
+            batch_size=spec.batch_size,
+        )
+        timings[skill] = time.perf_counter() - t0
+        endpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        _save(model, tokenizer, out / "models" / skill)
+        log.info("specialist %s trained in %.0fs", skill, timings[skill])
+
+    def scores() -> dict[str, dict[str, float]]:
+        return {
+            "search": score_skills(model, tokenizer, search, spec.max_new_tokens),
+            "test": score_skills(model, tokenizer, test, spec.max_new_tokens),
+        }
+
+    models_info: dict[str, Any] = {}
+    for name, state in [("base", base_state), *zip(SKILLS, endpoints, strict=True)]:
+        model.load_state_dict(state)
+        models_info[name] = {
+            "path": f"models/{name}",
+            "params": sum(p.numel() for p in model.parameters()),
+            "scores": scores(),
+        }
+        if name != "base":
+            models_info[name]["task_vector_rel_norm"] = _rel_norm(base_state, state)
+
+    # The weight grid is searched on `search`; only the winner is scored on `test`.
+    t0 = time.perf_counter()
+    grid = []
+    for weights in itertools.product(spec.grid, repeat=len(endpoints)):
+        task_arithmetic_into(model, base_state, endpoints, weights)
+        grid.append((score_skills(model, tokenizer, search, spec.max_new_tokens)["average"], weights))
+    best_weights = max(grid, key=lambda g: g[0])[1]
+    timings["grid"] = time.perf_counter() - t0
+
+    merges: dict[str, Any] = {}
+    uniform = [1.0 / len(endpoints)] * len(endpoints)
+    for name, weights in [("uniform_task_arithmetic", uniform), ("best_task_arithmetic", list(best_weights))]:
+        task_arithmetic_into(model, base_state, endpoints, weights)
+        merges[name] = {
+            "method": "task_arithmetic",
+            "base": "base",
+            "weights": dict(zip(SKILLS, weights, strict=True)),
+            "scores": scores(),
+        }
+    merges["best_task_arithmetic"]["found_on"] = f"search split, grid {list(spec.grid)} per specialist"
+
+    timings["total"] = time.perf_counter() - t_start
+    manifest = {
+        "builder_version": BUILDER_VERSION,
+        "spec": asdict(spec),
+        "torch": torch.__version__,
+        "skills": list(SKILLS),
+        "target_task": TARGET_TASK,
+        "tasks": tasks,
+        "models": models_info,
+        "merges": merges,
+        "build_seconds": {k: round(v, 1) for k, v in timings.items()},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+
+def _write_tasks(out: Path, splits: dict[str, dict[str, list[Item]]]) -> dict[str, dict[str, str]]:
+    """Write every split as JSONL, plus the target task (all skills at once); return the paths."""
+    files = {(skill, split): items for skill, parts in splits.items() for split, items in parts.items()}
+    for split in ("search", "test"):
+        files[(TARGET_TASK, split)] = [item for parts in splits.values() for item in parts[split]]
+    tasks: dict[str, dict[str, str]] = {}
+    for (task, split), items in files.items():
+        rel = f"data/{task}/{split}.jsonl"
+        _write_jsonl(out / rel, items)
+        tasks.setdefault(task, {})[split] = rel
+    return tasks
+
+
+def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    # A one-shard progress bar per save is noise in the build's output.
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+    finally:
+        hf_logging.enable_progress_bar()
+    tokenizer.save_pretrained(path)
+
+
+def load_member(family_dir: Path | str, name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load one model of a built family with the ordinary Auto classes."""
+    path = Path(family_dir) / "models" / name
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,51 @@
+"""Score a built demo family from its saved checkpoints: every model, and the merges
+its manifest records, re-merged in memory. What ``evomerge demo`` shows and what the
+tests assert, so the two cannot disagree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import DemoFamilyError
+from ..merge import task_arithmetic_into
+from .family import is_built, load_jsonl, load_member, read_manifest, score_skills
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str  # "model" or "merge"
+    scores: dict[str, float]  # per skill and "average", in percent
+    detail: str = ""
+
+
+def score_family(family_dir: Path | str, split: str = "test") -> list[Row]:
+    family_dir = Path(family_dir)
+    if not is_built(family_dir):
+        raise DemoFamilyError(
+            f"no demo family at {family_dir}: build it with `evomerge demo-models --out {family_dir}`"
+        )
+    manifest = read_manifest(family_dir)
+    max_new = manifest["spec"]["max_new_tokens"]
+    data = {s: load_jsonl(family_dir / manifest["tasks"][s][split]) for s in manifest["skills"]}
+
+    rows, states = [], {}
+    model = tokenizer = None
+    for name in manifest["models"]:
+        model, tokenizer = load_member(family_dir, name)
+        states[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        rows.append(Row(name, "model", score_skills(model, tokenizer, data, max_new)))
+    assert model is not None and tokenizer is not None
+
+    with torch.no_grad():
+        for name, merge in manifest["merges"].items():
+            endpoints = list(merge["weights"])
+            task_arithmetic_into(
+                model, states[merge["base"]], [states[e] for e in endpoints], list(merge["weights"].values())
+            )
+            detail = ", ".join(f"{e}={w:g}" for e, w in merge["weights"].items())
+            rows.append(Row(name, "merge", score_skills(model, tokenizer, data, max_new), detail))
+    return rows

@@ -30,7 +30,7 @@ def test_demo_models_on_a_built_family_is_instant(demo_family: Path):
 def test_demo_prints_the_table_and_the_gain(demo_family: Path):
     out = run("demo", "--family", str(demo_family))
     assert out.returncode == 0, out.stderr
-    for word in ("base", "add", "greek", "cyrillic", "best_task_arithmetic", "uniform_task_arithmetic"):
+    for word in ("base", "add", "greek", "cyrillic", "best_merge", "uniform_merge"):
         assert word in out.stdout
     assert "over the best single model" in out.stdout
 

@@ -56,13 +56,13 @@ def test_each_specialist_beats_the_base_on_its_skill_by_30_points(test_rows, dem
 
 def test_a_merge_found_on_search_beats_every_single_model_by_10_points(test_rows):
     best_single = max(r.scores["average"] for r in test_rows.values() if r.kind == "model")
-    merged = test_rows["best_task_arithmetic"].scores["average"]
+    merged = test_rows["best_merge"].scores["average"]
     assert merged >= best_single + 10, f"merge {merged:.1f} vs best single model {best_single:.1f}"
 
 
 def test_the_default_uniform_merge_leaves_room_for_search(test_rows):
-    uniform = test_rows["uniform_task_arithmetic"].scores["average"]
-    best = test_rows["best_task_arithmetic"].scores["average"]
+    uniform = test_rows["uniform_merge"].scores["average"]
+    best = test_rows["best_merge"].scores["average"]
     assert uniform <= best - 5, f"uniform {uniform:.1f} vs best {best:.1f}: nothing left to search for"
 
 
@@ -86,7 +86,7 @@ def test_tiny_build_is_deterministic_and_atomic(tmp_path: Path):
         n_test=10,
         n_train=300,
         batch_size=8,
-        base_phases=((6, (("text", 0.5), ("add", 0.5))),),
+        base_steps=6,
         specialist_steps=3,
         grid=(0.5, 1.0),
     )

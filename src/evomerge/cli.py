@@ -56,7 +56,7 @@ def demo_models(
 
     target = out or default_family_dir()
     if not is_built(target) or force:
-        console.print(f"building the demo family in {target} (about 5 minutes on 2 CPU cores)...")
+        console.print(f"building the demo family in {target} (about 8 minutes on 2 CPU cores)...")
     try:
         path = build_demo_family(target, force=force)
     except EvomergeError as err:
@@ -96,6 +96,6 @@ def demo(
     best_merge = max((r for r in rows if r.kind == "merge"), key=lambda r: r.scores["average"])
     gain = best_merge.scores["average"] - best_single.scores["average"]
     console.print(
-        f"best merge ({best_merge.name}: {best_merge.detail}) averages {best_merge.scores['average']:.1f}, "
+        f"{best_merge.name} ({best_merge.detail}) averages {best_merge.scores['average']:.1f}, "
         f"{gain:+.1f} points over the best single model ({best_single.name}, {best_single.scores['average']:.1f})."
     )

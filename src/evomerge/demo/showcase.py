@@ -46,6 +46,6 @@ def score_family(family_dir: Path | str, split: str = "test") -> list[Row]:
             task_arithmetic_into(
                 model, states[merge["base"]], [states[e] for e in endpoints], list(merge["weights"].values())
             )
-            detail = ", ".join(f"{e}={w:g}" for e, w in merge["weights"].items())
+            detail = merge["method"] + " " + ", ".join(f"{e}={w:.2g}" for e, w in merge["weights"].items())
             rows.append(Row(name, "merge", score_skills(model, tokenizer, data, max_new), detail))
     return rows

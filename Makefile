@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/evomerge demo
+	$(VENV)/bin/evomerge -v demo
 
 demo-models: setup
 	$(VENV)/bin/evomerge demo-models

@@ -32,10 +32,15 @@ def main(
     ] = None,
 ) -> None:
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
+    logging.getLogger("evomerge").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _announce_build(target: Path) -> None:
+    console.print(f"building the demo family in {target}: about 7 minutes on 2 CPU cores, once (add -v for progress)")
 
 
 def _fail(err: EvomergeError) -> typer.Exit:
@@ -56,7 +61,7 @@ def demo_models(
 
     target = out or default_family_dir()
     if not is_built(target) or force:
-        console.print(f"building the demo family in {target} (about 8 minutes on 2 CPU cores)...")
+        _announce_build(target)
     try:
         path = build_demo_family(target, force=force)
     except EvomergeError as err:
@@ -73,11 +78,13 @@ def demo(
     split: Annotated[str, typer.Option(help="Which split to score: search or test.")] = "test",
 ) -> None:
     """Build the demo family if absent, score every model and merge, and show what merging buys."""
-    from .demo import build_demo_family, score_family
+    from .demo import build_demo_family, is_built, score_family
     from .demo.family import default_family_dir
 
     target = family or default_family_dir()
     console.print(f"demo family: {target}")
+    if not is_built(target):
+        _announce_build(target)
     try:
         path = build_demo_family(target)
         rows = score_family(path, split)

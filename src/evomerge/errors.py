@@ -7,3 +7,11 @@ class EvomergeError(Exception):
 
 class DemoFamilyError(EvomergeError):
     """The demo family is missing, stale or broken."""
+
+
+class CheckpointError(EvomergeError):
+    """A checkpoint cannot be found or read, or may not be read without an opt-in."""
+
+
+class IncompatibleModelsError(EvomergeError):
+    """The models of a pool cannot be merged with each other."""

@@ -1,0 +1,119 @@
+"""One checkpoint on disk, read lazily.
+
+``.safetensors`` files are memory-mapped, so opening a 7B checkpoint costs no RAM
+until a tensor is asked for. Pickled ``.bin`` files can execute code when loaded, so
+they are read only when the caller opts in with ``allow_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from ..errors import CheckpointError
+
+_HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+
+
+def resolve(name_or_path: str | Path, *, revision: str | None = None) -> Path:
+    """A local directory as is; anything else is taken for a hub id and downloaded (cached)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+        raise CheckpointError(f"{name_or_path}: not a checkpoint directory (expected a folder with config.json)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=_HUB_FILES))
+    except Exception as err:  # the hub client raises many types; all mean "could not get it"
+        raise CheckpointError(
+            f"{name_or_path}: no such local directory, and it could not be fetched from the Hugging Face hub ({err})"
+        ) from err
+
+
+class Checkpoint:
+    """A model's config and tensors, by name, without loading them all."""
+
+    def __init__(self, name: str, path: Path, *, allow_pickle: bool = False) -> None:
+        self.name = name
+        self.path = path
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{name}: {path} has no config.json; is it a Hugging Face model directory?")
+        self.config: dict[str, Any] = json.loads((path / "config.json").read_text())
+        self._handles: dict[Path, Any] = {}
+        self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
+        self._files = self._index(allow_pickle)
+
+    @classmethod
+    def open(cls, name_or_path: str | Path, *, allow_pickle: bool = False, revision: str | None = None) -> Checkpoint:
+        return cls(str(name_or_path), resolve(name_or_path, revision=revision), allow_pickle=allow_pickle)
+
+    def _index(self, allow_pickle: bool) -> dict[str, Path]:
+        """Map every tensor name to the file that holds it."""
+        index = self.path / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return {name: self.path / file for name, file in weight_map.items()}
+        shards = sorted(self.path.glob("*.safetensors"))
+        if shards:
+            files: dict[str, Path] = {}
+            for shard in shards:
+                with safe_open(shard, framework="pt") as f:
+                    files.update(dict.fromkeys(f.keys(), shard))
+            return files
+        pickled = sorted(self.path.glob("*.bin")) + sorted(self.path.glob("*.pt"))
+        if not pickled:
+            raise CheckpointError(f"{self.name}: no .safetensors or .bin weights in {self.path}")
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{self.name}: only pickled weights ({pickled[0].name}); loading them can run arbitrary code. "
+                "Convert the model to .safetensors, or opt in with allow_pickle=True (--allow-pickle) "
+                "if you trust its source."
+            )
+        files = {}
+        for file in pickled:
+            self._pickled_file(file, files)
+        return files
+
+    def _pickled_file(self, file: Path, files: dict[str, Path] | None = None) -> dict[str, torch.Tensor]:
+        if file not in self._pickled:
+            self._pickled[file] = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        if files is not None:
+            files.update(dict.fromkeys(self._pickled[file], file))
+        return self._pickled[file]
+
+    @cached_property
+    def tensor_names(self) -> list[str]:
+        return sorted(self._files)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        file = self._file(name)
+        if file.suffix != ".safetensors":
+            return tuple(self._pickled_file(file)[name].shape)
+        return tuple(self._handle(file).get_slice(name).get_shape())
+
+    def tensor(self, name: str) -> torch.Tensor:
+        file = self._file(name)
+        if file.suffix != ".safetensors":
+            return self._pickled_file(file)[name]
+        return self._handle(file).get_tensor(name)
+
+    def _file(self, name: str) -> Path:
+        try:
+            return self._files[name]
+        except KeyError:
+            raise CheckpointError(f"{self.name}: no tensor named {name!r}") from None
+
+    def _handle(self, file: Path) -> Any:
+        if file not in self._handles:
+            self._handles[file] = safe_open(file, framework="pt")
+        return self._handles[file]
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.name!r}, {len(self._files)} tensors)"

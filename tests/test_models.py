@@ -75,23 +75,21 @@ def test_a_missing_tensor_is_named(members, tmp_path):
         ModelPool.open(members["base"], [broken])
 
 
-def test_a_shape_mismatch_is_named(members, tmp_path):
-    def widen(t):
-        t["model.layers.0.mlp.up_proj.weight"] = torch.zeros(600, 256)
-        return t
-
-    broken = variant(members["add"], tmp_path / "add", edit=widen)
-    with pytest.raises(IncompatibleModelsError, match=r"model.layers.0.mlp.up_proj.weight: shape \(600, 256\)"):
-        ModelPool.open(members["base"], [broken])
+def _replaced(name: str, shape: tuple[int, ...]):
+    return lambda tensors: {**tensors, name: torch.zeros(shape)}
 
 
-def test_different_vocabularies_are_explained(members, tmp_path):
-    def grow(t):
-        t["model.embed_tokens.weight"] = torch.zeros(110, 256)
-        return t
-
-    broken = variant(members["add"], tmp_path / "add", edit=grow)
-    with pytest.raises(IncompatibleModelsError, match="vocabulary sizes differ"):
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_replaced("model.layers.0.mlp.up_proj.weight", (600, 256)), r"up_proj.weight: shape \(600, 256\) in .*add"),
+        (_replaced("model.embed_tokens.weight", (110, 256)), r"vocabulary sizes differ .*103.* 110"),
+    ],
+    ids=["shape", "vocab"],
+)
+def test_a_shape_mismatch_is_named(members, tmp_path, edit, message):
+    broken = variant(members["add"], tmp_path / "add", edit=edit)
+    with pytest.raises(IncompatibleModelsError, match=message):
         ModelPool.open(members["base"], [broken])
 
 

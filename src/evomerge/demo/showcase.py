@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import DemoFamilyError
 from ..merge import task_arithmetic_into
 from .family import is_built, load_jsonl, load_member, read_manifest, score_skills
@@ -40,12 +38,9 @@ def score_family(family_dir: Path | str, split: str = "test") -> list[Row]:
         rows.append(Row(name, "model", score_skills(model, tokenizer, data, max_new)))
     assert model is not None and tokenizer is not None
 
-    with torch.no_grad():
-        for name, merge in manifest["merges"].items():
-            endpoints = list(merge["weights"])
-            task_arithmetic_into(
-                model, states[merge["base"]], [states[e] for e in endpoints], list(merge["weights"].values())
-            )
-            detail = merge["method"] + " " + ", ".join(f"{e}={w:.2g}" for e, w in merge["weights"].items())
-            rows.append(Row(name, "merge", score_skills(model, tokenizer, data, max_new), detail))
+    for name, merge in manifest["merges"].items():
+        weights = merge["weights"]
+        task_arithmetic_into(model, states[merge["base"]], [states[e] for e in weights], list(weights.values()))
+        detail = merge["method"] + " " + ", ".join(f"{e}={w:.2g}" for e, w in weights.items())
+        rows.append(Row(name, "merge", score_skills(model, tokenizer, data, max_new), detail))
     return rows

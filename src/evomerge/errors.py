@@ -15,3 +15,7 @@ class CheckpointError(EvomergeError):
 
 class IncompatibleModelsError(EvomergeError):
     """The models of a pool cannot be merged with each other."""
+
+
+class MergeConfigError(EvomergeError):
+    """A merge method or one of its parameters is unknown or out of range."""

@@ -88,5 +88,5 @@ def ties(
     kept = []
     for delta, rank, density in zip(deltas, ranks, densities, strict=True):
         masked = delta * rank.top_mask(density)
-        kept.append(rescale_l1(delta, masked, float(delta.abs().sum())) if rescale and density < 1 else masked)
+        kept.append(rescale_l1(delta, masked, rank.l1) if rescale and density < 1 else masked)
     return generalized_task_arithmetic(base, kept, weights, consensus=True, normalize=normalize, lambda_=lambda_)

@@ -25,6 +25,7 @@ class MagnitudeRanks:
         order = torch.argsort(_magnitudes(delta), descending=True)
         self.shape = delta.shape
         self.numel = delta.numel()
+        self.l1 = float(delta.abs().sum())  # what a rescaled (DARE-style) mask must restore
         self.rank = torch.empty(self.numel, dtype=torch.int32, device=delta.device)
         self.rank[order] = torch.arange(self.numel, dtype=torch.int32, device=delta.device)
 

@@ -53,3 +53,4 @@ def test_top_mask_keeps_the_density_and_the_largest_entries():
         assert int(mask.sum()) == max(1, int(density * delta.numel()))
         assert delta.abs()[mask].min() >= delta.abs()[~mask].max()
     assert ranks.top_mask(1.0).all()
+    assert not ranks.top_mask(0.0).any()  # mergekit zeroes the task vector at density 0

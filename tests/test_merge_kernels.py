@@ -26,6 +26,17 @@ def test_task_arithmetic_matches_mergekit(tensors, normalize):
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+def test_task_arithmetic_with_weights_summing_to_zero_matches_mergekit(tensors):
+    """normalize=True divides by the weight sum; mergekit guards a zero sum, and so must we."""
+    base, ends = tensors
+    weights = [0.5, -0.5, 0.0]
+    params = {"weight": weights, "normalize": True}
+    ref = merge_tensors([base, *ends], "task_arithmetic", base_index=0, parameters=params)
+    ours = task_arithmetic(base, ends, weights, normalize=True)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_linear_matches_mergekit(tensors):
     _, ends = tensors
     weights = [0.2, 0.3, 0.9]

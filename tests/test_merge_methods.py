@@ -74,6 +74,9 @@ def test_unknown_names_list_the_valid_ones_with_a_suggestion():
         ({"density": 0.5}, "needs parameter 'weight'"),
         ({"weight": [1.0, 2.0]}, r"one value or one per endpoint \(3\)"),
         ({"weight": 1.0, "lambda": [1.0, 2.0, 3.0]}, "shared by all models"),
+        ({"weight": 1.0, "density": "half"}, r"ties.density takes a float, got 'half'"),
+        ({"weight": 1.0, "normalize": "yes"}, r"ties.normalize takes a bool, got 'yes'"),
+        ({"weight": [1.0, True, 0.5]}, r"ties.weight takes a float, got True"),
     ],
 )
 def test_bad_parameters_are_refused(params, message):
@@ -85,3 +88,9 @@ def test_defaults_are_filled_in():
     resolved = resolve_params(get_method("dare_ties"), {"weight": 0.5}, n_endpoints=2)
     assert resolved == {"int8_mask": False, "normalize": False, "rescale": True, "lambda": 1.0,
                         "weight": 0.5, "density": 1.0}  # fmt: skip
+
+
+def test_the_registry_cannot_be_changed_by_a_caller():
+    with pytest.raises(TypeError):
+        methods()["ties"] = methods()["linear"]  # type: ignore[index]
+    assert get_method("ties").name == "ties"

@@ -31,13 +31,12 @@ def task_arithmetic(
     lambda_: float = 1.0,
 ) -> torch.Tensor:
     """``base + lambda * sum_i w_i (theta_i - base)`` (Ilharco et al. 2023, "Editing models
-    with task arithmetic"). mergekit's default for task_arithmetic is ``normalize=False``."""
-    delta = torch.zeros_like(base, dtype=torch.float32)
-    for t, w in zip(tensors, weights, strict=True):
-        delta += w * (t.float() - base.float())
-    if normalize:
-        delta /= sum(weights)
-    return (base.float() + lambda_ * delta).to(base.dtype)
+    with task arithmetic"). mergekit's default for task_arithmetic is ``normalize=False``.
+    Computed in fp32 and cast back, so bf16 checkpoints lose no precision in the sum."""
+    base32 = base.float()
+    deltas = [t.float() - base32 for t in tensors]
+    merged = generalized_task_arithmetic(base32, deltas, weights, consensus=False, normalize=normalize, lambda_=lambda_)
+    return merged.to(base.dtype)
 
 
 def generalized_task_arithmetic(

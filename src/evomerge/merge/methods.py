@@ -13,6 +13,7 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
+from types import MappingProxyType
 from typing import Any, Literal
 
 from mergekit import merge_methods as mk
@@ -76,11 +77,11 @@ LAYER_SELECT = MethodSpec(
 
 
 @cache
-def methods() -> dict[str, MethodSpec]:
-    """Every method by name: mergekit's, then ours."""
+def methods() -> Mapping[str, MethodSpec]:
+    """Every method by name: mergekit's, then ours. Read-only: it is cached and shared."""
     found = {spec.name: spec for spec in map(_from_mergekit, mk.registered_methods())}
     found[LAYER_SELECT.name] = LAYER_SELECT
-    return dict(sorted(found.items()))
+    return MappingProxyType(dict(sorted(found.items())))
 
 
 def get_method(name: str) -> MethodSpec:
@@ -112,10 +113,24 @@ def resolve_params(method: MethodSpec, params: Mapping[str, Any], n_endpoints: i
             )
         if len(values) > 1 and not p.per_model:
             raise MergeConfigError(f"{method.name}.{p.name} is shared by all models: give a single value")
-        if p.name in _FRACTIONS and not all(0 < float(v) <= 1 for v in values):
+        for v in values:
+            _check_type(method, p, v)
+        if p.name in _FRACTIONS and not all(0 < v <= 1 for v in values):
             raise MergeConfigError(f"{method.name}.{p.name} must be in (0, 1], got {value!r}")
         resolved[p.name] = value
     return resolved
+
+
+def _check_type(method: MethodSpec, p: ParamSpec, value: Any) -> None:
+    """Numbers for float/int parameters (bool is no number here), bools for flags."""
+    if p.type is bool:
+        ok = isinstance(value, bool)
+    elif p.type in (float, int):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        return
+    if not ok:
+        raise MergeConfigError(f"{method.name}.{p.name} takes a {p.type.__name__}, got {value!r}")
 
 
 def _unknown(what: str, name: str, valid: list[str]) -> str:

@@ -33,6 +33,8 @@ class MagnitudeRanks:
         """The entries mergekit's ``magnitude(delta, density)`` keeps (at least one)."""
         if density >= 1:
             return torch.ones(self.shape, dtype=torch.bool, device=self.rank.device)
+        if density <= 0:  # mergekit zeroes the task vector
+            return torch.zeros(self.shape, dtype=torch.bool, device=self.rank.device)
         k = max(1, int(density * self.numel))
         return (self.rank < k).view(self.shape)
 

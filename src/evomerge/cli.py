@@ -106,3 +106,25 @@ def demo(
         f"{best_merge.name} ({best_merge.detail}) averages {best_merge.scores['average']:.1f}, "
         f"{gain:+.1f} points over the best single model ({best_single.name}, {best_single.scores['average']:.1f})."
     )
+
+
+@app.command()
+def merge(
+    config: Annotated[Path, typer.Argument(help="A mergekit YAML config (models, base_model, merge_method, ...).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the merged HF checkpoint.")],
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Also read pickled .bin checkpoints (they can run code; trusted sources only).")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Merge models once, as a mergekit config says, and save an HF checkpoint."""
+    from .merge import merge_config
+
+    if not config.exists():
+        raise _fail(EvomergeError(f"merge config {config} not found"))
+    try:
+        path = merge_config(config, out, force=force, allow_pickle=allow_pickle, device=device)
+    except EvomergeError as err:
+        raise _fail(err) from err
+    console.print(f"merged model written to {path}")

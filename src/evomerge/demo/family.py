@@ -29,7 +29,8 @@ from transformers.utils import logging as hf_logging
 
 from ..errors import DemoFamilyError
 from ..evaluate import exact_match_scores
-from ..merge import task_arithmetic_into
+from ..merge.engine import Merger
+from ..merge.recipe import ModelEntry, Recipe
 from .skills import SKILLS, Item, level, make_splits
 from .tokenizer import build_tokenizer
 from .train import Mixture, make_model, train
@@ -213,9 +214,10 @@ def _build(out: Path, spec: FamilySpec) -> None:
 
     # The weight grid is searched on `search`; only the winner is scored on `test`.
     t0 = time.perf_counter()
+    merger = Merger.for_recipe(task_arithmetic_recipe(out, dict.fromkeys(SKILLS, 1.0)))
     grid = []
     for weights in itertools.product(spec.grid, repeat=len(endpoints)):
-        task_arithmetic_into(model, base_state, endpoints, weights)
+        merger.merge_into(model, task_arithmetic_recipe(out, dict(zip(SKILLS, weights, strict=True))))
         grid.append((score_skills(model, tokenizer, search, spec.max_new_tokens)["average"], weights))
     best_weights = max(grid, key=lambda g: g[0])[1]
     timings["grid"] = time.perf_counter() - t0
@@ -223,7 +225,7 @@ def _build(out: Path, spec: FamilySpec) -> None:
     merges: dict[str, Any] = {}
     uniform = [1.0 / len(endpoints)] * len(endpoints)
     for name, weights in [("uniform_merge", uniform), ("best_merge", list(best_weights))]:
-        task_arithmetic_into(model, base_state, endpoints, weights)
+        merger.merge_into(model, task_arithmetic_recipe(out, dict(zip(SKILLS, weights, strict=True))))
         merges[name] = {
             "method": "task_arithmetic",
             "base": "base",
@@ -274,6 +276,16 @@ def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path
     with _quiet_hf():
         model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def task_arithmetic_recipe(family_dir: Path | str, weights: dict[str, float], base: str = "base") -> Recipe:
+    """The family's merges: task arithmetic over its saved checkpoints."""
+    models = Path(family_dir) / "models"
+    return Recipe(
+        "task_arithmetic",
+        tuple(ModelEntry(str(models / name), (("weight", float(w)),)) for name, w in weights.items()),
+        base_model=str(models / base),
+    )
 
 
 def load_member(family_dir: Path | str, name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DemoFamilyError
-from ..merge import task_arithmetic_into
-from .family import is_built, load_jsonl, load_member, read_manifest, score_skills
+from ..merge.engine import Merger
+from .family import is_built, load_jsonl, load_member, read_manifest, score_skills, task_arithmetic_recipe
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,17 @@ def score_family(family_dir: Path | str, split: str = "test") -> list[Row]:
     max_new = manifest["spec"]["max_new_tokens"]
     data = {s: load_jsonl(family_dir / manifest["tasks"][s][split]) for s in manifest["skills"]}
 
-    rows, states = [], {}
+    rows = []
     model = tokenizer = None
     for name in manifest["models"]:
         model, tokenizer = load_member(family_dir, name)
-        states[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         rows.append(Row(name, "model", score_skills(model, tokenizer, data, max_new)))
     assert model is not None and tokenizer is not None
 
     for name, merge in manifest["merges"].items():
         weights = merge["weights"]
-        task_arithmetic_into(model, states[merge["base"]], [states[e] for e in weights], list(weights.values()))
+        recipe = task_arithmetic_recipe(family_dir, weights, base=merge["base"])
+        Merger.for_recipe(recipe).merge_into(model, recipe)
         detail = merge["method"] + " " + ", ".join(f"{e}={w:.2g}" for e, w in weights.items())
         rows.append(Row(name, "merge", score_skills(model, tokenizer, data, max_new), detail))
     return rows

@@ -1,16 +1,8 @@
-"""Merge methods as pure tensor functions (mergekit semantics), applied in memory."""
+"""Merging: the method registry, recipes, and the in-memory engine (mergekit semantics)."""
 
-from .inplace import task_arithmetic_into
-from .kernels import linear, task_arithmetic
-from .methods import MethodSpec, ParamSpec, get_method, methods, resolve_params
+from .engine import Merger
+from .methods import MethodSpec, ParamSpec, get_method, methods
+from .recipe import ModelEntry, Recipe
+from .run import merge_config
 
-__all__ = [
-    "MethodSpec",
-    "ParamSpec",
-    "get_method",
-    "linear",
-    "methods",
-    "resolve_params",
-    "task_arithmetic",
-    "task_arithmetic_into",
-]
+__all__ = ["Merger", "MethodSpec", "ModelEntry", "ParamSpec", "Recipe", "get_method", "merge_config", "methods"]

@@ -114,15 +114,14 @@ def resolve_params(method: MethodSpec, params: Mapping[str, Any], n_endpoints: i
         if len(values) > 1 and not p.per_model:
             raise MergeConfigError(f"{method.name}.{p.name} is shared by all models: give a single value")
         for v in values:
-            _check_type(method, p, v)
-        if p.name in _FRACTIONS and not all(0 < v <= 1 for v in values):
-            raise MergeConfigError(f"{method.name}.{p.name} must be in (0, 1], got {value!r}")
+            check_value(method, p, v)
         resolved[p.name] = value
     return resolved
 
 
-def _check_type(method: MethodSpec, p: ParamSpec, value: Any) -> None:
-    """Numbers for float/int parameters (bool is no number here), bools for flags."""
+def check_value(method: MethodSpec, p: ParamSpec, value: Any) -> None:
+    """Numbers for float/int parameters (bool is no number here), bools for flags, and
+    fractions of a task vector in (0, 1]."""
     if p.type is bool:
         ok = isinstance(value, bool)
     elif p.type in (float, int):
@@ -131,6 +130,8 @@ def _check_type(method: MethodSpec, p: ParamSpec, value: Any) -> None:
         return
     if not ok:
         raise MergeConfigError(f"{method.name}.{p.name} takes a {p.type.__name__}, got {value!r}")
+    if p.name in _FRACTIONS and not 0 < value <= 1:
+        raise MergeConfigError(f"{method.name}.{p.name} must be in (0, 1], got {value!r}")
 
 
 def _unknown(what: str, name: str, valid: list[str]) -> str:

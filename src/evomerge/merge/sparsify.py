@@ -1,16 +1,29 @@
-"""Magnitude sparsification with the sort done once per run.
+"""Sparsification with the expensive part done once per run.
 
 mergekit's TIES keeps ``argsort(|delta|, descending)[:k]`` of each task vector, which
 costs a full sort per tensor per candidate (7.5 s for one 4096x4096 tensor on 2
 cores). A task vector does not change during a search, so we sort it once and keep
-each entry's rank: the mask for any density is then ``rank < k``, one comparison.
-The same ``argsort`` on the same input makes the mask identical to mergekit's
-(``mergekit/sparsify.py``, ``magnitude``), ties included.
+each entry's rank as an int32 *key*: the mask for any density is then a key range,
+``lo <= key < hi``, one comparison. The same sort on the same input makes the mask
+identical to mergekit's, ties included (``mergekit/sparsify.py``):
+
+- magnitude (TIES): key = rank by decreasing magnitude, kept ``[0, k)``;
+- magnitude_outliers (breadcrumbs): key = rank by increasing magnitude (mergekit uses
+  ``torch.sort`` there, whose order of equal values differs from ``argsort``), kept
+  ``[n_bottom, n_bottom + k)``;
+- random (DARE): key = a uniform 31-bit integer drawn from a generator seeded by
+  (seed, tensor name, model), kept ``[0, density * 2**31)``: a Bernoulli(density) mask
+  that is the same every time the same recipe is merged;
+- della_magprune: per-row magnitude rank fractions plus random keys (``della_mask``).
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
+
+RANDOM_RANGE = 2**31 - 1  # random keys are uniform in [0, RANDOM_RANGE)
 
 
 def _magnitudes(delta: torch.Tensor) -> torch.Tensor:
@@ -18,30 +31,55 @@ def _magnitudes(delta: torch.Tensor) -> torch.Tensor:
     return w.float() if w.device.type == "cpu" else w  # as mergekit does
 
 
-class MagnitudeRanks:
-    """Each entry's position when a task vector is ordered by decreasing magnitude."""
-
-    def __init__(self, delta: torch.Tensor) -> None:
-        order = torch.argsort(_magnitudes(delta), descending=True)
-        self.shape = delta.shape
-        self.numel = delta.numel()
-        self.l1 = float(delta.abs().sum())  # what a rescaled (DARE-style) mask must restore
-        self.rank = torch.empty(self.numel, dtype=torch.int32, device=delta.device)
-        self.rank[order] = torch.arange(self.numel, dtype=torch.int32, device=delta.device)
-
-    def top_mask(self, density: float) -> torch.Tensor:
-        """The entries mergekit's ``magnitude(delta, density)`` keeps (at least one)."""
-        if density >= 1:
-            return torch.ones(self.shape, dtype=torch.bool, device=self.rank.device)
-        if density <= 0:  # mergekit zeroes the task vector
-            return torch.zeros(self.shape, dtype=torch.bool, device=self.rank.device)
-        k = max(1, int(density * self.numel))
-        return (self.rank < k).view(self.shape)
+def _rank_of(order: torch.Tensor) -> torch.Tensor:
+    rank = torch.empty(order.numel(), dtype=torch.int32, device=order.device)
+    rank[order] = torch.arange(order.numel(), dtype=torch.int32, device=order.device)
+    return rank
 
 
-def rescale_l1(delta: torch.Tensor, masked: torch.Tensor, l1_before: float, eps: float = 1e-7) -> torch.Tensor:
-    """mergekit's L1 rescale after masking: match the task vector's L1 norm (DARE's rescale)."""
-    l1_after = float(masked.abs().sum())
-    if l1_before < eps or l1_after < eps:
-        return masked
-    return masked * (l1_before / l1_after)
+def descending_ranks(delta: torch.Tensor) -> torch.Tensor:
+    """Each entry's position by decreasing magnitude, as mergekit's ``magnitude`` orders it."""
+    return _rank_of(torch.argsort(_magnitudes(delta), descending=True))
+
+
+def ascending_ranks(delta: torch.Tensor) -> torch.Tensor:
+    """Each entry's position by increasing magnitude, as mergekit's ``magnitude_outliers`` orders it."""
+    return _rank_of(torch.sort(_magnitudes(delta), descending=False).indices)
+
+
+def random_keys(numel: int, seed: int, tensor: str, model: int, device: torch.device | str) -> torch.Tensor:
+    """Uniform keys for a Bernoulli mask, reproducible from (seed, tensor name, model index)."""
+    digest = hashlib.blake2b(f"{seed}\0{tensor}\0{model}".encode(), digest_size=8).digest()
+    generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") >> 1)
+    return torch.randint(0, RANDOM_RANGE, (numel,), generator=generator, dtype=torch.int32, device=device)
+
+
+def row_rank_fraction(delta: torch.Tensor) -> torch.Tensor:
+    """DELLA's ``rank_norm``: each entry's magnitude rank within its row, scaled to [0, 1]."""
+    rows = delta if delta.dim() >= 2 else delta.unsqueeze(0)
+    ranks = torch.argsort(rows.abs(), dim=1, descending=False).argsort(dim=1).float() + 1
+    low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    return ((ranks - low) / (high - low)).clamp(0, 1).reshape(-1)
+
+
+def key_range(method: str, density: float, numel: int, gamma: float = 0.0) -> tuple[int, int]:
+    """The key range ``[lo, hi)`` that mergekit's ``sparsify(method, density)`` keeps."""
+    if density >= 1:
+        return 0, numel if method != "random" else RANDOM_RANGE
+    if density <= 0 or numel == 0:
+        return 0, 0
+    if method == "magnitude":
+        return 0, max(1, int(density * numel))
+    if method == "magnitude_outliers":
+        target = int(density * numel)
+        bottom = max(0, numel - target - int(gamma * numel))
+        return bottom, bottom + target
+    if method == "random":
+        return 0, int(density * RANDOM_RANGE)
+    raise ValueError(f"no key range for sparsification {method!r}")
+
+
+def della_mask(fraction: torch.Tensor, keys: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA's MagPrune: keep with probability ``density - eps + 2 eps * rank_fraction``."""
+    probability = (density - epsilon) + fraction * (2 * epsilon)
+    return keys < probability * RANDOM_RANGE

@@ -1,0 +1,473 @@
+"""The in-memory merge engine: a recipe in, merged tensors written into a live model.
+
+Everything a recipe does not change is computed once per run and cached per tensor:
+the task vectors, their L1 norms, the keys that turn any density into a mask
+(``sparsify.py``) and SLERP's norms and angle. A candidate then costs one pass over
+memory per tensor:
+
+- linear, task_arithmetic, slerp (and ``density: 1`` variants) are one matrix-vector
+  product over the stacked ``[reference; task vectors]``, written into the parameter;
+- TIES, DARE and breadcrumbs (with or without sign consensus) are one fused pass on
+  CPU (``fused.py``) and a few eager passes elsewhere;
+- DELLA masks are built eagerly from cached ranks and keys;
+- every other mergekit method goes through ``mergekit.merge_methods.api.merge_tensors``;
+- ``layer_select`` copies each tensor from the model its layer is taken from.
+
+Parameter settings (scalars, gradients over layers, ``filter`` conditions) are resolved
+per tensor by mergekit's own resolver, so they mean what they mean in mergekit.
+
+Memory: the cache holds, per merged tensor, the reference and every task vector in
+fp32 (so ``(models) x (parameters) x 4`` bytes in all), plus 4 bytes per parameter per
+endpoint for each kind of key a method needs (magnitude ranks for TIES, random keys
+for DARE, both for DELLA). Checkpoints themselves stay memory-mapped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, MergeConfigError
+from ..models.checkpoint import Checkpoint
+from ..models.groups import tensor_group
+from ..models.pool import ModelPool
+from . import sparsify
+from .kernels import generalized_task_arithmetic
+from .methods import get_method
+from .recipe import Recipe, thaw
+
+log = logging.getLogger(__name__)
+
+#: mergekit's task-arithmetic family: method -> (sign consensus, sparsification)
+GTA_METHODS: dict[str, tuple[bool, str | None]] = {
+    "task_arithmetic": (False, None),
+    "ties": (True, "magnitude"),
+    "dare_ties": (True, "random"),
+    "dare_linear": (False, "random"),
+    "breadcrumbs": (False, "magnitude_outliers"),
+    "breadcrumbs_ties": (True, "magnitude_outliers"),
+    "della": (True, "della_magprune"),
+    "della_linear": (False, "della_magprune"),
+}
+FAST_METHODS = frozenset({*GTA_METHODS, "linear", "slerp", "layer_select"})
+
+
+@dataclass
+class _TensorCache:
+    """Once-per-run state of one tensor: ``stack[0]`` is the reference model's tensor,
+    ``stack[r]`` the task vector of model ``r`` against it."""
+
+    shape: torch.Size
+    stack: torch.Tensor  # (models, numel) fp32
+    keys: dict[Any, torch.Tensor] = field(default_factory=dict)
+    l1: dict[int, float] = field(default_factory=dict)
+    slerp: dict[tuple[int, int], float] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return self.stack.shape[1]
+
+
+class Merger:
+    """Merges recipes over one set of models into a live model, as often as asked.
+
+    ``models[0]`` is the reference the task vectors are taken against: the recipes'
+    base model where they have one.
+    """
+
+    def __init__(
+        self,
+        pool: ModelPool,
+        *,
+        device: torch.device | str = "cpu",
+        fused: bool | None = None,
+    ) -> None:
+        self.pool = pool
+        self.device = torch.device(device)
+        self.fused = self.device.type == "cpu" if fused is None else fused
+        self.names = [m.name for m in pool.models]
+        self._cache: dict[str, _TensorCache] = {}
+        self._random_seed: int | None = None
+        self._skip: set[str] | None = None
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe, *, allow_pickle: bool = False, **kwargs: Any) -> Merger:
+        """Open the recipe's models (base first) and check they can be merged."""
+        base = recipe.base_model or recipe.model_names[0]
+        others = [m for m in recipe.model_names if m != base]
+        return cls(ModelPool.open(base, others, allow_pickle=allow_pickle), **kwargs)
+
+    # -- the per-run caches -----------------------------------------------------------
+
+    def _model(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise MergeConfigError(f"model {name!r} is not in this merger's pool {self.names}") from None
+
+    def _tensor(self, name: str) -> _TensorCache:
+        cache = self._cache.get(name)
+        if cache is None:
+            tensors = [self._read(m, name) for m in self.pool.models]
+            ref = tensors[0].reshape(-1)
+            stack = torch.empty((len(tensors), ref.numel()), dtype=torch.float32, device=self.device)
+            stack[0] = ref
+            for r, t in enumerate(tensors[1:], start=1):
+                torch.sub(t.reshape(-1), ref, out=stack[r])
+            cache = self._cache[name] = _TensorCache(tensors[0].shape, stack)
+        return cache
+
+    def _read(self, model: Checkpoint, name: str) -> torch.Tensor:
+        tensor = model.tensor(name).to(self.device, torch.float32)
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{model.name}: tensor {name!r} holds {bad} NaN/Inf value(s); the checkpoint is corrupt "
+                "or was saved after a diverged training run. Merging it would poison every candidate."
+            )
+        return tensor
+
+    def _keys(self, cache: _TensorCache, name: str, kind: str, seed: int) -> torch.Tensor:
+        """Keys of every task vector of one tensor, ``(models - 1, numel)``: row ``r - 1`` is model ``r``'s."""
+        key = kind if kind != "random" else (kind, seed)
+        if key not in cache.keys:
+            if kind == "random" and self._random_seed not in (None, seed):
+                for c in self._cache.values():  # one seed at a time: drop the old seed's keys
+                    for k in [k for k in c.keys if isinstance(k, tuple)]:
+                        del c.keys[k]
+            if kind == "random":
+                self._random_seed = seed
+            rows = []
+            for r, delta in enumerate(cache.stack[1:], start=1):
+                if kind == "magnitude":
+                    rows.append(sparsify.descending_ranks(delta))
+                elif kind == "magnitude_outliers":
+                    rows.append(sparsify.ascending_ranks(delta))
+                elif kind == "random":
+                    rows.append(sparsify.random_keys(cache.numel, seed, name, r, self.device))
+                elif kind == "row_fraction":
+                    rows.append(sparsify.row_rank_fraction(delta.view(cache.shape)))
+                else:
+                    raise AssertionError(kind)
+            cache.keys[key] = torch.stack(rows)
+        return cache.keys[key]
+
+    def _l1(self, cache: _TensorCache, row: int) -> float:
+        if row not in cache.l1:
+            cache.l1[row] = float(cache.stack[row].abs().sum())
+        return cache.l1[row]
+
+    # -- merging -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def merge_into(self, model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+        """Write the recipe's merge into ``model``'s parameters in place; allocate no second model."""
+        spec = get_method(recipe.method)
+        inputs = self._inputs(recipe)
+        targets = _targets(model)
+        if self._skip is None:  # integer buffers are not merged: the live model keeps the base's
+            self._skip = {n for n in self.pool.tensor_names if not self.pool.base.tensor(n).is_floating_point()}
+        for name in self.pool.tensor_names:
+            if name in self._skip:
+                continue
+            if name not in targets:
+                raise CheckpointError(
+                    f"the live model has no parameter {name!r}; load it from the base checkpoint "
+                    f"({self.names[0]}) so that it has the pool's architecture"
+                )
+            target = targets[name]
+            if spec.name == "layer_select":
+                target.copy_(self._select(recipe, name).view(target.shape))
+                continue
+            shared, per_input = self.tensor_params(recipe, name)
+            if spec.name in GTA_METHODS:
+                self._gta(recipe, name, inputs, shared, per_input, target)
+            elif spec.name == "linear":
+                self._linear(name, inputs, shared, per_input, target)
+            elif spec.name == "slerp":
+                self._slerp(recipe, name, inputs, shared, target)
+            else:
+                self._fallback(recipe, name, inputs, shared, per_input, target)
+        return model
+
+    def _inputs(self, recipe: Recipe) -> list[str]:
+        """The recipe's inputs in mergekit's order: its models, then the base if not among them."""
+        names = list(recipe.model_names)
+        if recipe.base_model is not None and recipe.base_model not in names:
+            names.append(recipe.base_model)
+        for n in names:
+            self._model(n)
+        return names
+
+    def tensor_params(self, recipe: Recipe, name: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """Shared and per-input parameter values for one tensor, resolved as mergekit does."""
+        from mergekit import merge_methods as mk
+        from mergekit.parameter_resolver import resolve_parameters
+
+        if recipe.method == "layer_select":
+            raise MergeConfigError("layer_select has no mergekit parameters")
+        global_settings = thaw(recipe.parameters)
+        per_model = {m.model: thaw(m.parameters) for m in recipe.models}
+
+        def sources(model: str | None) -> list[dict[str, Any] | None]:
+            return [per_model.get(model), global_settings] if model is not None else [global_settings]
+
+        try:
+            shared, per_input = resolve_parameters(
+                mk.get(recipe.method).spec,
+                tensor_name=name,
+                inputs={n: name for n in self._inputs(recipe)},
+                sources=sources,
+                base_model=recipe.base_model,
+                t=self._t(name),
+            )
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise MergeConfigError(f"{recipe.method}: {err}") from err
+        return shared, per_input
+
+    def _t(self, name: str) -> float:
+        """mergekit's position of a tensor along the layers: ``layer / (layers - 1)``; 0 outside them."""
+        layer = tensor_group(name).layer
+        layers = self.pool.num_layers
+        if layer is None:
+            return 0.0
+        return layer / (layers - 1) if layers > 1 else 1.0
+
+    def _gta(self, recipe: Recipe, name: str, inputs: list[str], shared: dict, per_input: dict, target) -> None:
+        consensus, method = GTA_METHODS[recipe.method]
+        cache = self._tensor(name)
+        base_row = self._model(recipe.base_model) if recipe.base_model else None
+        if base_row != 0:
+            raise MergeConfigError(f"{recipe.method} needs base_model (the pool's first model, {self.names[0]})")
+        entries = [n for n in inputs if n != recipe.base_model]
+        rows = [self._model(n) for n in entries]
+        weights = [float(per_input[n]["weight"]) for n in entries]
+        densities = [float(per_input[n].get("density", 1.0)) for n in entries]
+        lam, normalize = float(shared["lambda"]), bool(shared["normalize"])
+        if method is None or all(d >= 1 for d in densities):
+            if consensus:  # a dense TIES still elects signs
+                method = "magnitude"
+            else:
+                divisor = sum(weights) if normalize and abs(sum(weights)) >= 1e-8 else 1.0
+                self._combine(
+                    cache, target, {0: 1.0, **{r: lam * w / divisor for r, w in zip(rows, weights, strict=True)}}
+                )
+                return
+        if method == "della_magprune":
+            self._della(recipe, name, cache, rows, entries, per_input, shared, consensus, target)
+            return
+        n = cache.stack.shape[0] - 1
+        keys = self._keys(cache, name, method, recipe.seed) if any(d < 1 for d in densities) else None
+        if keys is None:  # a dense TIES still elects signs; every key range below is "all"
+            keys = torch.zeros((n, cache.numel), dtype=torch.int32, device=self.device)
+        lo, hi = [0] * n, [0] * n  # models of the pool that the recipe leaves out keep nothing
+        w, rescale = [0.0] * n, [1.0] * n
+        for r, entry, d, weight in zip(rows, entries, densities, weights, strict=True):
+            if d >= 1:
+                lo[r - 1], hi[r - 1] = 0, sparsify.RANDOM_RANGE  # every key is below it
+            else:
+                gamma = float(per_input[entry].get("gamma", 0.0))
+                lo[r - 1], hi[r - 1] = sparsify.key_range(method, d, cache.numel, gamma)
+                if shared["rescale"]:
+                    rescale[r - 1] = self._rescale(cache, r, keys[r - 1], lo[r - 1], hi[r - 1])
+            w[r - 1] = weight
+        out = self._out(target)
+        if self.fused:
+            from . import fused
+
+            fused.gta_merge(
+                cache.stack[0].numpy(),
+                cache.stack[1:].numpy(),
+                keys.numpy(),
+                np.asarray(lo, dtype=np.int64),
+                np.asarray(hi, dtype=np.int64),
+                np.asarray(rescale, dtype=np.float32),
+                np.asarray(w, dtype=np.float32),
+                consensus,
+                normalize,
+                np.float32(lam),
+                out.numpy(),
+            )
+        else:
+            masked = [
+                cache.stack[r] * ((keys[r - 1] >= lo[r - 1]) & (keys[r - 1] < hi[r - 1])) * rescale[r - 1] for r in rows
+            ]
+            out.copy_(
+                generalized_task_arithmetic(
+                    cache.stack[0], masked, weights, consensus=consensus, normalize=normalize, lambda_=lam
+                )
+            )
+        self._write(out, target)
+
+    def _rescale(self, cache: _TensorCache, row: int, keys: torch.Tensor, low: int, high: int) -> float:
+        """mergekit's L1 rescale: the masked task vector keeps the L1 norm of the whole one."""
+        before = self._l1(cache, row)
+        if self.fused:
+            from . import fused
+
+            after = float(fused.masked_l1(cache.stack[row].numpy(), keys.numpy(), low, high))
+        else:
+            after = float(torch.where((keys >= low) & (keys < high), cache.stack[row].abs(), 0).sum())
+        if before < 1e-7 or after < 1e-7:
+            return 1.0
+        return float(torch.tensor(before, dtype=torch.float32) / torch.tensor(after, dtype=torch.float32))
+
+    def _della(self, recipe, name, cache, rows, entries, per_input, shared, consensus, target) -> None:
+        masked = []
+        for r, n in zip(rows, entries, strict=True):
+            density, epsilon = float(per_input[n]["density"]), float(per_input[n]["epsilon"])
+            delta = cache.stack[r]
+            if density >= 1:
+                masked.append(delta)
+                continue
+            if density + epsilon >= 1 or density - epsilon <= 0:
+                raise MergeConfigError(
+                    f"{recipe.method}: density ± epsilon must stay in (0, 1); got density {density}, "
+                    f"epsilon {epsilon} for {n}"
+                )
+            fraction = self._keys(cache, name, "row_fraction", recipe.seed)[r - 1]
+            keys = self._keys(cache, name, "random", recipe.seed)[r - 1]
+            m = delta * sparsify.della_mask(fraction, keys, density, epsilon)
+            if shared["rescale"]:
+                after, before = float(m.abs().sum()), self._l1(cache, r)
+                if before >= 1e-7 and after >= 1e-7:
+                    m = m * (before / after)
+            masked.append(m)
+        weights = [float(per_input[n]["weight"]) for n in entries]
+        merged = generalized_task_arithmetic(
+            cache.stack[0],
+            masked,
+            weights,
+            consensus=consensus,
+            normalize=bool(shared["normalize"]),
+            lambda_=float(shared["lambda"]),
+        )
+        self._write(merged, target)
+
+    def _linear(self, name: str, inputs: list[str], shared: dict, per_input: dict, target) -> None:
+        weights = {n: float(per_input[n]["weight"]) for n in inputs}
+        total = sum(weights.values()) if shared["normalize"] else 1.0
+        coefficients: dict[int, float] = {0: 0.0}
+        for n, w in weights.items():  # input r = reference + task vector r
+            coefficients[0] += w / total
+            r = self._model(n)
+            if r:
+                coefficients[r] = coefficients.get(r, 0.0) + w / total
+        self._combine(self._tensor(name), target, coefficients)
+
+    def _slerp(self, recipe: Recipe, name: str, inputs: list[str], shared: dict, target) -> None:
+        if recipe.base_model is None:
+            raise MergeConfigError("slerp needs base_model: it interpolates from the base to the other model")
+        cache = self._tensor(name)
+        a, b = self._model(recipe.base_model), self._model(next(n for n in inputs if n != recipe.base_model))
+        dot = self._slerp_cosine(cache, a, b)
+        t = float(shared["t"])
+        if abs(dot) > 0.9995:
+            coef_a, coef_b = 1 - t, t
+        else:
+            theta = math.acos(dot)
+            coef_a = math.sin((1 - t) * theta) / math.sin(theta)
+            coef_b = math.sin(t * theta) / math.sin(theta)
+        # tensor x = reference (row 0) + task vector x (zero for the reference itself)
+        coefficients = {0: coef_a + coef_b}
+        for r, c in ((a, coef_a), (b, coef_b)):
+            if r:
+                coefficients[r] = coefficients.get(r, 0.0) + c
+        self._combine(cache, target, coefficients)
+
+    def _slerp_cosine(self, cache: _TensorCache, a: int, b: int) -> float:
+        """The cosine of two whole tensors, as mergekit's slerp computes it (once per run)."""
+        if (a, b) not in cache.slerp:
+            x, y = (self._tensor_of(cache, r).double() for r in (a, b))
+            norm_a, norm_b = (n if n > 1e-8 else 1.0 for n in (float(x.norm()), float(y.norm())))
+            cache.slerp[(a, b)] = max(-1.0, min(1.0, float((x / norm_a) @ (y / norm_b))))
+        return cache.slerp[(a, b)]
+
+    @staticmethod
+    def _tensor_of(cache: _TensorCache, row: int) -> torch.Tensor:
+        return cache.stack[0] if row == 0 else cache.stack[0] + cache.stack[row]
+
+    def _combine(self, cache: _TensorCache, target: torch.Tensor, coefficients: dict[int, float]) -> None:
+        """``target = sum_r c_r * stack[r]``: one matrix-vector product, written in place."""
+        rows = sorted(coefficients)
+        c = torch.tensor([coefficients[r] for r in rows], dtype=torch.float32, device=self.device)
+        stack = cache.stack if rows == list(range(cache.stack.shape[0])) else cache.stack[rows]
+        out = self._out(target)
+        torch.mv(stack.t(), c, out=out)
+        self._write(out, target)
+
+    def _select(self, recipe: Recipe, name: str) -> torch.Tensor:
+        source = layer_source(recipe, name, self.pool.num_layers)
+        models = [recipe.base_model, *recipe.model_names] if recipe.base_model else recipe.model_names
+        if not 0 <= source < len(models):
+            raise MergeConfigError(f"layer_select.source {source} for {name}: pick 0..{len(models) - 1} ({models})")
+        return self._read(self.pool.models[self._model(models[source])], name)
+
+    def _fallback(self, recipe: Recipe, name: str, inputs: list[str], shared: dict, per_input: dict, target) -> None:
+        """mergekit's own implementation, for the methods without a fast path."""
+        from mergekit.merge_methods.api import merge_tensors
+
+        tensors = [self._read(self.pool.models[self._model(n)], name) for n in inputs]
+        parameters: dict[str, Any] = dict(shared)
+        for n, values in per_input.items():
+            for key, value in values.items():
+                parameters.setdefault(key, {})[n] = value
+        base_index = inputs.index(recipe.base_model) if recipe.base_model else None
+        try:
+            merged = merge_tensors(tensors, recipe.method, parameters=parameters, ids=inputs, base_index=base_index)
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise MergeConfigError(f"{recipe.method} on {name}: {err}") from err
+        self._write(merged.reshape(-1).float(), target)
+
+    @staticmethod
+    def _out(target: torch.Tensor) -> torch.Tensor:
+        """Where to compute: the parameter itself when it is fp32 and contiguous, else scratch."""
+        if target.dtype == torch.float32 and target.is_contiguous():
+            return target.view(-1)
+        return torch.empty(target.numel(), dtype=torch.float32, device=target.device)
+
+    @staticmethod
+    def _write(out: torch.Tensor, target: torch.Tensor) -> None:
+        flat = target.view(-1) if target.is_contiguous() else None
+        if flat is None or flat.data_ptr() != out.data_ptr():
+            target.copy_(out.view(target.shape))
+
+
+def layer_source(recipe: Recipe, name: str, num_layers: int) -> int:
+    """Which model (0 = base, then the recipe's models) ``layer_select`` takes a tensor from.
+
+    ``source`` is one index for every layer, a list with one index per layer, or filter
+    conditions over those. Tensors outside the layers come from the base unless a filter
+    names them.
+    """
+    settings = dict(recipe.parameters)
+    if "source" not in settings:
+        raise MergeConfigError("layer_select needs parameter 'source': a model index per layer")
+    setting = settings["source"]
+    if isinstance(setting, tuple) and setting and isinstance(setting[0], tuple):
+        for filt, value in setting:
+            if filt in (None, "*") or filt in name:
+                setting = value
+                break
+        else:
+            return 0
+    layer = tensor_group(name).layer
+    if not isinstance(setting, tuple):
+        return int(setting)
+    if layer is None:
+        return 0
+    if len(setting) != num_layers:
+        raise MergeConfigError(f"layer_select.source has {len(setting)} entries; give one per layer ({num_layers})")
+    return int(setting[layer])
+
+
+def _targets(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by checkpoint name (tied weights appear under every name)."""
+    found = dict(model.named_parameters(remove_duplicate=False))
+    found.update(dict(model.named_buffers(remove_duplicate=False)))
+    return found

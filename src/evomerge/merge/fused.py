@@ -1,0 +1,88 @@
+"""Fused CPU kernels for the task-arithmetic family (TIES, DARE, breadcrumbs).
+
+Why hand-written: in eager PyTorch a TIES merge is some twenty full passes over
+memory (mask, weight, stack, sign, compare, sum, divide ...), each allocating a
+temporary; mergekit's version also sorts. With the sort replaced by once-per-run
+keys (``sparsify.py``), what is left is bandwidth-bound, and one pass over the
+inputs does it: for each block of entries, mask by key range, weight, elect the
+sign and average, then write straight into the live parameter. The arithmetic is
+mergekit's, in its order, so results agree with it to the last bit or nearly.
+
+Numba compiles these once per machine (``cache=True`` keeps the machine code next
+to this file). On other devices the engine uses the eager PyTorch kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_BLOCK = 4096  # entries per block: the block's scratch stays in L1/L2
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def gta_merge(base, deltas, keys, lo, hi, rescale, weights, consensus, normalize, lam, out):  # pragma: no cover
+    """``out = base + lam * combine(mask_i * rescale_i * delta_i * w_i)``.
+
+    Entry ``j`` of task vector ``i`` is kept when ``lo[i] <= keys[i, j] < hi[i]``.
+    ``combine`` is the sign-elected mean (TIES) when ``consensus``, else the sum;
+    ``normalize`` divides by the weights that took part.
+    """
+    n = deltas.shape[0]
+    size = base.shape[0]
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    blocks = (size + _BLOCK - 1) // _BLOCK
+    for b in prange(blocks):
+        start = b * _BLOCK
+        stop = min(size, start + _BLOCK)
+        total = np.zeros(_BLOCK, dtype=np.float32)
+        mixed = np.zeros(_BLOCK, dtype=np.float32)
+        divisor = np.zeros(_BLOCK, dtype=np.float32)
+        for i in range(n):
+            d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
+            r, w = rescale[i], weights[i]
+            for j in range(start, stop):
+                keep = low <= k[j] < high
+                total[j - start] += (d[j] * r) * w if keep else zero
+        if consensus:
+            for i in range(n):
+                d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
+                r, w = rescale[i], weights[i]
+                for j in range(start, stop):
+                    v = (d[j] * r) * w if low <= k[j] < high else zero
+                    agree = (v > zero) if total[j - start] >= zero else (v < zero)
+                    mixed[j - start] += v if agree else zero
+                    divisor[j - start] += w if agree else zero
+        else:
+            wsum = zero
+            for i in range(n):
+                wsum += weights[i]
+            if abs(wsum) < 1e-8:
+                wsum = one
+            for j in range(start, stop):
+                mixed[j - start] = total[j - start]
+                divisor[j - start] = wsum
+        for j in range(start, stop):
+            m = mixed[j - start]
+            if normalize:
+                dv = divisor[j - start]
+                m = m / (dv if dv != zero else one)
+            if lam != one:
+                m = m * lam
+            out[j] = base[j] + m
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def masked_l1(delta, keys, low, high):  # pragma: no cover
+    """``|delta * mask|.sum()`` for the mask ``low <= keys < high``, without forming the mask."""
+    size = delta.shape[0]
+    blocks = (size + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks, dtype=np.float64)
+    for b in prange(blocks):
+        s = 0.0
+        for j in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
+            if low <= keys[j] < high:
+                s += abs(delta[j])
+        partial[b] = s
+    return partial.sum()

@@ -1,0 +1,111 @@
+"""One merge from a mergekit YAML to an HF checkpoint: ``evomerge merge CONFIG --out DIR``.
+
+Configs with a ``models:`` list run through our engine (the same code a search runs
+per candidate). Configs with ``slices:`` or ``modules:`` reshape the layer stack
+(passthrough "frankenmerges"), which a live model of fixed shape cannot hold; those
+are handed to mergekit's own ``run_merge``, so every mergekit config still works.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import MergeConfigError
+from ..models.checkpoint import resolve
+from ..models.save import model_card, write_atomically
+from .engine import Merger
+from .recipe import Recipe, parse_yaml
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "fp32": torch.float32}
+
+
+def merge_config(
+    config: str | Path | Recipe,
+    out: str | Path,
+    *,
+    force: bool = False,
+    allow_pickle: bool = False,
+    device: str = "cpu",
+) -> Path:
+    """Merge as ``config`` (a YAML path, YAML text or a Recipe) says and save the result to ``out``."""
+    if isinstance(config, Recipe):
+        recipe, raw = config, config.to_mergekit()
+    else:
+        text = Path(config).read_text() if _is_path(config) else str(config)
+        raw = parse_yaml(text)
+        if raw.get("slices") or raw.get("modules"):
+            return _mergekit_run(raw, out, force=force, allow_pickle=allow_pickle, device=device)
+        recipe = Recipe.from_mergekit(raw)
+    merger = Merger.for_recipe(recipe, allow_pickle=allow_pickle, device=device)
+    model = load_live_model(merger, out_dtype=recipe.out_dtype or recipe.dtype)
+    merger.merge_into(model, recipe)
+    tokenizer_dir = _tokenizer_source(recipe, merger)
+    config_yaml = recipe.to_yaml()
+
+    def write(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+        (tmp / "mergekit_config.yml").write_text(config_yaml)
+        (tmp / "README.md").write_text(model_card(config_yaml))
+
+    return write_atomically(out, write, force=force)
+
+
+def load_live_model(merger: Merger, *, out_dtype: str | None = None) -> torch.nn.Module:
+    """The model a merge is written into: the reference checkpoint, loaded once."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = _dtype(out_dtype) if out_dtype else "auto"
+    model = AutoModelForCausalLM.from_pretrained(merger.pool.base.path, dtype=dtype)
+    return model.to(merger.device).eval()
+
+
+def _tokenizer_source(recipe: Recipe, merger: Merger) -> Path:
+    source = recipe.tokenizer_source
+    if source in (None, "base"):
+        return merger.pool.base.path
+    if source == "union":
+        raise MergeConfigError(
+            "tokenizer_source: union builds a new vocabulary, which needs mergekit's vocabulary surgery; "
+            "run this config with mergekit-yaml, or use tokenizer_source: base"
+        )
+    return resolve(source)
+
+
+def _mergekit_run(raw: dict[str, Any], out: str | Path, *, force: bool, allow_pickle: bool, device: str) -> Path:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    try:
+        config = MergeConfiguration.model_validate(raw)
+    except Exception as err:  # pydantic's ValidationError and mergekit's RuntimeErrors
+        raise MergeConfigError(f"invalid mergekit config: {err}") from err
+    options = MergeOptions(device=device, lazy_unpickle=allow_pickle, quiet=True)
+    log.info("slices/modules config: running mergekit's run_merge")
+    return write_atomically(out, lambda tmp: run_merge(config, str(tmp), options), force=force)
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise MergeConfigError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def _is_path(config: str | Path) -> bool:
+    if isinstance(config, Path):
+        return True
+    if "\n" in config or ":" in config.split("/")[-1]:
+        return False
+    if not Path(config).exists():
+        raise MergeConfigError(f"merge config {config} not found")
+    return True

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,14 +166,20 @@ class Merger:
     # -- merging -----------------------------------------------------------------------
 
     @torch.no_grad()
-    def merge_into(self, model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
-        """Write the recipe's merge into ``model``'s parameters in place; allocate no second model."""
+    def merge_into(
+        self, model: torch.nn.Module, recipe: Recipe, *, tensors: Collection[str] | None = None
+    ) -> torch.nn.Module:
+        """Write the recipe's merge into ``model``'s parameters in place; allocate no second model.
+
+        ``tensors`` limits the merge to those names (the others keep their values), e.g.
+        when a new candidate differs from the last one in a few layers only.
+        """
         spec = get_method(recipe.method)
         inputs = self._inputs(recipe)
         targets = _targets(model)
         if self._skip is None:  # integer buffers are not merged: the live model keeps the base's
             self._skip = {n for n in self.pool.tensor_names if not self.pool.base.tensor(n).is_floating_point()}
-        for name in self.pool.tensor_names:
+        for name in self.pool.tensor_names if tensors is None else tensors:
             if name in self._skip:
                 continue
             if name not in targets:
@@ -267,15 +274,17 @@ class Merger:
             keys = torch.zeros((n, cache.numel), dtype=torch.int32, device=self.device)
         lo, hi = [0] * n, [0] * n  # models of the pool that the recipe leaves out keep nothing
         w, rescale = [0.0] * n, [1.0] * n
+        needs_rescale = [False] * n
         for r, entry, d, weight in zip(rows, entries, densities, weights, strict=True):
             if d >= 1:
                 lo[r - 1], hi[r - 1] = 0, sparsify.RANDOM_RANGE  # every key is below it
             else:
                 gamma = float(per_input[entry].get("gamma", 0.0))
                 lo[r - 1], hi[r - 1] = sparsify.key_range(method, d, cache.numel, gamma)
-                if shared["rescale"]:
-                    rescale[r - 1] = self._rescale(cache, r, keys[r - 1], lo[r - 1], hi[r - 1])
+                needs_rescale[r - 1] = bool(shared["rescale"])
             w[r - 1] = weight
+        if any(needs_rescale):
+            rescale = self._rescale(cache, keys, lo, hi, needs_rescale)
         out = self._out(target)
         if self.fused:
             from . import fused
@@ -304,18 +313,31 @@ class Merger:
             )
         self._write(out, target)
 
-    def _rescale(self, cache: _TensorCache, row: int, keys: torch.Tensor, low: int, high: int) -> float:
-        """mergekit's L1 rescale: the masked task vector keeps the L1 norm of the whole one."""
-        before = self._l1(cache, row)
+    def _rescale(
+        self, cache: _TensorCache, keys: torch.Tensor, lo: list[int], hi: list[int], rows: list[bool]
+    ) -> list[float]:
+        """mergekit's L1 rescale: each masked task vector keeps the L1 norm of the whole one."""
         if self.fused:
             from . import fused
 
-            after = float(fused.masked_l1(cache.stack[row].numpy(), keys.numpy(), low, high))
+            after = fused.masked_l1(
+                cache.stack[1:].numpy(), keys.numpy(), np.asarray(lo), np.asarray(hi), np.asarray(rows)
+            )
         else:
-            after = float(torch.where((keys >= low) & (keys < high), cache.stack[row].abs(), 0).sum())
-        if before < 1e-7 or after < 1e-7:
-            return 1.0
-        return float(torch.tensor(before, dtype=torch.float32) / torch.tensor(after, dtype=torch.float32))
+            after = [
+                float(torch.where((k >= low) & (k < high), d.abs(), 0).sum()) if on else 0.0
+                for d, k, low, high, on in zip(cache.stack[1:], keys, lo, hi, rows, strict=True)
+            ]
+        scales = []
+        for r, on in enumerate(rows, start=1):
+            before, masked = self._l1(cache, r), float(after[r - 1])
+            if not on or before < 1e-7 or masked < 1e-7:
+                scales.append(1.0)
+            else:
+                scales.append(
+                    float(torch.tensor(before, dtype=torch.float32) / torch.tensor(masked, dtype=torch.float32))
+                )
+        return scales
 
     def _della(self, recipe, name, cache, rows, entries, per_input, shared, consensus, target) -> None:
         masked = []

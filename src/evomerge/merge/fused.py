@@ -20,8 +20,7 @@ from numba import njit, prange
 _BLOCK = 4096  # entries per block: the block's scratch stays in L1/L2
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
-def gta_merge(base, deltas, keys, lo, hi, rescale, weights, consensus, normalize, lam, out):  # pragma: no cover
+def _gta_merge(base, deltas, keys, lo, hi, rescale, weights, consensus, normalize, lam, out):  # pragma: no cover
     """``out = base + lam * combine(mask_i * rescale_i * delta_i * w_i)``.
 
     Entry ``j`` of task vector ``i`` is kept when ``lo[i] <= keys[i, j] < hi[i]``.
@@ -73,16 +72,38 @@ def gta_merge(base, deltas, keys, lo, hi, rescale, weights, consensus, normalize
             out[j] = base[j] + m
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
-def masked_l1(delta, keys, low, high):  # pragma: no cover
-    """``|delta * mask|.sum()`` for the mask ``low <= keys < high``, without forming the mask."""
-    size = delta.shape[0]
+def _masked_l1(deltas, keys, lo, hi, rows):  # pragma: no cover
+    """``|delta_i * mask_i|.sum()`` for each ``i`` in ``rows``, without forming the masks."""
+    n = deltas.shape[0]
+    size = deltas.shape[1]
     blocks = (size + _BLOCK - 1) // _BLOCK
-    partial = np.zeros(blocks, dtype=np.float64)
+    partial = np.zeros((blocks, n), dtype=np.float64)
+    zero = np.float32(0.0)
     for b in prange(blocks):
-        s = 0.0
-        for j in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
-            if low <= keys[j] < high:
-                s += abs(delta[j])
-        partial[b] = s
-    return partial.sum()
+        for i in range(n):
+            if not rows[i]:
+                continue
+            d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
+            s = zero  # fp32 within a block (4096 entries), fp64 across blocks
+            for j in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
+                s += abs(d[j]) if low <= k[j] < high else zero
+            partial[b, i] = s
+    return partial.sum(axis=0)
+
+
+#: Small tensors run single-threaded: waking a thread pool costs more than they do.
+PARALLEL_FROM = 1 << 20
+_compile = {"cache": True, "boundscheck": False}
+gta_merge_parallel = njit(parallel=True, **_compile)(_gta_merge)
+gta_merge_serial = njit(**_compile)(_gta_merge)
+# reassociation lets the block sums vectorise; they are fp32 over 4096 entries either way
+masked_l1_parallel = njit(parallel=True, fastmath={"reassoc"}, **_compile)(_masked_l1)
+masked_l1_serial = njit(fastmath={"reassoc"}, **_compile)(_masked_l1)
+
+
+def gta_merge(base, *args) -> None:  # type: ignore[no-untyped-def]
+    (gta_merge_parallel if base.shape[0] >= PARALLEL_FROM else gta_merge_serial)(base, *args)
+
+
+def masked_l1(deltas, *args):  # type: ignore[no-untyped-def]
+    return (masked_l1_parallel if deltas.shape[1] >= PARALLEL_FROM else masked_l1_serial)(deltas, *args)

@@ -1,0 +1,151 @@
+"""`evomerge merge` against `mergekit-yaml` on the same YAML, on two architectures: the
+demo family (Llama) and a random-weight GPT-2 family built here (tied embeddings,
+``transformer.h.N`` names). Both write HF checkpoints; their tensors must agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from evomerge.errors import IncompatibleModelsError
+from evomerge.merge import merge_config
+from evomerge.models.save import OutputExistsError
+
+
+@pytest.fixture(scope="module")
+def gpt2_family(tmp_path_factory, demo_family) -> Path:
+    """A base and two "fine-tunes" (base plus small random task vectors), saved as safetensors."""
+    root = tmp_path_factory.mktemp("gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(demo_family / "models" / "base")
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=3, n_head=4)
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(config)
+    for name in ("base", "a", "b"):
+        model = GPT2LMHeadModel(config)
+        model.load_state_dict(base.state_dict())
+        if name != "base":
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.02 * torch.randn_like(p))
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_mergekit_yaml(config: Path, out: Path) -> None:
+    mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
+    subprocess.run([str(mergekit_yaml), str(config), str(out)], check=True, capture_output=True, timeout=600)
+
+
+def assert_same_checkpoint(ours: Path, theirs: Path) -> None:
+    a, b = load_file(ours / "model.safetensors"), load_file(theirs / "model.safetensors")
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def configs(root: Path, base: str, others: list[str]) -> list[dict]:
+    m = [str(root / o) for o in others]
+    return [
+        {
+            "merge_method": "ties",
+            "base_model": str(root / base),
+            "models": [
+                {"model": m[0], "parameters": {"weight": [0.2, 1.0], "density": 0.5}},
+                {
+                    "model": m[1],
+                    "parameters": {"weight": -0.3, "density": [{"filter": "attn", "value": 0.1}, {"value": 0.9}]},
+                },
+            ],
+            "parameters": {"normalize": False, "lambda": 0.7},
+            "dtype": "float32",
+        },
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": str(root / base),
+            "models": [
+                {"model": m[0], "parameters": {"weight": [1.0, 0.0, 0.5]}},
+                {"model": m[1], "parameters": {"weight": 0.4}},
+            ],
+            "dtype": "float32",
+        },
+        {
+            "merge_method": "slerp",
+            "base_model": str(root / base),
+            "models": [{"model": str(root / base)}, {"model": m[0]}],
+            "parameters": {"t": [{"filter": "mlp", "value": [0.1, 0.9]}, {"value": 0.4}]},
+            "dtype": "float32",
+        },
+    ]
+
+
+@pytest.mark.parametrize("family", ["demo", "gpt2"])
+def test_evomerge_merge_equals_mergekit_yaml(family, demo_family, gpt2_family, tmp_path):
+    if family == "demo":
+        root, base, others = demo_family / "models", "base", ["add", "greek"]
+    else:
+        root, base, others = gpt2_family, "base", ["a", "b"]
+    for i, config in enumerate(configs(root, base, others)):
+        path = write_config(tmp_path / f"{i}.yml", config)
+        ours = merge_config(path, tmp_path / f"ours{i}")
+        run_mergekit_yaml(path, tmp_path / f"theirs{i}")
+        assert_same_checkpoint(ours, tmp_path / f"theirs{i}")
+        assert AutoModelForCausalLM.from_pretrained(ours) is not None
+        assert AutoTokenizer.from_pretrained(ours) is not None
+        assert yaml.safe_load((ours / "mergekit_config.yml").read_text())["merge_method"] == config["merge_method"]
+        assert "```yaml" in (ours / "README.md").read_text()
+
+
+def test_slices_configs_are_run_by_mergekit(demo_family, tmp_path):
+    """Passthrough layer stacking changes the layer count: mergekit's run_merge does it."""
+    root = demo_family / "models"
+    config = {
+        "merge_method": "passthrough",
+        "slices": [
+            {"sources": [{"model": str(root / "add"), "layer_range": [0, 2]}]},
+            {"sources": [{"model": str(root / "greek"), "layer_range": [1, 2]}]},
+        ],
+        "dtype": "float32",
+    }
+    out = merge_config(write_config(tmp_path / "s.yml", config), tmp_path / "stacked")
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 3
+
+
+def test_cli_refuses_a_non_empty_output_dir_unless_forced(demo_family, tmp_path):
+    config = write_config(tmp_path / "c.yml", configs(demo_family / "models", "base", ["add", "greek"])[1])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    cmd = [sys.executable, "-m", "evomerge", "merge", str(config), "--out", str(out)]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert "not empty" in refused.stdout and "--force" in refused.stdout
+    assert (out / "notes.txt").read_text() == "keep me"
+    with pytest.raises(OutputExistsError):
+        merge_config(config, out)
+    forced = subprocess.run([*cmd, "--force"], capture_output=True, text=True, timeout=600)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert not (out / "notes.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_two_architectures_are_refused(demo_family, gpt2_family, tmp_path):
+    config = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(demo_family / "models" / "base"),
+        "models": [{"model": str(gpt2_family / "a"), "parameters": {"weight": 1.0}}],
+    }
+    with pytest.raises(IncompatibleModelsError, match="different architectures"):
+        merge_config(write_config(tmp_path / "x.yml", config), tmp_path / "x")
+    assert not (tmp_path / "x").exists()

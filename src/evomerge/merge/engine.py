@@ -293,8 +293,8 @@ class Merger:
                 cache.stack[0].numpy(),
                 cache.stack[1:].numpy(),
                 keys.numpy(),
-                np.asarray(lo, dtype=np.int64),
-                np.asarray(hi, dtype=np.int64),
+                np.asarray(lo, dtype=np.int32),
+                np.asarray(hi, dtype=np.int32),
                 np.asarray(rescale, dtype=np.float32),
                 np.asarray(w, dtype=np.float32),
                 consensus,
@@ -321,7 +321,11 @@ class Merger:
             from . import fused
 
             after = fused.masked_l1(
-                cache.stack[1:].numpy(), keys.numpy(), np.asarray(lo), np.asarray(hi), np.asarray(rows)
+                cache.stack[1:].numpy(),
+                keys.numpy(),
+                np.asarray(lo, dtype=np.int32),
+                np.asarray(hi, dtype=np.int32),
+                np.asarray(rows),
             )
         else:
             after = [

@@ -23,7 +23,8 @@ _BLOCK = 4096  # entries per block: the block's scratch stays in L1/L2
 def _gta_merge(base, deltas, keys, lo, hi, rescale, weights, consensus, normalize, lam, out):  # pragma: no cover
     """``out = base + lam * combine(mask_i * rescale_i * delta_i * w_i)``.
 
-    Entry ``j`` of task vector ``i`` is kept when ``lo[i] <= keys[i, j] < hi[i]``.
+    Entry ``j`` of task vector ``i`` is kept when ``lo[i] <= keys[i, j] < hi[i]``. Keys and
+    bounds are int32: comparing int32 keys with int64 bounds halves the vector width.
     ``combine`` is the sign-elected mean (TIES) when ``consensus``, else the sum;
     ``normalize`` divides by the weights that took part.
     """

@@ -149,3 +149,58 @@ def test_two_architectures_are_refused(demo_family, gpt2_family, tmp_path):
     with pytest.raises(IncompatibleModelsError, match="different architectures"):
         merge_config(write_config(tmp_path / "x.yml", config), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def extended_vocab(tmp_path_factory, demo_family) -> Path:
+    """The `add` specialist with two added tokens (and embedding rows for them)."""
+    out = tmp_path_factory.mktemp("vocab") / "add_ext"
+    model = AutoModelForCausalLM.from_pretrained(demo_family / "models" / "add")
+    tokenizer = AutoTokenizer.from_pretrained(demo_family / "models" / "add")
+    tokenizer.add_tokens(["<x1>", "<x2>"])
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[-2:] = torch.randn(2, model.config.hidden_size)
+        model.get_output_embeddings().weight[-2:] = torch.randn(2, model.config.hidden_size)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("source", ["base", "add_ext", "truncate"])
+def test_different_vocabularies_merge_as_mergekit_aligns_them(source, demo_family, extended_vocab, tmp_path):
+    models = demo_family / "models"
+    config = {
+        "merge_method": "ties",
+        "base_model": str(models / "base"),
+        "models": [
+            {"model": str(extended_vocab), "parameters": {"weight": 0.8, "density": 0.6}},
+            {"model": str(models / "greek"), "parameters": {"weight": 0.5, "density": 0.6}},
+        ],
+        "dtype": "float32",
+    }
+    flags = []
+    if source == "truncate":
+        config["evomerge"] = {"unsafe_truncate_embeddings": True}  # mergekit ignores this key ...
+        flags = ["--unsafe-truncate-embeddings"]  # ... and takes it as a flag
+    else:
+        config["tokenizer_source"] = "base" if source == "base" else str(extended_vocab)
+    path = write_config(tmp_path / "v.yml", config)
+    ours = merge_config(path, tmp_path / "ours")
+    mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
+    subprocess.run([str(mergekit_yaml), str(path), str(tmp_path / "theirs"), *flags], check=True, capture_output=True)
+    assert_same_checkpoint(ours, tmp_path / "theirs")
+    merged = AutoModelForCausalLM.from_pretrained(ours)
+    rows = 105 if source == "add_ext" else 103
+    assert merged.get_input_embeddings().weight.shape[0] == rows == len(AutoTokenizer.from_pretrained(ours))
+
+
+def test_different_vocabularies_without_an_option_fail_naming_it(demo_family, extended_vocab, tmp_path):
+    config = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(demo_family / "models" / "base"),
+        "models": [{"model": str(extended_vocab), "parameters": {"weight": 1.0}}],
+    }
+    with pytest.raises(IncompatibleModelsError, match="tokenizer_source"):
+        merge_config(write_config(tmp_path / "v.yml", config), tmp_path / "out")

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, MergeConfigError
-from ..models.checkpoint import Checkpoint
+from ..models import vocab
+from ..models.checkpoint import Checkpoint, resolve
 from ..models.groups import tensor_group
-from ..models.pool import ModelPool
+from ..models.pool import ModelPool, is_vocab_tensor
 from . import sparsify
 from .kernels import generalized_task_arithmetic
 from .methods import get_method
@@ -87,8 +88,17 @@ class Merger:
         *,
         device: torch.device | str = "cpu",
         fused: bool | None = None,
+        tokenizer_source: str | None = None,
+        unsafe_truncate_embeddings: bool = False,
     ) -> None:
+        if tokenizer_source == "union":
+            raise MergeConfigError(
+                "tokenizer_source: union builds a new vocabulary (mergekit's vocabulary surgery); "
+                "use tokenizer_source: base or a model, or run the config with mergekit-yaml"
+            )
         self.pool = pool
+        self.tokenizer_source = tokenizer_source
+        self.unsafe_truncate_embeddings = unsafe_truncate_embeddings
         self.device = torch.device(device)
         self.fused = self.device.type == "cpu" if fused is None else fused
         self.names = [m.name for m in pool.models]
@@ -101,7 +111,14 @@ class Merger:
         """Open the recipe's models (base first) and check they can be merged."""
         base = recipe.base_model or recipe.model_names[0]
         others = [m for m in recipe.model_names if m != base]
-        return cls(ModelPool.open(base, others, allow_pickle=allow_pickle), **kwargs)
+        align = recipe.tokenizer_source is not None or recipe.unsafe_truncate_embeddings
+        pool = ModelPool.open(base, others, allow_pickle=allow_pickle, align_vocab=align)
+        return cls(
+            pool,
+            tokenizer_source=recipe.tokenizer_source,
+            unsafe_truncate_embeddings=recipe.unsafe_truncate_embeddings,
+            **kwargs,
+        )
 
     # -- the per-run caches -----------------------------------------------------------
 
@@ -115,6 +132,8 @@ class Merger:
         cache = self._cache.get(name)
         if cache is None:
             tensors = [self._read(m, name) for m in self.pool.models]
+            if self._aligned(name):
+                tensors = self._align_vocab(tensors)
             ref = tensors[0].reshape(-1)
             stack = torch.empty((len(tensors), ref.numel()), dtype=torch.float32, device=self.device)
             stack[0] = ref
@@ -122,6 +141,33 @@ class Merger:
                 torch.sub(t.reshape(-1), ref, out=stack[r])
             cache = self._cache[name] = _TensorCache(tensors[0].shape, stack)
         return cache
+
+    def _align_vocab(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.unsafe_truncate_embeddings and self.tokenizer_source is None:
+            return vocab.common_prefix(tensors)
+        source = self.tokenizer_source or "base"
+        out_vocab = vocab.read_vocab(self.pool.base.path if source == "base" else resolve(source))
+        vocabs = [vocab.read_vocab(m.path) for m in self.pool.models]
+        if out_vocab is None or any(v is None for v in vocabs):
+            raise CheckpointError("aligning vocabularies needs every model's tokenizer, and one is missing")
+        return vocab.align_rows(tensors, vocab.row_maps(vocabs, out_vocab), base=0)
+
+    def _aligned(self, name: str) -> bool:
+        return self.pool.align_vocab and is_vocab_tensor(self.pool.base, name)
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        """A merged tensor's shape: the base's, unless vocabulary alignment changes its rows."""
+        return tuple(self._tensor(name).shape) if self._aligned(name) else self.pool.base.shape(name)
+
+    def output_rows(self, name: str) -> int:
+        return self._shape(name)[0]
+
+    def _input(self, row: int, name: str) -> torch.Tensor:
+        """Model ``row``'s tensor as a merge sees it: read as is, or vocabulary-aligned."""
+        if self._aligned(name):
+            cache = self._tensor(name)
+            return self._tensor_of(cache, row).view(cache.shape)
+        return self._read(self.pool.models[row], name)
 
     def _read(self, model: Checkpoint, name: str) -> torch.Tensor:
         tensor = model.tensor(name).to(self.device, torch.float32)
@@ -135,13 +181,14 @@ class Merger:
 
     def _keys(self, cache: _TensorCache, name: str, kind: str, seed: int) -> torch.Tensor:
         """Keys of every task vector of one tensor, ``(models - 1, numel)``: row ``r - 1`` is model ``r``'s."""
-        key = kind if kind != "random" else (kind, seed)
+        seeded = kind in ("random", "random_l1")
+        key = (kind, seed) if seeded else kind
         if key not in cache.keys:
-            if kind == "random" and self._random_seed not in (None, seed):
+            if seeded and self._random_seed not in (None, seed):
                 for c in self._cache.values():  # one seed at a time: drop the old seed's keys
                     for k in [k for k in c.keys if isinstance(k, tuple)]:
                         del c.keys[k]
-            if kind == "random":
+            if seeded:
                 self._random_seed = seed
             rows = []
             for r, delta in enumerate(cache.stack[1:], start=1):
@@ -151,6 +198,8 @@ class Merger:
                     rows.append(sparsify.ascending_ranks(delta))
                 elif kind == "random":
                     rows.append(sparsify.random_keys(cache.numel, seed, name, r, self.device))
+                elif kind == "random_l1":
+                    rows.append(sparsify.level_l1(delta, self._keys(cache, name, "random", seed)[r - 1]))
                 elif kind == "row_fraction":
                     rows.append(sparsify.row_rank_fraction(delta.view(cache.shape)))
                 else:
@@ -188,6 +237,11 @@ class Merger:
                     f"({self.names[0]}) so that it has the pool's architecture"
                 )
             target = targets[name]
+            if tuple(target.shape) != self._shape(name):
+                raise CheckpointError(
+                    f"the live model's {name} has shape {tuple(target.shape)} but the merge gives "
+                    f"{self._shape(name)}; load the live model with load_live_model(merger)"
+                )
             if spec.name == "layer_select":
                 target.copy_(self._select(recipe, name).view(target.shape))
                 continue
@@ -269,22 +323,20 @@ class Merger:
             self._della(recipe, name, cache, rows, entries, per_input, shared, consensus, target)
             return
         n = cache.stack.shape[0] - 1
-        keys = self._keys(cache, name, method, recipe.seed) if any(d < 1 for d in densities) else None
-        if keys is None:  # a dense TIES still elects signs; every key range below is "all"
-            keys = torch.zeros((n, cache.numel), dtype=torch.int32, device=self.device)
+        if any(d < 1 for d in densities):
+            keys = self._keys(cache, name, method, recipe.seed)
+        else:  # a dense TIES still elects signs; every key range below is "all"
+            keys = torch.zeros((n, cache.numel), dtype=torch.int16, device=self.device)
         lo, hi = [0] * n, [0] * n  # models of the pool that the recipe leaves out keep nothing
         w, rescale = [0.0] * n, [1.0] * n
         needs_rescale = [False] * n
         for r, entry, d, weight in zip(rows, entries, densities, weights, strict=True):
-            if d >= 1:
-                lo[r - 1], hi[r - 1] = 0, sparsify.RANDOM_RANGE  # every key is below it
-            else:
-                gamma = float(per_input[entry].get("gamma", 0.0))
-                lo[r - 1], hi[r - 1] = sparsify.key_range(method, d, cache.numel, gamma)
-                needs_rescale[r - 1] = bool(shared["rescale"])
+            gamma = float(per_input[entry].get("gamma", 0.0))
+            lo[r - 1], hi[r - 1] = sparsify.key_range(method, d, cache.numel, gamma)
+            needs_rescale[r - 1] = bool(shared["rescale"]) and d < 1
             w[r - 1] = weight
         if any(needs_rescale):
-            rescale = self._rescale(cache, keys, lo, hi, needs_rescale)
+            rescale = self._rescale(cache, name, method, recipe.seed, keys, lo, hi, needs_rescale)
         out = self._out(target)
         if self.fused:
             from . import fused
@@ -303,9 +355,7 @@ class Merger:
                 out.numpy(),
             )
         else:
-            masked = [
-                cache.stack[r] * ((keys[r - 1] >= lo[r - 1]) & (keys[r - 1] < hi[r - 1])) * rescale[r - 1] for r in rows
-            ]
+            masked = [self._masked(cache.stack[r], keys[r - 1], lo[r - 1], hi[r - 1]) * rescale[r - 1] for r in rows]
             out.copy_(
                 generalized_task_arithmetic(
                     cache.stack[0], masked, weights, consensus=consensus, normalize=normalize, lambda_=lam
@@ -313,11 +363,31 @@ class Merger:
             )
         self._write(out, target)
 
+    @staticmethod
+    def _masked(delta: torch.Tensor, keys: torch.Tensor, low: int, high: int) -> torch.Tensor:
+        if (low, high) == sparsify.KEEP_ALL:
+            return delta
+        return delta * ((keys >= low) & (keys < high))
+
     def _rescale(
-        self, cache: _TensorCache, keys: torch.Tensor, lo: list[int], hi: list[int], rows: list[bool]
+        self,
+        cache: _TensorCache,
+        name: str,
+        method: str,
+        seed: int,
+        keys: torch.Tensor,
+        lo: list[int],
+        hi: list[int],
+        rows: list[bool],
     ) -> list[float]:
         """mergekit's L1 rescale: each masked task vector keeps the L1 norm of the whole one."""
-        if self.fused:
+        if method == "random":  # a lookup in the once-per-run histogram, no pass over the tensor
+            table = self._keys(cache, name, "random_l1", seed)
+            after = [
+                float(table[i, high + sparsify.LEVELS // 2 - 1]) if high > low else 0.0
+                for i, (low, high) in enumerate(zip(lo, hi, strict=True))
+            ]
+        elif self.fused:
             from . import fused
 
             after = fused.masked_l1(
@@ -329,7 +399,7 @@ class Merger:
             )
         else:
             after = [
-                float(torch.where((k >= low) & (k < high), d.abs(), 0).sum()) if on else 0.0
+                float(self._masked(d, k, low, high).abs().sum()) if on else 0.0
                 for d, k, low, high, on in zip(cache.stack[1:], keys, lo, hi, rows, strict=True)
             ]
         scales = []
@@ -432,13 +502,13 @@ class Merger:
         models = [recipe.base_model, *recipe.model_names] if recipe.base_model else recipe.model_names
         if not 0 <= source < len(models):
             raise MergeConfigError(f"layer_select.source {source} for {name}: pick 0..{len(models) - 1} ({models})")
-        return self._read(self.pool.models[self._model(models[source])], name)
+        return self._input(self._model(models[source]), name)
 
     def _fallback(self, recipe: Recipe, name: str, inputs: list[str], shared: dict, per_input: dict, target) -> None:
         """mergekit's own implementation, for the methods without a fast path."""
         from mergekit.merge_methods.api import merge_tensors
 
-        tensors = [self._read(self.pool.models[self._model(n)], name) for n in inputs]
+        tensors = [self._input(self._model(n), name) for n in inputs]
         parameters: dict[str, Any] = dict(shared)
         for n, values in per_input.items():
             for key, value in values.items():

@@ -43,14 +43,14 @@ def _gta_merge(base, deltas, keys, lo, hi, rescale, weights, consensus, normaliz
             d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
             r, w = rescale[i], weights[i]
             for j in range(start, stop):
-                keep = low <= k[j] < high
+                keep = (k[j] >= low) & (k[j] < high)  # no short-circuit: keeps the loop vectorised
                 total[j - start] += (d[j] * r) * w if keep else zero
         if consensus:
             for i in range(n):
                 d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
                 r, w = rescale[i], weights[i]
                 for j in range(start, stop):
-                    v = (d[j] * r) * w if low <= k[j] < high else zero
+                    v = (d[j] * r) * w if (k[j] >= low) & (k[j] < high) else zero
                     agree = (v > zero) if total[j - start] >= zero else (v < zero)
                     mixed[j - start] += v if agree else zero
                     divisor[j - start] += w if agree else zero
@@ -87,7 +87,7 @@ def _masked_l1(deltas, keys, lo, hi, rows):  # pragma: no cover
             d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
             s = zero  # fp32 within a block (4096 entries), fp64 across blocks
             for j in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
-                s += abs(d[j]) if low <= k[j] < high else zero
+                s += abs(d[j]) if (k[j] >= low) & (k[j] < high) else zero
             partial[b, i] = s
     return partial.sum(axis=0)
 

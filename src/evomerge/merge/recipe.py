@@ -47,6 +47,9 @@ class Recipe:
     out_dtype: str | None = None
     tokenizer_source: str | None = None
     seed: int = 0  # for random sparsification (DARE, DELLA); mergekit has no equivalent
+    #: keep the common prefix of token ids when vocabularies differ (mergekit's
+    #: --unsafe-truncate-embeddings, a command-line option there)
+    unsafe_truncate_embeddings: bool = False
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)  # an unknown method fails here, with a suggestion
@@ -83,9 +86,17 @@ class Recipe:
             if name == base and not entry.get("parameters"):
                 continue  # mergekit lists the base as an input too; it is ours already
             models.append(ModelEntry(name, _freeze_settings(entry.get("parameters"))))
+        unknown = sorted(set(extra) - {"seed", "unsafe_truncate_embeddings"})
+        if unknown:
+            raise MergeConfigError(
+                f"unknown key(s) under {EXTRA_KEY}: {unknown}; valid: seed, unsafe_truncate_embeddings"
+            )
         seed = extra.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise MergeConfigError(f"{EXTRA_KEY}.seed must be an integer, got {seed!r}")
+        truncate = extra.get("unsafe_truncate_embeddings", False)
+        if not isinstance(truncate, bool):
+            raise MergeConfigError(f"{EXTRA_KEY}.unsafe_truncate_embeddings must be true or false, got {truncate!r}")
         return cls(
             method=str(config["merge_method"]),
             models=tuple(models),
@@ -95,6 +106,7 @@ class Recipe:
             out_dtype=config.get("out_dtype"),
             tokenizer_source=None if config.get("tokenizer_source") is None else str(config["tokenizer_source"]),
             seed=seed,
+            unsafe_truncate_embeddings=truncate,
         )
 
     @classmethod
@@ -115,8 +127,11 @@ class Recipe:
         for key in ("dtype", "out_dtype", "tokenizer_source"):
             if getattr(self, key) is not None:
                 config[key] = getattr(self, key)
-        if self.seed:
-            config[EXTRA_KEY] = {"seed": self.seed}
+        extra = {"seed": self.seed} if self.seed else {}
+        if self.unsafe_truncate_embeddings:
+            extra["unsafe_truncate_embeddings"] = True
+        if extra:
+            config[EXTRA_KEY] = extra
         return config
 
     def to_yaml(self) -> str:

@@ -65,19 +65,18 @@ def load_live_model(merger: Merger, *, out_dtype: str | None = None) -> torch.nn
 
     dtype = _dtype(out_dtype) if out_dtype else "auto"
     model = AutoModelForCausalLM.from_pretrained(merger.pool.base.path, dtype=dtype)
+    embeddings = model.get_input_embeddings()
+    name = next((n for n, p in model.named_parameters() if p is embeddings.weight), None)
+    if merger.pool.align_vocab and name is not None:  # the output vocabulary may differ from the base's
+        rows = merger.output_rows(name)
+        if rows != embeddings.weight.shape[0]:
+            model.resize_token_embeddings(rows, mean_resizing=False)
     return model.to(merger.device).eval()
 
 
 def _tokenizer_source(recipe: Recipe, merger: Merger) -> Path:
     source = recipe.tokenizer_source
-    if source in (None, "base"):
-        return merger.pool.base.path
-    if source == "union":
-        raise MergeConfigError(
-            "tokenizer_source: union builds a new vocabulary, which needs mergekit's vocabulary surgery; "
-            "run this config with mergekit-yaml, or use tokenizer_source: base"
-        )
-    return resolve(source)
+    return merger.pool.base.path if source in (None, "base") else resolve(source)
 
 
 def _mergekit_run(raw: dict[str, Any], out: str | Path, *, force: bool, allow_pickle: bool, device: str) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import IncompatibleModelsError
 from .checkpoint import Checkpoint
 from .groups import TensorGroup, tensor_group
+from .vocab import read_vocab
 
 #: Architecture fields that must agree, each under the names model families use for it.
 _ARCH_FIELDS: dict[str, tuple[str, ...]] = {
@@ -26,10 +27,22 @@ def _field(checkpoint: Checkpoint, aliases: tuple[str, ...]) -> object:
     return next((checkpoint.config[a] for a in aliases if a in checkpoint.config), None)
 
 
-def check_compatible(models: Sequence[Checkpoint]) -> None:
-    """Raise ``IncompatibleModelsError`` unless every model matches the first one."""
+def is_vocab_tensor(model: Checkpoint, name: str) -> bool:
+    """Rows indexed by token id: embeddings and lm_head with one row per vocabulary entry."""
+    if tensor_group(name).kind not in ("embeddings", "lm_head"):
+        return False
+    vocab_size = model.config.get("vocab_size") or model.config.get("text_config", {}).get("vocab_size")
+    return vocab_size is None or model.shape(name)[0] == vocab_size
+
+
+def check_compatible(models: Sequence[Checkpoint], *, align_vocab: bool = False) -> None:
+    """Raise ``IncompatibleModelsError`` unless every model matches the first one.
+
+    With ``align_vocab`` (a ``tokenizer_source`` or vocabulary truncation was chosen),
+    vocabularies may differ: embeddings and lm_head are aligned when merged.
+    """
     ref = models[0]
-    ref_vocab = _tokenizer_vocab(ref.path)
+    ref_vocab = read_vocab(ref.path)
     for other in models[1:]:
         for label, aliases in _ARCH_FIELDS.items():
             a, b = _field(ref, aliases), _field(other, aliases)
@@ -50,34 +63,29 @@ def check_compatible(models: Sequence[Checkpoint]) -> None:
             a, b = ref.shape(name), other.shape(name)
             if a == b:
                 continue
-            if tensor_group(name).kind in ("embeddings", "lm_head") and a[1:] == b[1:]:
+            if is_vocab_tensor(ref, name) and a[1:] == b[1:]:
+                if align_vocab:
+                    continue
                 raise IncompatibleModelsError(
-                    f"{name}: vocabulary sizes differ ({ref.name} {a[0]}, {other.name} {b[0]}); "
-                    "merging models with different vocabularies is not supported yet."
+                    f"{name}: vocabulary sizes differ ({ref.name} {a[0]}, {other.name} {b[0]}). Set "
+                    "tokenizer_source (base, or a model) to align embeddings by token, or "
+                    "unsafe_truncate_embeddings to keep the common prefix of token ids."
                 )
             raise IncompatibleModelsError(f"{name}: shape {b} in {other.name} but {a} in {ref.name}")
-        vocab = _tokenizer_vocab(other.path)
-        if ref_vocab is not None and vocab is not None and vocab != ref_vocab:
+        vocab = read_vocab(other.path)
+        if not align_vocab and ref_vocab is not None and vocab is not None and vocab != ref_vocab:
             changed = sorted(t for t in set(ref_vocab) | set(vocab) if ref_vocab.get(t) != vocab.get(t))
             raise IncompatibleModelsError(
                 f"{other.name} and {ref.name} have different tokenizers ({len(changed)} tokens differ, "
-                f"e.g. {changed[:3]}); the same row of the embeddings would mean different tokens."
+                f"e.g. {changed[:3]}); the same row of the embeddings would mean different tokens. "
+                "Set tokenizer_source (base, or a model) to align embeddings by token."
             )
-
-
-def _tokenizer_vocab(path: Path) -> dict[str, int] | None:
-    file = path / "tokenizer.json"
-    if not file.exists():
-        return None
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(file)).get_vocab(with_added_tokens=True)
 
 
 class ModelPool:
     """A base and endpoints that share an architecture, tensor names, shapes and vocabulary."""
 
-    def __init__(self, base: Checkpoint, endpoints: Sequence[Checkpoint]) -> None:
+    def __init__(self, base: Checkpoint, endpoints: Sequence[Checkpoint], *, align_vocab: bool = False) -> None:
         if not endpoints:
             raise IncompatibleModelsError("a merge needs at least one endpoint model besides the base")
         names = [base.name, *(e.name for e in endpoints)]
@@ -85,14 +93,18 @@ class ModelPool:
             raise IncompatibleModelsError(f"a model is listed twice: {names}")
         self.base = base
         self.endpoints = list(endpoints)
-        check_compatible(self.models)
+        self.align_vocab = align_vocab
+        check_compatible(self.models, align_vocab=align_vocab)
 
     @classmethod
-    def open(cls, base: str | Path, endpoints: Sequence[str | Path], *, allow_pickle: bool = False) -> ModelPool:
+    def open(
+        cls, base: str | Path, endpoints: Sequence[str | Path], *, allow_pickle: bool = False, align_vocab: bool = False
+    ) -> ModelPool:
         """Open a base and endpoints from local directories or hub ids."""
         return cls(
             Checkpoint.open(base, allow_pickle=allow_pickle),
             [Checkpoint.open(e, allow_pickle=allow_pickle) for e in endpoints],
+            align_vocab=align_vocab,
         )
 
     @property

@@ -17,9 +17,10 @@ Parameter settings (scalars, gradients over layers, ``filter`` conditions) are r
 per tensor by mergekit's own resolver, so they mean what they mean in mergekit.
 
 Memory: the cache holds, per merged tensor, the reference and every task vector in
-fp32 (so ``(models) x (parameters) x 4`` bytes in all), plus 4 bytes per parameter per
-endpoint for each kind of key a method needs (magnitude ranks for TIES, random keys
-for DARE, both for DELLA). Checkpoints themselves stay memory-mapped.
+fp32 (so ``(models) x (parameters) x 4`` bytes in all), plus, per parameter and
+endpoint, 4 bytes of magnitude ranks (TIES, breadcrumbs) and 2 bytes of random keys
+(DARE, DELLA) once a method needs them. Checkpoints themselves stay memory-mapped.
+Embedding and lm_head rows are aligned here when vocabularies differ (``models/vocab.py``).
 """
 
 from __future__ import annotations
@@ -384,7 +385,7 @@ class Merger:
         if method == "random":  # a lookup in the once-per-run histogram, no pass over the tensor
             table = self._keys(cache, name, "random_l1", seed)
             after = [
-                float(table[i, high + sparsify.LEVELS // 2 - 1]) if high > low else 0.0
+                float(table[i, high - 1]) if high > low else 0.0
                 for i, (low, high) in enumerate(zip(lo, hi, strict=True))
             ]
         elif self.fused:

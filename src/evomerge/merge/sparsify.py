@@ -11,12 +11,13 @@ identical to mergekit's, ties included (``mergekit/sparsify.py``):
 - magnitude_outliers (breadcrumbs): key = rank by increasing magnitude (mergekit uses
   ``torch.sort`` there, whose order of equal values differs from ``argsort``), kept
   ``[n_bottom, n_bottom + k)``;
-- random (DARE): key = a uniform 16-bit level drawn from a generator seeded by
-  (seed, tensor name, model), kept below ``density * 2**16``: a Bernoulli mask whose
-  probability is the density rounded down to a multiple of 2**-16 (an error under
-  1.6e-5), the same every time the same recipe is merged. 16 bits halve the keys'
-  memory, and let the L1 norm that DARE's rescale needs be read, for any density, from a
-  once-per-run histogram of ``|delta|`` over the levels (``level_l1``);
+- random (DARE): key = a uniform 15-bit level (int16, non-negative) drawn from a
+  generator seeded by (seed, tensor name, model), kept below ``density * 2**15``: a
+  Bernoulli mask whose probability is the density rounded down to a multiple of 2**-15
+  (an error under 3.1e-5), the same every time the same recipe is merged. Small keys
+  halve the memory of int32 ones, and let the L1 norm that DARE's rescale needs be read,
+  for any density, from a once-per-run histogram of ``|delta|`` over the levels
+  (``level_l1``);
 - della_magprune: per-row magnitude rank fractions plus random keys (``della_mask``).
 """
 
@@ -26,9 +27,10 @@ import hashlib
 
 import torch
 
-LEVELS = 2**16  # random keys are int16: level = key + 2**15, uniform in [0, LEVELS)
-#: Bounds that keep every key of any kind (ranks are int32, random keys int16).
-KEEP_ALL = (-(2**31), 2**31 - 1)
+LEVELS = 2**15  # random keys are int16 levels, uniform in [0, LEVELS)
+#: Bounds that keep every key of any kind. Keys are never negative: the fused kernel
+#: runs at half speed on negative keys.
+KEEP_ALL = (0, 2**31 - 1)
 
 
 def _magnitudes(delta: torch.Tensor) -> torch.Tensor:
@@ -56,13 +58,12 @@ def random_keys(numel: int, seed: int, tensor: str, model: int, device: torch.de
     """Uniform int16 keys for a Bernoulli mask, reproducible from (seed, tensor name, model index)."""
     digest = hashlib.blake2b(f"{seed}\0{tensor}\0{model}".encode(), digest_size=8).digest()
     generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") >> 1)
-    half = LEVELS // 2
-    return torch.randint(-half, half, (numel,), generator=generator, dtype=torch.int16, device=device)
+    return torch.randint(0, LEVELS, (numel,), generator=generator, dtype=torch.int16, device=device)
 
 
 def level_l1(delta: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """``out[v] = sum(|delta| where level < v + 1)``: the L1 norm a random mask keeps, for every level."""
-    levels = keys.to(torch.int64) + LEVELS // 2
+    levels = keys.to(torch.int64)
     hist = torch.zeros(LEVELS, dtype=torch.float64, device=delta.device)
     hist.index_add_(0, levels, delta.abs().to(torch.float64))
     return hist.cumsum(0)
@@ -89,11 +90,11 @@ def key_range(method: str, density: float, numel: int, gamma: float = 0.0) -> tu
         bottom = max(0, numel - target - int(gamma * numel))
         return bottom, bottom + target
     if method == "random":
-        return -(LEVELS // 2), int(density * LEVELS) - LEVELS // 2
+        return 0, int(density * LEVELS)
     raise ValueError(f"no key range for sparsification {method!r}")
 
 
 def della_mask(fraction: torch.Tensor, keys: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """DELLA's MagPrune: keep with probability ``density - eps + 2 eps * rank_fraction``."""
     probability = (density - epsilon) + fraction * (2 * epsilon)
-    return (keys.to(torch.int32) + LEVELS // 2) < probability * LEVELS
+    return keys < probability * LEVELS

@@ -18,3 +18,28 @@ def demo_family() -> Path:
 @pytest.fixture(scope="session")
 def demo_manifest(demo_family: Path) -> dict:
     return read_manifest(demo_family)
+
+
+@pytest.fixture(scope="session")
+def gpt2_family(tmp_path_factory, demo_family) -> Path:
+    """A second architecture for merge parity: a random-weight GPT-2 (tied embeddings,
+    ``transformer.h.N`` names) and three "fine-tunes" (base plus small random task
+    vectors), saved as safetensors under ``models/{base,a,b,c}``."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(demo_family / "models" / "base")
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=3, n_head=4)
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(config)
+    for name in ("base", "a", "b", "c"):
+        model = GPT2LMHeadModel(config)
+        model.load_state_dict(base.state_dict())
+        if name != "base":
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.02 * torch.randn_like(p))
+        model.save_pretrained(root / "models" / name)
+        tokenizer.save_pretrained(root / "models" / name)
+    return root

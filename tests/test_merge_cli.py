@@ -12,31 +12,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import IncompatibleModelsError
 from evomerge.merge import merge_config
 from evomerge.models.save import OutputExistsError
-
-
-@pytest.fixture(scope="module")
-def gpt2_family(tmp_path_factory, demo_family) -> Path:
-    """A base and two "fine-tunes" (base plus small random task vectors), saved as safetensors."""
-    root = tmp_path_factory.mktemp("gpt2")
-    tokenizer = AutoTokenizer.from_pretrained(demo_family / "models" / "base")
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=3, n_head=4)
-    torch.manual_seed(0)
-    base = GPT2LMHeadModel(config)
-    for name in ("base", "a", "b"):
-        model = GPT2LMHeadModel(config)
-        model.load_state_dict(base.state_dict())
-        if name != "base":
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(0.02 * torch.randn_like(p))
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return root
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -96,7 +76,7 @@ def test_evomerge_merge_equals_mergekit_yaml(family, demo_family, gpt2_family, t
     if family == "demo":
         root, base, others = demo_family / "models", "base", ["add", "greek"]
     else:
-        root, base, others = gpt2_family, "base", ["a", "b"]
+        root, base, others = gpt2_family / "models", "base", ["a", "b"]
     for i, config in enumerate(configs(root, base, others)):
         path = write_config(tmp_path / f"{i}.yml", config)
         ours = merge_config(path, tmp_path / f"ours{i}")
@@ -144,7 +124,7 @@ def test_two_architectures_are_refused(demo_family, gpt2_family, tmp_path):
     config = {
         "merge_method": "task_arithmetic",
         "base_model": str(demo_family / "models" / "base"),
-        "models": [{"model": str(gpt2_family / "a"), "parameters": {"weight": 1.0}}],
+        "models": [{"model": str(gpt2_family / "models" / "a"), "parameters": {"weight": 1.0}}],
     }
     with pytest.raises(IncompatibleModelsError, match="different architectures"):
         merge_config(write_config(tmp_path / "x.yml", config), tmp_path / "x")

@@ -12,7 +12,7 @@ import torch
 from mergekit.merge_methods.api import merge_tensors
 
 from evomerge.errors import CheckpointError, MergeConfigError
-from evomerge.merge import Merger, ModelEntry, Recipe
+from evomerge.merge import Merger, ModelEntry, Recipe, methods, per_layer
 from evomerge.merge.engine import FAST_METHODS
 from evomerge.merge.run import load_live_model
 from evomerge.models import Checkpoint
@@ -20,10 +20,12 @@ from evomerge.models import Checkpoint
 ENDPOINTS = ("add", "greek", "cyrillic")
 
 
-def recipe(family: Path, method: str, per_model: list[dict], base: bool = True, **params) -> Recipe:
+def recipe(
+    family: Path, method: str, per_model: list[dict], base: bool = True, endpoints=ENDPOINTS, **params
+) -> Recipe:
     """A recipe as a mergekit config would give it: per-model settings for base-less methods
     start with the base model as an input."""
-    names = ([] if base else ["base"]) + list(ENDPOINTS[: len(per_model) - (0 if base else 1)])
+    names = ([] if base else ["base"]) + list(endpoints[: len(per_model) - (0 if base else 1)])
     config = {
         "merge_method": method,
         "models": [
@@ -56,6 +58,17 @@ def assert_matches_mergekit(merger: Merger, model: torch.nn.Module, rec: Recipe)
     state = model.state_dict()
     for name in merger.pool.tensor_names:
         torch.testing.assert_close(state[name], mergekit_reference(merger, rec, name), rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.fixture(scope="module", params=["demo", "gpt2"])
+def family(request, demo_family, gpt2_family):
+    """(root, endpoints, {fused: Merger}, live model) of the demo family or the GPT-2 one."""
+    root, endpoints = (demo_family, ENDPOINTS) if request.param == "demo" else (gpt2_family, ("a", "b", "c"))
+    mergers = {
+        fused: Merger.for_recipe(recipe(root, "ties", [{"weight": 1.0}] * 3, endpoints=endpoints), fused=fused)
+        for fused in (True, False)
+    }
+    return root, endpoints, mergers, load_live_model(mergers[True])
 
 
 @pytest.fixture(scope="module")
@@ -97,26 +110,29 @@ DETERMINISTIC = [
     ("model_stock", [{}, {}], {}),
     ("multislerp", [{"weight": w} for w in (0.2, 0.5, 0.3)], {}),
     ("karcher", [{}, {}, {}], {"base": False}),
+    ("sce", [{}, {}, {}], {"select_topk": 0.5}),
+    ("nearswap", [{}], {"t": 0.001}),
+    ("arcee_fusion", [{}], {}),
+    ("ram", [{}, {}], {}),
+    ("ramplus_tl", [{}, {}], {"r": 0.2}),
+    ("passthrough", [{"scale": 0.5}], {"base": False}),
 ]
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager"])
 @pytest.mark.parametrize(("method", "per_model", "params"), DETERMINISTIC)
-def test_merge_into_equals_mergekit(demo_family, demo_merger, live, fused, method, per_model, params):
+def test_merge_into_equals_mergekit(family, fused, method, per_model, params):
+    root, endpoints, mergers, live = family
     params = dict(params)
     base = params.pop("base", True)
-    rec = recipe(demo_family, method, per_model, base=base, **params)
-    assert_matches_mergekit(demo_merger[fused], live, rec)
+    rec = recipe(root, method, per_model, base=base, endpoints=endpoints, **params)
+    assert_matches_mergekit(mergers[fused], live, rec)
 
 
-def test_every_fast_method_is_covered():
-    assert {m for m, _, _ in DETERMINISTIC} >= FAST_METHODS - {
-        "dare_ties",
-        "dare_linear",
-        "della",
-        "della_linear",
-        "layer_select",
-    }
+def test_every_deterministic_method_is_covered():
+    random = {"dare_ties", "dare_linear", "della", "della_linear"}  # tested in expectation below
+    assert {m for m, _, _ in DETERMINISTIC} == set(methods()) - random - {"layer_select"}
+    assert FAST_METHODS - random - {"layer_select"} <= {m for m, _, _ in DETERMINISTIC}
 
 
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties", "della_linear", "della"])
@@ -230,3 +246,49 @@ def test_della_epsilon_out_of_range_is_refused(demo_family, demo_merger, live):
     rec = recipe(demo_family, "della", [{"weight": 1.0, "density": 0.9, "epsilon": 0.2}])
     with pytest.raises(MergeConfigError, match="epsilon"):
         demo_merger[False].merge_into(live, rec)
+
+
+def test_per_layer_groups_give_each_group_of_layers_its_value(gpt2_family):
+    """Three GPT-2 layers in groups of two: layers 0-1 take the endpoint whole, layer 2 the base."""
+    models = gpt2_family / "models"
+    weight = per_layer([1.0, 0.0], num_layers=3, group_size=2)
+    assert weight == (1.0, 1.0, 0.0)
+    rec = Recipe(
+        "task_arithmetic", (ModelEntry(str(models / "a"), (("weight", weight),)),), base_model=str(models / "base")
+    )
+    merger = Merger.for_recipe(rec)
+    live = load_live_model(merger)
+    merger.merge_into(live, rec)
+    base, a = Checkpoint.open(models / "base"), Checkpoint.open(models / "a")
+    for name in merger.pool.tensor_names:
+        layer = merger.pool.groups[name].layer
+        expect = a if layer in (0, 1) or layer is None else base  # outside the layers: t = 0, the first value
+        torch.testing.assert_close(live.state_dict()[name], expect.tensor(name), rtol=1e-6, atol=1e-7, msg=name)
+    with pytest.raises(MergeConfigError, match="make 2 groups"):
+        per_layer([1.0, 0.5, 0.0], num_layers=3, group_size=2)
+
+
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager"])
+def test_approximate_mode_keeps_the_density_within_a_tenth_of_a_percent(demo_family, method, fused):
+    """One endpoint at weight 1: the merged delta is the masked task vector, so its support
+    shows what the threshold kept. Tensors where a threshold would miss fall back to ranks."""
+    exact_merger = Merger.for_recipe(recipe(demo_family, method, [{"weight": 1.0}]), fused=fused)
+    approx_merger = Merger.for_recipe(recipe(demo_family, method, [{"weight": 1.0}]), fused=fused, exact=False)
+    live = load_live_model(exact_merger)
+    base, add = approx_merger.pool.base, approx_merger.pool.endpoints[0]
+    for density in (0.1, 0.5, 0.9):
+        params = {"weight": 1.0, "density": density} | ({"gamma": 0.02} if method != "ties" else {})
+        rec = recipe(demo_family, method, [params], rescale=True)
+        approx_merger.merge_into(live, rec)
+        approx = {n: p.detach().clone() for n, p in live.state_dict().items()}
+        exact_merger.merge_into(live, rec)
+        for name in approx_merger.pool.tensor_names:
+            delta = add.tensor(name) - base.tensor(name)
+            kept_approx = int((approx[name] != base.tensor(name)).sum())
+            kept_exact = int((live.state_dict()[name] != base.tensor(name)).sum())
+            assert abs(kept_approx - kept_exact) <= 1e-3 * delta.numel(), (name, density)
+            # rescale restores the L1 norm in both modes
+            merged_l1 = (approx[name] - base.tensor(name)).abs().sum()
+            torch.testing.assert_close(merged_l1, delta.abs().sum(), rtol=2e-4, atol=1e-6)
+    assert approx_merger.stats["threshold"] > 0  # thresholds were used, not only the fallback

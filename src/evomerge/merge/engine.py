@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,24 @@ FAST_METHODS = frozenset({*GTA_METHODS, "linear", "slerp", "layer_select"})
 
 
 @dataclass
+class _Masks:
+    """Which entries of each task vector a candidate keeps: ``lo[i] <= |keys[i, j]| < hi[i]``.
+
+    Keys are int ranks or int16 random levels (never negative) with int32 bounds, or the
+    task vectors themselves with float32 magnitude thresholds.
+    """
+
+    keys: torch.Tensor  # (endpoints, numel)
+    lo: np.ndarray
+    hi: np.ndarray
+    kept_l1: list[float | None]  # each mask's L1 norm where a table gives it without a pass
+
+    def mask(self, i: int) -> torch.Tensor:
+        k = self.keys[i] if not self.keys.is_floating_point() else self.keys[i].abs()
+        return (k >= self.lo[i].item()) & (k < self.hi[i].item())
+
+
+@dataclass
 class _TensorCache:
     """Once-per-run state of one tensor: ``stack[0]`` is the reference model's tensor,
     ``stack[r]`` the task vector of model ``r`` against it."""
@@ -91,6 +110,7 @@ class Merger:
         fused: bool | None = None,
         tokenizer_source: str | None = None,
         unsafe_truncate_embeddings: bool = False,
+        exact: bool = True,
     ) -> None:
         if tokenizer_source == "union":
             raise MergeConfigError(
@@ -98,6 +118,8 @@ class Merger:
                 "use tokenizer_source: base or a model, or run the config with mergekit-yaml"
             )
         self.pool = pool
+        self.exact = exact  # False: magnitude masks from thresholds (sparsify.py), kept fraction within 0.1%
+        self.stats: Counter[str] = Counter()  # e.g. how often a threshold was used or fell back to ranks
         self.tokenizer_source = tokenizer_source
         self.unsafe_truncate_embeddings = unsafe_truncate_embeddings
         self.device = torch.device(device)
@@ -199,6 +221,8 @@ class Merger:
                     rows.append(sparsify.ascending_ranks(delta))
                 elif kind == "random":
                     rows.append(sparsify.random_keys(cache.numel, seed, name, r, self.device))
+                elif kind == "magnitude_table":
+                    rows.append(sparsify.magnitude_table(delta))
                 elif kind == "random_l1":
                     rows.append(sparsify.level_l1(delta, self._keys(cache, name, "random", seed)[r - 1]))
                 elif kind == "row_fraction":
@@ -324,20 +348,17 @@ class Merger:
             self._della(recipe, name, cache, rows, entries, per_input, shared, consensus, target)
             return
         n = cache.stack.shape[0] - 1
-        if any(d < 1 for d in densities):
-            keys = self._keys(cache, name, method, recipe.seed)
-        else:  # a dense TIES still elects signs; every key range below is "all"
-            keys = torch.zeros((n, cache.numel), dtype=torch.int16, device=self.device)
-        lo, hi = [0] * n, [0] * n  # models of the pool that the recipe leaves out keep nothing
+        gammas = [float(per_input[e].get("gamma", 0.0)) for e in entries]
+        masks = None
+        if not self.exact and method in sparsify.THRESHOLD_METHODS and any(d < 1 for d in densities):
+            masks = self._threshold_masks(cache, name, method, rows, densities, gammas)
+        if masks is None:
+            masks = self._key_masks(cache, name, method, recipe.seed, rows, densities, gammas)
         w, rescale = [0.0] * n, [1.0] * n
-        needs_rescale = [False] * n
-        for r, entry, d, weight in zip(rows, entries, densities, weights, strict=True):
-            gamma = float(per_input[entry].get("gamma", 0.0))
-            lo[r - 1], hi[r - 1] = sparsify.key_range(method, d, cache.numel, gamma)
-            needs_rescale[r - 1] = bool(shared["rescale"]) and d < 1
+        for r, d, weight in zip(rows, densities, weights, strict=True):
             w[r - 1] = weight
-        if any(needs_rescale):
-            rescale = self._rescale(cache, name, method, recipe.seed, keys, lo, hi, needs_rescale)
+            if shared["rescale"] and d < 1:
+                rescale[r - 1] = self._rescale(cache, masks, r)
         out = self._out(target)
         if self.fused:
             from . import fused
@@ -345,9 +366,9 @@ class Merger:
             fused.gta_merge(
                 cache.stack[0].numpy(),
                 cache.stack[1:].numpy(),
-                keys.numpy(),
-                np.asarray(lo, dtype=np.int32),
-                np.asarray(hi, dtype=np.int32),
+                masks.keys.numpy(),
+                masks.lo,
+                masks.hi,
                 np.asarray(rescale, dtype=np.float32),
                 np.asarray(w, dtype=np.float32),
                 consensus,
@@ -356,7 +377,7 @@ class Merger:
                 out.numpy(),
             )
         else:
-            masked = [self._masked(cache.stack[r], keys[r - 1], lo[r - 1], hi[r - 1]) * rescale[r - 1] for r in rows]
+            masked = [cache.stack[r] * masks.mask(r - 1) * rescale[r - 1] for r in rows]
             out.copy_(
                 generalized_task_arithmetic(
                     cache.stack[0], masked, weights, consensus=consensus, normalize=normalize, lambda_=lam
@@ -364,55 +385,72 @@ class Merger:
             )
         self._write(out, target)
 
-    @staticmethod
-    def _masked(delta: torch.Tensor, keys: torch.Tensor, low: int, high: int) -> torch.Tensor:
-        if (low, high) == sparsify.KEEP_ALL:
-            return delta
-        return delta * ((keys >= low) & (keys < high))
-
-    def _rescale(
+    def _key_masks(
         self,
         cache: _TensorCache,
         name: str,
         method: str,
         seed: int,
-        keys: torch.Tensor,
-        lo: list[int],
-        hi: list[int],
-        rows: list[bool],
-    ) -> list[float]:
-        """mergekit's L1 rescale: each masked task vector keeps the L1 norm of the whole one."""
-        if method == "random":  # a lookup in the once-per-run histogram, no pass over the tensor
-            table = self._keys(cache, name, "random_l1", seed)
-            after = [
-                float(table[i, high - 1]) if high > low else 0.0
-                for i, (low, high) in enumerate(zip(lo, hi, strict=True))
-            ]
-        elif self.fused:
-            from . import fused
+        rows: list[int],
+        densities: list[float],
+        gammas: list[float],
+    ) -> _Masks:
+        """Exact masks from once-per-run keys: magnitude ranks, or random levels."""
+        n = cache.stack.shape[0] - 1
+        if all(d >= 1 for d in densities):  # a dense TIES still elects signs: keep every |delta| in [0, inf)
+            return _Masks(cache.stack[1:], np.zeros(n, np.float32), np.full(n, np.inf, np.float32), [None] * n)
+        keys = self._keys(cache, name, method, seed)
+        lo, hi = np.zeros(n, np.int32), np.zeros(n, np.int32)  # a pool model the recipe leaves out keeps nothing
+        kept_l1: list[float | None] = [None] * n
+        table = self._keys(cache, name, "random_l1", seed) if method == "random" else None
+        for r, d, gamma in zip(rows, densities, gammas, strict=True):
+            lo[r - 1], hi[r - 1] = sparsify.key_range(method, d, cache.numel, gamma)
+            if table is not None and d < 1:  # DARE: the kept L1 norm is a lookup
+                kept_l1[r - 1] = float(table[r - 1, hi[r - 1] - 1]) if hi[r - 1] > 0 else 0.0
+        return _Masks(keys, lo, hi, kept_l1)
 
-            after = fused.masked_l1(
-                cache.stack[1:].numpy(),
-                keys.numpy(),
-                np.asarray(lo, dtype=np.int32),
-                np.asarray(hi, dtype=np.int32),
-                np.asarray(rows),
-            )
-        else:
-            after = [
-                float(self._masked(d, k, low, high).abs().sum()) if on else 0.0
-                for d, k, low, high, on in zip(cache.stack[1:], keys, lo, hi, rows, strict=True)
-            ]
-        scales = []
-        for r, on in enumerate(rows, start=1):
-            before, masked = self._l1(cache, r), float(after[r - 1])
-            if not on or before < 1e-7 or masked < 1e-7:
-                scales.append(1.0)
-            else:
-                scales.append(
-                    float(torch.tensor(before, dtype=torch.float32) / torch.tensor(masked, dtype=torch.float32))
+    def _threshold_masks(
+        self,
+        cache: _TensorCache,
+        name: str,
+        method: str,
+        rows: list[int],
+        densities: list[float],
+        gammas: list[float],
+    ) -> _Masks | None:
+        """Approximate masks: magnitude thresholds from a once-per-run histogram, so a candidate
+        reads no keys. None when a threshold would miss the density by more than 0.1%
+        (heavy ties, tiny tensors): the caller then uses exact ranks."""
+        n = cache.stack.shape[0] - 1
+        lo, hi = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        kept_l1: list[float | None] = [None] * n
+        tables = self._keys(cache, name, "magnitude_table", 0)
+        for r, d, gamma in zip(rows, densities, gammas, strict=True):
+            found = sparsify.threshold_range(tables[r - 1], method, d, cache.numel, gamma)
+            if found is None:
+                log.debug("%s: threshold for density %s misses by > 0.1%%; exact ranks instead", name, d)
+                self.stats["threshold_fallback"] += 1
+                return None
+            lo[r - 1], hi[r - 1], kept_l1[r - 1] = found
+        self.stats["threshold"] += 1
+        return _Masks(cache.stack[1:], lo, hi, kept_l1)
+
+    def _rescale(self, cache: _TensorCache, masks: _Masks, row: int) -> float:
+        """mergekit's L1 rescale: a masked task vector keeps the L1 norm of the whole one."""
+        after = masks.kept_l1[row - 1]
+        if after is None:
+            if self.fused:
+                from . import fused
+
+                after = fused.masked_l1(
+                    cache.stack[row].numpy(), masks.keys[row - 1].numpy(), masks.lo[row - 1], masks.hi[row - 1]
                 )
-        return scales
+            else:
+                after = (cache.stack[row] * masks.mask(row - 1)).abs().sum()
+        before, after = self._l1(cache, row), float(after)
+        if before < 1e-7 or after < 1e-7:
+            return 1.0
+        return float(torch.tensor(before, dtype=torch.float32) / torch.tensor(after, dtype=torch.float32))
 
     def _della(self, recipe, name, cache, rows, entries, per_input, shared, consensus, target) -> None:
         masked = []

@@ -23,7 +23,9 @@ _BLOCK = 4096  # entries per block: the block's scratch stays in L1/L2
 def _gta_merge(base, deltas, keys, lo, hi, rescale, weights, consensus, normalize, lam, out):  # pragma: no cover
     """``out = base + lam * combine(mask_i * rescale_i * delta_i * w_i)``.
 
-    Entry ``j`` of task vector ``i`` is kept when ``lo[i] <= keys[i, j] < hi[i]``.
+    Entry ``j`` of task vector ``i`` is kept when ``lo[i] <= |keys[i, j]| < hi[i]``: keys
+    are non-negative integer ranks or levels, or the task vectors themselves with
+    magnitude thresholds (the approximate mode; the same memory is read twice, once).
     ``combine`` is the sign-elected mean (TIES) when ``consensus``, else the sum;
     ``normalize`` divides by the weights that took part.
 
@@ -45,14 +47,14 @@ def _gta_merge(base, deltas, keys, lo, hi, rescale, weights, consensus, normaliz
             d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
             r, w = rescale[i], weights[i]
             for j in range(start, stop):
-                keep = np.float32((k[j] >= low) & (k[j] < high))
+                keep = np.float32((abs(k[j]) >= low) & (abs(k[j]) < high))
                 total[j - start] += ((d[j] * keep) * r) * w
         if consensus:
             for i in range(n):
                 d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
                 r, w = rescale[i], weights[i]
                 for j in range(start, stop):
-                    v = ((d[j] * np.float32((k[j] >= low) & (k[j] < high))) * r) * w
+                    v = ((d[j] * np.float32((abs(k[j]) >= low) & (abs(k[j]) < high))) * r) * w
                     up = total[j - start] >= zero
                     agree = np.float32(((v > zero) & up) | ((v < zero) & ~up))
                     mixed[j - start] += v * agree
@@ -76,23 +78,18 @@ def _gta_merge(base, deltas, keys, lo, hi, rescale, weights, consensus, normaliz
             out[j] = base[j] + m
 
 
-def _masked_l1(deltas, keys, lo, hi, rows):  # pragma: no cover
-    """``|delta_i * mask_i|.sum()`` for each ``i`` in ``rows``, without forming the masks."""
-    n = deltas.shape[0]
-    size = deltas.shape[1]
+def _masked_l1(delta, keys, low, high):  # pragma: no cover
+    """``|delta * mask|.sum()`` for the mask ``low <= |keys| < high``, without forming it."""
+    size = delta.shape[0]
     blocks = (size + _BLOCK - 1) // _BLOCK
-    partial = np.zeros((blocks, n), dtype=np.float64)
+    partial = np.zeros(blocks, dtype=np.float64)
     zero = np.float32(0.0)
     for b in prange(blocks):
-        for i in range(n):
-            if not rows[i]:
-                continue
-            d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
-            s = zero  # fp32 within a block (4096 entries), fp64 across blocks
-            for j in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
-                s += abs(d[j]) * np.float32((k[j] >= low) & (k[j] < high))
-            partial[b, i] = s
-    return partial.sum(axis=0)
+        s = zero  # fp32 within a block (4096 entries), fp64 across blocks
+        for j in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
+            s += abs(delta[j]) * np.float32((abs(keys[j]) >= low) & (abs(keys[j]) < high))
+        partial[b] = s
+    return partial.sum()
 
 
 #: Small tensors run single-threaded: waking a thread pool costs more than they do.
@@ -109,5 +106,5 @@ def gta_merge(base, *args) -> None:  # type: ignore[no-untyped-def]
     (gta_merge_parallel if base.shape[0] >= PARALLEL_FROM else gta_merge_serial)(base, *args)
 
 
-def masked_l1(deltas, *args):  # type: ignore[no-untyped-def]
-    return (masked_l1_parallel if deltas.shape[1] >= PARALLEL_FROM else masked_l1_serial)(deltas, *args)
+def masked_l1(delta, *args) -> float:  # type: ignore[no-untyped-def]
+    return float((masked_l1_parallel if delta.shape[0] >= PARALLEL_FROM else masked_l1_serial)(delta, *args))

@@ -10,7 +10,7 @@ mergekit would make of the same YAML, and it exports back to that YAML.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,22 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_mergekit(), sort_keys=False)
+
+
+def per_layer(values: Sequence[float], num_layers: int, group_size: int = 1) -> tuple[float, ...]:
+    """A setting with one value per group of ``group_size`` consecutive layers, as a
+    mergekit gradient list with one point per layer.
+
+    mergekit evaluates a gradient at ``t = layer / (layers - 1)``, so a list with one
+    point per layer gives each layer its own value (tensors outside the layers get the
+    first). ``values`` has one entry per group: ``ceil(num_layers / group_size)``.
+    """
+    groups = -(-num_layers // group_size)
+    if len(values) != groups:
+        raise MergeConfigError(
+            f"{num_layers} layers in groups of {group_size} make {groups} groups; got {len(values)} values"
+        )
+    return tuple(float(values[layer // group_size]) for layer in range(num_layers))
 
 
 def parse_yaml(text: str) -> dict[str, Any]:

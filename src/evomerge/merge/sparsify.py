@@ -19,6 +19,13 @@ identical to mergekit's, ties included (``mergekit/sparsify.py``):
   for any density, from a once-per-run histogram of ``|delta|`` over the levels
   (``level_l1``);
 - della_magprune: per-row magnitude rank fractions plus random keys (``della_mask``).
+
+Approximate mode (``Merger(exact=False)``) skips the sort for magnitude masks: a
+histogram of ``|delta|`` over its top 17 float bits (buckets 0.2% wide in value) turns a
+density into a threshold, ``|delta| >= t``, that a candidate compares without reading
+keys. The kept count is read from the histogram, and a threshold that would miss the
+density by more than 0.1% of the entries is not used (``threshold_range`` returns None;
+the engine then falls back to exact ranks).
 """
 
 from __future__ import annotations
@@ -92,6 +99,57 @@ def key_range(method: str, density: float, numel: int, gamma: float = 0.0) -> tu
     if method == "random":
         return 0, int(density * LEVELS)
     raise ValueError(f"no key range for sparsification {method!r}")
+
+
+THRESHOLD_METHODS = frozenset({"magnitude", "magnitude_outliers"})
+_SHIFT = 14  # float32 bits >> 14: sign (0), 8 exponent, 9 mantissa bits
+BUCKETS = 2 ** (31 - _SHIFT)
+#: The approximate mode's bound on the kept fraction's error.
+MAX_DENSITY_ERROR = 1e-3
+
+
+def magnitude_table(delta: torch.Tensor) -> torch.Tensor:
+    """``[count, L1]`` of the entries at or above each bucket's lower edge, ``(2, BUCKETS + 1)``."""
+    magnitude = delta.abs().reshape(-1).float()
+    buckets = (magnitude.view(torch.int32) >> _SHIFT).long()
+    counts = torch.bincount(buckets, minlength=BUCKETS).double()
+    l1 = torch.bincount(buckets, weights=magnitude.double(), minlength=BUCKETS)
+    suffix = torch.stack([counts, l1]).flip(1).cumsum(1).flip(1)
+    return torch.cat([suffix, suffix.new_zeros(2, 1)], dim=1).cpu()
+
+
+def _edge(bucket: int) -> float:
+    if bucket >= BUCKETS:
+        return float("inf")
+    return float(torch.tensor(bucket << _SHIFT, dtype=torch.int32).view(torch.float32))
+
+
+def _closest(count_ge: torch.Tensor, k: int) -> int:
+    """The bucket whose ``count >= edge`` is nearest ``k`` (counts fall as buckets rise)."""
+    first_below = int(torch.searchsorted(-count_ge, torch.tensor([-float(k)], dtype=count_ge.dtype), right=True))
+    candidates = [b for b in (first_below - 1, first_below) if 0 <= b < count_ge.numel()]
+    return min(candidates, key=lambda b: abs(float(count_ge[b]) - k))
+
+
+def threshold_range(
+    table: torch.Tensor, method: str, density: float, numel: int, gamma: float = 0.0
+) -> tuple[float, float, float] | None:
+    """``(lo, hi, kept L1)`` with ``lo <= |delta| < hi`` keeping about what ``key_range`` keeps,
+    or None if that misses by more than ``MAX_DENSITY_ERROR * numel`` entries."""
+    count_ge, l1_ge = table[0], table[1]
+    if method == "magnitude":
+        target = max(1, int(density * numel))
+        low, high = _closest(count_ge, target), BUCKETS
+    elif method == "magnitude_outliers":
+        target = int(density * numel)
+        bottom = max(0, numel - target - int(gamma * numel))
+        low, high = _closest(count_ge, numel - bottom), _closest(count_ge, numel - bottom - target)
+    else:
+        raise ValueError(f"no threshold for sparsification {method!r}")
+    kept = float(count_ge[low] - count_ge[high])
+    if abs(kept - target) > MAX_DENSITY_ERROR * numel:
+        return None
+    return _edge(low), _edge(high), float(l1_ge[low] - l1_ge[high])
 
 
 def della_mask(fraction: torch.Tensor, keys: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:

@@ -127,18 +127,11 @@ def time_clone(model: torch.nn.Module, names: list[str], repeat: int) -> float:
 
 
 def time_mergekit(merger: Merger, rec: Recipe, names: list[str]) -> float:
-    inputs = merger._inputs(rec)
     total = 0.0
     for name in names:
-        shared, per_input = merger.tensor_params(rec, name)
-        params = dict(shared)
-        for model, values in per_input.items():
-            for key, value in values.items():
-                params.setdefault(key, {})[model] = value
-        tensors = [merger.pool.models[merger.names.index(n)].tensor(name) for n in inputs]
-        base_index = inputs.index(rec.base_model) if rec.base_model else None
+        tensors, kwargs = merger.mergekit_arguments(rec, name)
         t0 = time.perf_counter()
-        merge_tensors(tensors, rec.method, parameters=params, ids=inputs, base_index=base_index)
+        merge_tensors(tensors, rec.method, **kwargs)
         total += time.perf_counter() - t0
     return total
 

@@ -42,15 +42,8 @@ def recipe(
 
 def mergekit_reference(merger: Merger, rec: Recipe, name: str) -> torch.Tensor:
     """mergekit's own result for one tensor, with the parameters mergekit's resolver gives."""
-    inputs = merger._inputs(rec)
-    shared, per_input = merger.tensor_params(rec, name)
-    params = dict(shared)
-    for model, values in per_input.items():
-        for key, value in values.items():
-            params.setdefault(key, {})[model] = value
-    tensors = [merger.pool.models[merger.names.index(n)].tensor(name) for n in inputs]
-    base_index = inputs.index(rec.base_model) if rec.base_model else None
-    return merge_tensors(tensors, rec.method, parameters=params, ids=inputs, base_index=base_index)
+    tensors, kwargs = merger.mergekit_arguments(rec, name)
+    return merge_tensors(tensors, rec.method, **kwargs)
 
 
 def assert_matches_mergekit(merger: Merger, model: torch.nn.Module, rec: Recipe) -> None:

@@ -249,6 +249,13 @@ class Merger:
         when a new candidate differs from the last one in a few layers only.
         """
         spec = get_method(recipe.method)
+        asked = (recipe.tokenizer_source, recipe.unsafe_truncate_embeddings)
+        if asked != (self.tokenizer_source, self.unsafe_truncate_embeddings):
+            raise MergeConfigError(
+                f"this Merger aligns vocabularies as tokenizer_source={self.tokenizer_source!r}, "
+                f"unsafe_truncate_embeddings={self.unsafe_truncate_embeddings}, but the recipe asks for "
+                f"{asked}; open a Merger for it (Merger.for_recipe)"
+            )
         inputs = self._inputs(recipe)
         targets = _targets(model)
         if self._skip is None:  # integer buffers are not merged: the live model keeps the base's
@@ -269,16 +276,16 @@ class Merger:
                 )
             if spec.name == "layer_select":
                 target.copy_(self._select(recipe, name).view(target.shape))
-                continue
-            shared, per_input = self.tensor_params(recipe, name)
-            if spec.name in GTA_METHODS:
-                self._gta(recipe, name, inputs, shared, per_input, target)
-            elif spec.name == "linear":
-                self._linear(name, inputs, shared, per_input, target)
-            elif spec.name == "slerp":
-                self._slerp(recipe, name, inputs, shared, target)
+            elif spec.name not in FAST_METHODS:
+                self._fallback(recipe, name, target)
             else:
-                self._fallback(recipe, name, inputs, shared, per_input, target)
+                shared, per_input = self.tensor_params(recipe, name)
+                if spec.name in GTA_METHODS:
+                    self._gta(recipe, name, inputs, shared, per_input, target)
+                elif spec.name == "linear":
+                    self._linear(name, inputs, shared, per_input, target)
+                else:
+                    self._slerp(recipe, name, inputs, shared, target)
         return model
 
     def _inputs(self, recipe: Recipe) -> list[str]:
@@ -543,21 +550,29 @@ class Merger:
             raise MergeConfigError(f"layer_select.source {source} for {name}: pick 0..{len(models) - 1} ({models})")
         return self._input(self._model(models[source]), name)
 
-    def _fallback(self, recipe: Recipe, name: str, inputs: list[str], shared: dict, per_input: dict, target) -> None:
+    def _fallback(self, recipe: Recipe, name: str, target: torch.Tensor) -> None:
         """mergekit's own implementation, for the methods without a fast path."""
         from mergekit.merge_methods.api import merge_tensors
 
-        tensors = [self._input(self._model(n), name) for n in inputs]
-        parameters: dict[str, Any] = dict(shared)
-        for n, values in per_input.items():
-            for key, value in values.items():
-                parameters.setdefault(key, {})[n] = value
-        base_index = inputs.index(recipe.base_model) if recipe.base_model else None
+        tensors, kwargs = self.mergekit_arguments(recipe, name)
         try:
-            merged = merge_tensors(tensors, recipe.method, parameters=parameters, ids=inputs, base_index=base_index)
+            merged = merge_tensors(tensors, recipe.method, **kwargs)
         except (RuntimeError, ValueError, TypeError) as err:
             raise MergeConfigError(f"{recipe.method} on {name}: {err}") from err
         self._write(merged.reshape(-1).float(), target)
+
+    def mergekit_arguments(self, recipe: Recipe, name: str) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """What ``mergekit.merge_methods.api.merge_tensors`` takes to merge one tensor of a recipe:
+        the fallback's call, and the tests' and benchmark's reference."""
+        inputs = self._inputs(recipe)
+        shared, per_input = self.tensor_params(recipe, name)
+        parameters: dict[str, Any] = dict(shared)
+        for model, values in per_input.items():
+            for key, value in values.items():
+                parameters.setdefault(key, {})[model] = value
+        tensors = [self._input(self._model(n), name) for n in inputs]
+        base_index = inputs.index(recipe.base_model) if recipe.base_model else None
+        return tensors, {"parameters": parameters, "ids": inputs, "base_index": base_index}
 
     @staticmethod
     def _out(target: torch.Tensor) -> torch.Tensor:

@@ -285,3 +285,11 @@ def test_approximate_mode_keeps_the_density_within_a_tenth_of_a_percent(demo_fam
             merged_l1 = (approx[name] - base.tensor(name)).abs().sum()
             torch.testing.assert_close(merged_l1, delta.abs().sum(), rtol=2e-4, atol=1e-6)
     assert approx_merger.stats["threshold"] > 0  # thresholds were used, not only the fallback
+
+
+def test_a_missing_gpu_is_a_clear_error(demo_family):
+    """Runs where CUDA is absent (as on CI); on a GPU machine the device is simply used."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(MergeConfigError, match="no CUDA GPU"):
+        Merger.for_recipe(recipe(demo_family, "ties", [{"weight": 1.0}]), device="cuda")

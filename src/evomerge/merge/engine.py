@@ -123,7 +123,11 @@ class Merger:
         self.tokenizer_source = tokenizer_source
         self.unsafe_truncate_embeddings = unsafe_truncate_embeddings
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise MergeConfigError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use device='cpu'")
         self.fused = self.device.type == "cpu" if fused is None else fused
+        if self.fused and self.device.type != "cpu":
+            raise MergeConfigError("the fused kernels run on the CPU; use fused=None or False on other devices")
         self.names = [m.name for m in pool.models]
         self._cache: dict[str, _TensorCache] = {}
         self._random_seed: int | None = None
@@ -376,7 +380,7 @@ class Merger:
                 masks.keys.numpy(),
                 masks.lo,
                 masks.hi,
-                np.asarray(rescale, dtype=np.float32),
+                np.asarray(rescale, dtype=np.float32) * np.asarray(w, dtype=np.float32),
                 np.asarray(w, dtype=np.float32),
                 consensus,
                 normalize,

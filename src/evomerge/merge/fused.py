@@ -19,6 +19,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 _BLOCK = 4096  # entries per block: the block's scratch stays in L1/L2
+_CHUNKS = 64  # parallel work items, each a run of blocks sharing one scratch allocation
 
 
 def _key(k):  # type: ignore[no-untyped-def]  # pragma: no cover - replaced by the overload in compiled code
@@ -36,63 +37,66 @@ def _key_by_type(k):  # type: ignore[no-untyped-def]
     return lambda k: k
 
 
-def _gta_merge(base, deltas, keys, lo, hi, rescale, weights, consensus, normalize, lam, out):  # pragma: no cover
-    """``out = base + lam * combine(mask_i * rescale_i * delta_i * w_i)``.
+def _gta_merge(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, lam, out):  # pragma: no cover
+    """``out = base + lam * combine(mask_i * delta_i * scale_i)``, ``scale_i = rescale_i * weight_i``.
 
-    Entry ``j`` of task vector ``i`` is kept when ``lo[i] <= |keys[i, j]| < hi[i]``: keys
-    are non-negative integer ranks or levels, or the task vectors themselves with
-    magnitude thresholds (the approximate mode; the same memory is read twice, once).
-    ``combine`` is the sign-elected mean (TIES) when ``consensus``, else the sum;
-    ``normalize`` divides by the weights that took part.
+    Entry ``j`` of task vector ``i`` is kept when ``lo[i] <= key(keys[i, j]) < hi[i]``: keys
+    are non-negative integer ranks or levels, or the task vectors themselves compared by
+    magnitude against thresholds (the approximate mode). ``combine`` is the sign-elected
+    mean (TIES) when ``consensus``, else the sum; ``normalize`` divides by the weights that
+    took part.
 
-    The inner loops are branch-free (masks multiply, as mergekit's do): a random mask
-    would otherwise mispredict every other entry, which costs 5x on DARE.
+    Each block's weighted, masked deltas are formed once into scratch that stays in cache;
+    the loops are branch-free (masks multiply, as mergekit's do), since a random mask would
+    otherwise mispredict every other entry. Scratch is allocated once per chunk of blocks.
     """
     n = deltas.shape[0]
     size = base.shape[0]
     zero = np.float32(0.0)
     one = np.float32(1.0)
     blocks = (size + _BLOCK - 1) // _BLOCK
-    for b in prange(blocks):
-        start = b * _BLOCK
-        stop = min(size, start + _BLOCK)
-        total = np.zeros(_BLOCK, dtype=np.float32)
-        mixed = np.zeros(_BLOCK, dtype=np.float32)
-        divisor = np.zeros(_BLOCK, dtype=np.float32)
-        for i in range(n):
-            d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
-            r, w = rescale[i], weights[i]
-            for j in range(start, stop):
-                a = _key(k[j])
-                total[j - start] += ((d[j] * np.float32((a >= low) & (a < high))) * r) * w
-        if consensus:
+    per_chunk = (blocks + _CHUNKS - 1) // _CHUNKS
+    wsum = zero
+    for i in range(n):
+        wsum += weights[i]
+    if abs(wsum) < 1e-8:
+        wsum = one
+    for c in prange(_CHUNKS):
+        v = np.empty((n, _BLOCK), dtype=np.float32)
+        total = np.empty(_BLOCK, dtype=np.float32)
+        mixed = np.empty(_BLOCK, dtype=np.float32)
+        divisor = np.empty(_BLOCK, dtype=np.float32)
+        for b in range(c * per_chunk, min(blocks, (c + 1) * per_chunk)):
+            start = b * _BLOCK
+            m = min(size, start + _BLOCK) - start
+            total[:m] = zero
             for i in range(n):
-                d, k, low, high = deltas[i], keys[i], lo[i], hi[i]
-                r, w = rescale[i], weights[i]
-                for j in range(start, stop):
-                    a = _key(k[j])
-                    v = ((d[j] * np.float32((a >= low) & (a < high))) * r) * w
-                    up = total[j - start] >= zero
-                    agree = np.float32(((v > zero) & up) | ((v < zero) & ~up))
-                    mixed[j - start] += v * agree
-                    divisor[j - start] += w * agree
-        else:
-            wsum = zero
-            for i in range(n):
-                wsum += weights[i]
-            if abs(wsum) < 1e-8:
-                wsum = one
-            for j in range(start, stop):
-                mixed[j - start] = total[j - start]
-                divisor[j - start] = wsum
-        for j in range(start, stop):
-            m = mixed[j - start]
-            if normalize:
-                dv = divisor[j - start]
-                m = m / (dv if dv != zero else one)
-            if lam != one:
-                m = m * lam
-            out[j] = base[j] + m
+                d, k, low, high, s, vi = deltas[i], keys[i], lo[i], hi[i], scale[i], v[i]
+                for j in range(m):
+                    a = _key(k[start + j])
+                    x = (d[start + j] * np.float32((a >= low) & (a < high))) * s
+                    vi[j] = x
+                    total[j] += x
+            if consensus:
+                mixed[:m] = zero
+                divisor[:m] = zero
+                for i in range(n):
+                    w, vi = weights[i], v[i]
+                    for j in range(m):
+                        x = vi[j]
+                        up = total[j] >= zero
+                        agree = np.float32(((x > zero) & up) | ((x < zero) & ~up))
+                        mixed[j] += x * agree
+                        divisor[j] += w * agree
+            else:
+                mixed[:m] = total[:m]
+                divisor[:m] = wsum
+            for j in range(m):
+                mj = mixed[j]
+                if normalize:
+                    dv = divisor[j]
+                    mj = mj / (dv if dv != zero else one)
+                out[start + j] = base[start + j] + mj * lam
 
 
 def _masked_l1(delta, keys, low, high):  # pragma: no cover

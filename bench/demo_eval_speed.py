@@ -12,15 +12,15 @@ import time
 import torch
 
 from evomerge.demo import build_demo_family, load_member, read_manifest
-from evomerge.demo.family import load_jsonl
-from evomerge.evaluate import exact_match_scores
+from evomerge.demo.family import as_task_items, load_jsonl
+from evomerge.evaluate import GenerationScorer
 
 
 def items_per_second(model, tok, items, batch_size: int, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
-        exact_match_scores(model, tok, items, max_new_tokens=12, batch_size=batch_size)
+        GenerationScorer("exact", strict=True, max_new_tokens=12, batch_size=batch_size).score(model, tok, items)
         best = min(best, time.perf_counter() - t0)
     return len(items) / best
 
@@ -30,6 +30,7 @@ def main() -> None:
     manifest = read_manifest(family)
     model, tok = load_member(family, "base")
     items = load_jsonl(family / manifest["tasks"][manifest["target_task"]]["search"])
+    items = as_task_items(items)
     sample = items[:: max(1, len(items) // 100)][:100]
     ref = items_per_second(model, tok, sample, batch_size=1, repeat=1)
     ours = items_per_second(model, tok, sample, batch_size=64)

@@ -28,7 +28,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from ..errors import DemoFamilyError
-from ..evaluate import exact_match_scores
+from ..evaluate.scorers import GenerationScorer
+from ..evaluate.tasks import Item as TaskItem
 from ..merge.engine import Merger
 from ..merge.recipe import ModelEntry, Recipe
 from .skills import SKILLS, Item, level, make_splits
@@ -136,11 +137,17 @@ def score_skills(
 ) -> dict[str, float]:
     """Exact-match accuracy in percent per skill, plus their unweighted ``average``."""
     scores = {}
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=max_new_tokens, batch_size=128)
     for skill, items in data.items():
-        hits = exact_match_scores(model, tokenizer, items, max_new_tokens=max_new_tokens, batch_size=128)
+        hits = scorer.score(model, tokenizer, as_task_items(items))
         scores[skill] = 100 * sum(hits) / len(hits)
     scores["average"] = sum(scores.values()) / len(scores)
     return {k: round(v, 2) for k, v in scores.items()}
+
+
+def as_task_items(items: list[Item]) -> list[TaskItem]:
+    """Demo items (dicts with skill and level) as evaluation items."""
+    return [TaskItem(str(i), it["question"], answer=it["answer"], meta=dict(it)) for i, it in enumerate(items)]
 
 
 def _rel_norm(base: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:

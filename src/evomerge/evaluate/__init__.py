@@ -1,5 +1,19 @@
-"""Evaluation of a live, in-memory model: generation and per-item scores."""
+"""Evaluation of a live, in-memory model: task items, prompts, generation and per-item scores."""
 
-from .generation import exact_match_scores, generate
+from .generation import generate
+from .prompts import PromptTemplate
+from .scorers import GenerationScorer, LoglikelihoodChoiceScorer, PerplexityScorer
+from .tasks import Columns, Item, Splits, load_items, split_items
 
-__all__ = ["exact_match_scores", "generate"]
+__all__ = [
+    "Columns",
+    "GenerationScorer",
+    "Item",
+    "LoglikelihoodChoiceScorer",
+    "PerplexityScorer",
+    "PromptTemplate",
+    "Splits",
+    "generate",
+    "load_items",
+    "split_items",
+]

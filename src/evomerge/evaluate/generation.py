@@ -44,22 +44,3 @@ def generate(
                 text = text.split(s, 1)[0]
             out[i] = text
     return out
-
-
-def exact_match_scores(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    items: Sequence[dict[str, str]],
-    *,
-    max_new_tokens: int = 16,
-    batch_size: int = 64,
-) -> list[float]:
-    """Per-item exact match (1.0 or 0.0) of the greedy completion against ``answer``."""
-    completions = generate(
-        model,
-        tokenizer,
-        [it["question"] for it in items],
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
-    return [float(c.strip() == it["answer"].strip()) for c, it in zip(completions, items, strict=True)]

@@ -1,0 +1,183 @@
+"""Scorers: a live model and items in, one score in [0, 1] per item out.
+
+Per-item scores (not just a mean) are what fitness estimators and the test phase need.
+Every scorer works on the model where it is (cpu or cuda, its own dtype) and never
+saves or reloads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from . import extract
+from .generation import generate
+from .prompts import PromptTemplate
+from .tasks import Item
+
+Extractor = Literal["number", "exact", "regex", "choice"]
+
+
+@dataclass(frozen=True)
+class GenerationScorer:
+    """Greedy generation, then answer extraction and comparison with the reference.
+
+    ``number``: the last number, compared by value; ``exact``: normalised exact match
+    (``strict`` compares the raw stripped text); ``regex``: the first group of
+    ``pattern``; ``choice``: a choice letter against the item's label.
+    """
+
+    extractor: Extractor = "exact"
+    prompt: PromptTemplate = field(default_factory=PromptTemplate)
+    fewshot: tuple[Item, ...] = ()
+    max_new_tokens: int = 32
+    stop: tuple[str, ...] = ("\n",)
+    batch_size: int = 64
+    pattern: str | None = None
+    digit_map: Mapping[str, str] | None = None
+    strict: bool = False
+    higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        if self.extractor == "regex" and not self.pattern:
+            raise ValueError("the regex extractor needs a pattern")
+
+    def completions(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]
+    ) -> list[str]:
+        prompts = [self.prompt.render(it, self.fewshot, tokenizer) for it in items]
+        return generate(
+            model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, stop=self.stop
+        )
+
+    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
+        return [self.judge(c, it) for c, it in zip(self.completions(model, tokenizer, items), items, strict=True)]
+
+    def judge(self, completion: str, item: Item) -> float:
+        """1.0 if ``completion`` answers ``item``, else 0.0."""
+        if self.extractor == "choice":
+            if item.choices is None or item.label is None:
+                raise ValueError(f"item {item.id}: the choice extractor needs choices and a label")
+            return float(extract.choice_letter(completion, len(item.choices)) == chr(ord("A") + item.label))
+        reference = item.answer if item.answer is not None else ""
+        if self.extractor == "number":
+            got = extract.last_number(completion, self.digit_map)
+            return float(got is not None and got == extract.last_number(reference, self.digit_map))
+        if self.extractor == "regex":
+            assert self.pattern is not None
+            got = extract.regex_answer(completion, self.pattern)
+            return float(got is not None and extract.normalize_text(got) == extract.normalize_text(reference))
+        if self.strict:
+            return float(completion.strip() == reference.strip())
+        return float(extract.normalize_text(completion) == extract.normalize_text(reference))
+
+
+@dataclass(frozen=True)
+class LoglikelihoodChoiceScorer:
+    """Multiple choice by the log-likelihood of each choice after the prompt (lm-eval's
+    ``acc``); ``length_normalized`` divides by the choice's length in bytes (``acc_norm``)."""
+
+    prompt: PromptTemplate = field(default_factory=lambda: PromptTemplate("{question}", separator="\n"))
+    fewshot: tuple[Item, ...] = ()
+    continuation: str = " {choice}"
+    length_normalized: bool = False
+    batch_size: int = 32
+    higher_is_better: bool = True
+
+    @torch.inference_mode()
+    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
+        pairs, owners = [], []
+        for n, it in enumerate(items):
+            if it.choices is None or it.label is None:
+                raise ValueError(f"item {it.id}: log-likelihood multiple choice needs choices and a label")
+            context = self.prompt.render(it, self.fewshot, tokenizer)
+            for choice in it.choices:
+                pairs.append((context, self.continuation.format(choice=choice)))
+                owners.append(n)
+        logprobs = continuation_logprobs(model, tokenizer, pairs, batch_size=self.batch_size)
+        scores = []
+        for n, it in enumerate(items):
+            assert it.choices is not None
+            values = [lp for lp, owner in zip(logprobs, owners, strict=True) if owner == n]
+            if self.length_normalized:
+                values = [
+                    v / max(1, len(self.continuation.format(choice=c).encode()))
+                    for v, c in zip(values, it.choices, strict=True)
+                ]
+            scores.append(float(max(range(len(values)), key=values.__getitem__) == it.label))
+        return scores
+
+
+@dataclass(frozen=True)
+class PerplexityScorer:
+    """Mean negative log-likelihood per token of each item's text (``question``, plus
+    ``answer`` when present). Lower is better: ``higher_is_better`` is False, and a fitness
+    built on it minimises."""
+
+    batch_size: int = 16
+    higher_is_better: bool = False
+
+    @torch.inference_mode()
+    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
+        texts = [it.question + (it.answer or "") for it in items]
+        pairs = [("", t) for t in texts]
+        return [
+            -lp / max(1, n)
+            for lp, n in zip(
+                continuation_logprobs(model, tokenizer, pairs, batch_size=self.batch_size),
+                _token_counts(tokenizer, texts),
+                strict=True,
+            )
+        ]
+
+
+def _token_counts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[int]:
+    return [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
+@torch.inference_mode()
+def continuation_logprobs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 32,
+) -> list[float]:
+    """Sum of log p(continuation tokens | context) for each ``(context, continuation)``.
+
+    Context and continuation are tokenised separately and concatenated (as lm-eval does),
+    so the continuation's tokens are exactly its own. Batches are right-padded.
+    """
+    device = next(model.parameters()).device
+    encoded = []
+    for context, continuation in pairs:
+        ctx = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+        if not ctx and tokenizer.bos_token_id is not None:
+            ctx = [tokenizer.bos_token_id]
+        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        encoded.append((ctx, cont))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[float] = [0.0] * len(pairs)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [encoded[i][0] + encoded[i][1] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logprobs = F.log_softmax(logits, dim=-1)
+        for row, i in enumerate(idx):
+            ctx, cont = encoded[i]
+            positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=device)
+            targets = torch.tensor(cont, device=device)
+            out[i] = float(logprobs[row, positions, targets].sum())
+    return out

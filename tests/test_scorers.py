@@ -1,0 +1,95 @@
+"""Scorers on the demo family: real generation and real log-likelihoods."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evomerge.demo import load_member
+from evomerge.demo.family import as_task_items, load_jsonl
+from evomerge.evaluate import GenerationScorer, Item, LoglikelihoodChoiceScorer, PerplexityScorer
+from evomerge.evaluate.scorers import continuation_logprobs
+
+
+@pytest.fixture(scope="module")
+def members(demo_family):
+    return {name: load_member(demo_family, name) for name in ("base", "add", "greek", "cyrillic")}
+
+
+@pytest.fixture(scope="module")
+def test_items(demo_family, demo_manifest):
+    return {
+        s: as_task_items(load_jsonl(demo_family / demo_manifest["tasks"][s]["test"])) for s in demo_manifest["skills"]
+    }
+
+
+def test_generation_scorer_reproduces_the_foundation_measurements(members, test_items, demo_manifest):
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=demo_manifest["spec"]["max_new_tokens"])
+    for name, (model, tok) in members.items():
+        for skill, items in test_items.items():
+            accuracy = 100 * sum(scorer.score(model, tok, items)) / len(items)
+            recorded = demo_manifest["models"][name]["scores"]["test"][skill]
+            assert accuracy == pytest.approx(recorded, abs=1.0), (name, skill)
+            if name == skill:  # each specialist is high on its own skill ...
+                assert accuracy >= 85, (name, skill)
+            elif name != "base":  # ... and low on the others' (the base's level, the easy items)
+                assert accuracy <= 45, (name, skill)
+
+
+def test_number_extraction_agrees_with_exact_match_on_sums(members, test_items):
+    model, tok = members["add"]
+    items = test_items["add"][:60]
+    exact = GenerationScorer("exact", strict=True).score(model, tok, items)
+    number = GenerationScorer("number").score(model, tok, items)
+    assert number == exact and 0 < sum(exact) < len(exact)
+
+
+def test_batching_does_not_change_scores(members, test_items):
+    model, tok = members["greek"]
+    items = test_items["greek"][:40]
+    assert GenerationScorer(batch_size=1).score(model, tok, items) == GenerationScorer(batch_size=16).score(
+        model, tok, items
+    )
+
+
+def _choice_items(items: list[Item]) -> list[Item]:
+    """Sums as 3-way multiple choice: the right answer and two near misses of the same
+    length (the last digit changed), so no choice wins by being short."""
+    out = []
+    for it in items:
+        right = it.answer
+        choices = [right, *(right[:-1] + str((int(right[-1]) + k) % 10) for k in (1, 5))]
+        out.append(Item(it.id, it.question, choices=tuple(choices), label=0))
+    return out
+
+
+def test_loglikelihood_choice_prefers_the_specialist(members, test_items):
+    items = _choice_items(test_items["add"][:60])
+    scorer = LoglikelihoodChoiceScorer(continuation="{choice}")
+    specialist = sum(scorer.score(*members["add"], items)) / len(items)
+    other = sum(scorer.score(*members["greek"], items)) / len(items)
+    assert specialist >= 0.8 and specialist > other
+    normed = LoglikelihoodChoiceScorer(continuation="{choice}", length_normalized=True).score(*members["add"], items)
+    assert len(normed) == len(items) and set(normed) <= {0.0, 1.0}
+
+
+def test_continuation_logprobs_match_one_sequence_at_a_time(members):
+    model, tok = members["base"]
+    pairs = [("47+38=", "85"), ("gr bado=", "βαδο"), ("1+1=", "2")]
+    batched = continuation_logprobs(model, tok, pairs, batch_size=8)
+    for (context, continuation), got in zip(pairs, batched, strict=True):
+        ctx = tok(context, add_special_tokens=False)["input_ids"]
+        cont = tok(continuation, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ctx + cont])).logits.log_softmax(-1)[0]
+        expected = sum(float(logits[len(ctx) - 1 + k, t]) for k, t in enumerate(cont))
+        assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_perplexity_is_lower_for_the_model_trained_on_the_text(members, test_items):
+    items = test_items["cyrillic"][:50]
+    scorer = PerplexityScorer()
+    assert scorer.higher_is_better is False
+    own = sum(scorer.score(*members["cyrillic"], items)) / len(items)
+    other = sum(scorer.score(*members["greek"], items)) / len(items)
+    assert 0 < own < other

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from evomerge.demo import load_member
 from evomerge.demo.family import as_task_items, load_jsonl
-from evomerge.evaluate import GenerationScorer, Item, LoglikelihoodChoiceScorer, PerplexityScorer
+from evomerge.evaluate import GenerationScorer, Item, LoglikelihoodChoiceScorer, PerplexityScorer, generate
 from evomerge.evaluate.scorers import continuation_logprobs
 
 
@@ -93,3 +95,36 @@ def test_perplexity_is_lower_for_the_model_trained_on_the_text(members, test_ite
     own = sum(scorer.score(*members["cyrillic"], items)) / len(items)
     other = sum(scorer.score(*members["greek"], items)) / len(items)
     assert 0 < own < other
+
+
+def test_generation_pads_with_eos_when_the_tokenizer_has_no_pad_token(members, test_items):
+    model, tok = members["greek"]
+    prompts = [it.question for it in test_items["greek"][:12]]
+    expected = generate(model, tok, prompts, max_new_tokens=8)
+    bare = copy.deepcopy(tok)
+    bare.pad_token = None
+    bare.padding_side = "right"
+    assert generate(model, bare, prompts, max_new_tokens=8) == expected
+    assert bare.pad_token is None and bare.padding_side == "right"  # the caller's tokenizer is restored
+
+
+def test_auto_batch_size_backs_off_on_out_of_memory(members, test_items, monkeypatch):
+    """A GPU's out-of-memory error cannot happen here, so it is simulated: batches larger
+    than 8 raise torch.OutOfMemoryError, as CUDA would."""
+    model, tok = members["add"]
+    prompts = [it.question for it in test_items["add"][:40]]
+    expected = generate(model, tok, prompts, max_new_tokens=4, batch_size=8)
+    real = model.generate
+    sizes = []
+
+    def small_gpu(**kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[0] > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(**kwargs)
+
+    monkeypatch.setattr(model, "generate", small_gpu)
+    assert generate(model, tok, prompts, max_new_tokens=4, batch_size="auto") == expected
+    assert sizes[:4] == [40, 32, 16, 8]  # 64 takes all 40 prompts, then 32, 16 and 8 fits
+    with pytest.raises(torch.OutOfMemoryError):
+        generate(model, tok, prompts, max_new_tokens=4, batch_size=16)  # a fixed size is not changed

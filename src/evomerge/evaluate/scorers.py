@@ -37,7 +37,7 @@ class GenerationScorer:
     fewshot: tuple[Item, ...] = ()
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ("\n",)
-    batch_size: int = 64
+    batch_size: int | Literal["auto"] = 64
     pattern: str | None = None
     digit_map: Mapping[str, str] | None = None
     strict: bool = False

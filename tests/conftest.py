@@ -3,7 +3,12 @@ keyed by the builder's version (CI points EVOMERGE_CACHE into its clean clone)."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Tests never touch the Hugging Face hub: everything they use is built or written locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 

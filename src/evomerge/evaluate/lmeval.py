@@ -1,0 +1,150 @@
+"""lm-eval-harness tasks, scored per item on the live, in-memory model.
+
+The task (and its dataset) is built once; each candidate is scored by wrapping the same
+model object in lm-eval's ``HFLM`` (which accepts an instantiated model, so nothing is
+saved or reloaded) and asking ``lm_eval.evaluator.evaluate`` for the chosen documents
+only, with ``log_samples`` on. Per-item scores are the task's metric for each logged
+sample. Mergenetic, by contrast, rebuilds lm-eval's TaskManager and reloads a vLLM
+engine for every candidate.
+
+A task is a registered name (``gsm8k``; needs its dataset, so usually the network) or a
+task YAML on disk; a YAML with ``dataset_path: json`` and local ``data_files`` works
+offline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..errors import EvomergeError
+from .tasks import Item
+
+log = logging.getLogger(__name__)
+
+
+class LMEvalError(EvomergeError):
+    """An lm-eval task cannot be found, built or scored."""
+
+
+class LMEvalScorer:
+    """One lm-eval task; ``items()`` lists its documents, ``score`` gives one value each."""
+
+    def __init__(
+        self,
+        task: str | Path,
+        *,
+        metric: str | None = None,
+        batch_size: int = 16,
+        add_bos_token: bool = True,
+        higher_is_better: bool = True,
+    ) -> None:
+        self.task = task
+        self.metric = metric
+        self.batch_size = batch_size
+        # HF tokenizers that add BOS do so for every model input; lm-eval's HFLM does not by default.
+        self.add_bos_token = add_bos_token
+        self.higher_is_better = higher_is_better
+        self._task_dict: dict[str, Any] | None = None
+        self._lm: tuple[int, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return next(iter(self.task_dict()))
+
+    def task_dict(self) -> dict[str, Any]:
+        """Built once: the TaskManager, the task and its dataset."""
+        if self._task_dict is None:
+            try:
+                from lm_eval.tasks import TaskManager, get_task_dict
+            except ImportError as err:
+                raise LMEvalError("lm-eval tasks need the lmeval extra: pip install 'evomerge[lmeval]'") from err
+            name = str(self.task)
+            include = None
+            path = Path(self.task)
+            if path.suffix in (".yaml", ".yml"):
+                if not path.is_file():
+                    raise LMEvalError(f"lm-eval task file {path} not found")
+                import yaml
+
+                name = (yaml.safe_load(path.read_text()) or {}).get("task")
+                if not name:
+                    raise LMEvalError(f"{path}: an lm-eval task YAML needs a 'task:' name")
+                include = str(path.parent)
+            manager = TaskManager(include_path=include, verbosity="ERROR")
+            try:
+                tasks = get_task_dict([name], manager)
+            except Exception as err:  # lm-eval raises KeyError, ValueError, dataset errors ...
+                raise LMEvalError(f"lm-eval could not build task {name!r}: {err}") from err
+            if len(tasks) != 1:
+                raise LMEvalError(f"{name!r} is a group of {len(tasks)} tasks; give one task")
+            self._task_dict = tasks
+        return self._task_dict
+
+    def items(self) -> list[Item]:
+        """The task's evaluation documents as items (ids are lm-eval doc ids)."""
+        task = next(iter(self.task_dict().values()))
+        return [Item(str(i), str(task.doc_to_text(doc)), meta={"doc": doc}) for i, doc in enumerate(task.eval_docs)]
+
+    def _wrap(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Any:
+        """lm-eval's HFLM around the live model: built once per model object, never reloaded."""
+        if self._lm is None or self._lm[0] != id(model):
+            from lm_eval.models.huggingface import HFLM
+
+            lm = HFLM(
+                pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, add_bos_token=self.add_bos_token
+            )
+            self._lm = (id(model), lm)
+        return self._lm[1]
+
+    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
+        from lm_eval import evaluator
+
+        doc_ids = [int(it.id) for it in items]
+        results = evaluator.evaluate(
+            self._wrap(model, tokenizer),
+            self.task_dict(),
+            samples={self.name: doc_ids},
+            log_samples=True,
+            verbosity="ERROR",
+        )
+        samples = results["samples"][self.name]
+        metric = self.metric or _first_metric(samples)
+        by_doc = {}
+        for sample in samples:
+            if metric not in sample:
+                raise LMEvalError(f"task {self.name!r} logs no metric {metric!r}; it logs {_metrics(sample)}")
+            by_doc[int(sample["doc_id"])] = float(sample[metric])
+        return [by_doc[i] for i in doc_ids]
+
+
+_SAMPLE_FIELDS = {
+    "doc_id",
+    "doc",
+    "target",
+    "arguments",
+    "resps",
+    "filtered_resps",
+    "filter",
+    "metrics",
+    "doc_hash",
+    "prompt_hash",
+    "target_hash",
+}
+
+
+def _metrics(sample: dict[str, Any]) -> list[str]:
+    return [k for k, v in sample.items() if k not in _SAMPLE_FIELDS and isinstance(v, int | float)]
+
+
+def _first_metric(samples: list[dict[str, Any]]) -> str:
+    if not samples:
+        raise LMEvalError("lm-eval returned no samples for the requested documents")
+    found = _metrics(samples[0])
+    if not found:
+        raise LMEvalError(f"no per-sample metric in lm-eval's logged samples (fields: {sorted(samples[0])})")
+    return found[0]

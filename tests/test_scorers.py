@@ -9,7 +9,19 @@ import torch
 
 from evomerge.demo import load_member
 from evomerge.demo.family import as_task_items, load_jsonl
-from evomerge.evaluate import GenerationScorer, Item, LoglikelihoodChoiceScorer, PerplexityScorer, generate
+from evomerge.evaluate import (
+    Evaluator,
+    GenerationScorer,
+    HeldOutError,
+    Item,
+    LoglikelihoodChoiceScorer,
+    PerplexityScorer,
+    PromptTemplate,
+    TaskDataError,
+    generate,
+    load_hf_dataset,
+    split_items,
+)
 from evomerge.evaluate.scorers import continuation_logprobs
 
 
@@ -128,3 +140,64 @@ def test_auto_batch_size_backs_off_on_out_of_memory(members, test_items, monkeyp
     assert sizes[:4] == [40, 32, 16, 8]  # 64 takes all 40 prompts, then 32, 16 and 8 fits
     with pytest.raises(torch.OutOfMemoryError):
         generate(model, tok, prompts, max_new_tokens=4, batch_size=16)  # a fixed size is not changed
+
+
+class Spy:
+    """Wraps a real scorer and records which items it was asked to score."""
+
+    def __init__(self, scorer):
+        self.scorer, self.seen = scorer, []
+        self.higher_is_better = scorer.higher_is_better
+
+    def score(self, model, tokenizer, items):
+        self.seen.extend(it.id for it in items)
+        return self.scorer.score(model, tokenizer, items)
+
+
+def test_the_test_split_is_never_scored_during_search(members, test_items):
+    splits = split_items(test_items["add"], seed=1, test_fraction=0.3, fewshot=5)
+    spy = Spy(GenerationScorer("number"))
+    evaluator = Evaluator("add", splits, spy)
+    model, tok = members["add"]
+    anchors = evaluator.anchors(20, seed=7)
+    assert anchors == evaluator.anchors(20, seed=7) and set(anchors) <= {it.id for it in splits.search}
+    for seed in range(3):  # a few "generations", each on its own anchors
+        evaluator.score(model, tok, evaluator.anchors(15, seed=seed))
+    evaluator.score(model, tok)  # all of search
+    held_out = {it.id for it in splits.test} | {it.id for it in splits.fewshot}
+    assert spy.seen and not set(spy.seen) & held_out
+    with pytest.raises(HeldOutError, match="never scored during a search"):
+        evaluator.score(model, tok, [splits.test[0].id])
+    test_scores = evaluator.score_test(model, tok)
+    assert set(test_scores) == {it.id for it in splits.test}
+    assert sum(test_scores.values()) / len(test_scores) >= 0.8  # the add specialist, held out
+
+
+def test_evaluator_gives_the_fewshot_split_to_the_scorer(test_items):
+    splits = split_items(test_items["add"], seed=1, fewshot=3)
+    evaluator = Evaluator("add", splits, GenerationScorer("number"))
+    assert evaluator.scorer.fewshot == splits.fewshot
+    prompt = evaluator.scorer.prompt.render(splits.search[0], evaluator.scorer.fewshot)
+    assert prompt.count("\n") == 3 and prompt.endswith(splits.search[0].question)
+
+
+def test_chat_template_prompts(members):
+    _, tok = members["base"]
+    chat = copy.deepcopy(tok)
+    chat.chat_template = (
+        "{% for m in messages %}[{{ m['content'] }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    )
+    text = PromptTemplate(chat=True).render(Item("1", "47+38="), tokenizer=chat)
+    assert text == "[47+38=]>"
+
+
+def test_hf_dataset_from_a_local_directory(tmp_path):
+    """The hub path needs the network; a local dataset directory takes the same code path."""
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "test.jsonl").write_text('{"question": "1+1=", "answer": "2"}\n{"question": "2+2="}\n')
+    with pytest.raises(TaskDataError, match=r"ds\[test\], row 2: needs 'answer'"):
+        load_hf_dataset(str(tmp_path / "ds"), split="test")
+    (tmp_path / "ds" / "test.jsonl").write_text('{"question": "1+1=", "answer": "2"}\n')
+    assert load_hf_dataset(str(tmp_path / "ds"), split="test") == [Item("1", "1+1=", answer="2")]
+    with pytest.raises(TaskDataError, match="could not be loaded"):
+        load_hf_dataset(str(tmp_path / "nowhere"), split="test")

@@ -1,19 +1,24 @@
 """Evaluation of a live, in-memory model: task items, prompts, generation and per-item scores."""
 
+from .evaluator import Evaluator, HeldOutError
 from .generation import generate
 from .prompts import PromptTemplate
 from .scorers import GenerationScorer, LoglikelihoodChoiceScorer, PerplexityScorer
-from .tasks import Columns, Item, Splits, load_items, split_items
+from .tasks import Columns, Item, Splits, TaskDataError, load_hf_dataset, load_items, split_items
 
 __all__ = [
     "Columns",
+    "Evaluator",
     "GenerationScorer",
+    "HeldOutError",
     "Item",
     "LoglikelihoodChoiceScorer",
     "PerplexityScorer",
     "PromptTemplate",
     "Splits",
+    "TaskDataError",
     "generate",
+    "load_hf_dataset",
     "load_items",
     "split_items",
 ]

@@ -59,7 +59,30 @@ def load_items(path: str | Path, columns: Columns | None = None) -> list[Item]:
     rows = list(_rows(path))
     if not rows:
         raise TaskDataError(f"{path}: no rows; a task needs at least one item")
-    return [_item(path, number, row, columns) for number, row in rows]
+    return [_item(str(path), number, row, columns) for number, row in rows]
+
+
+def load_hf_dataset(
+    name: str,
+    *,
+    split: str,
+    config: str | None = None,
+    columns: Columns | None = None,
+    revision: str | None = None,
+) -> list[Item]:
+    """Items from a Hugging Face dataset (a hub name, which needs the network, or a local
+    dataset directory). Rows are numbered from 1 in error messages."""
+    from datasets import load_dataset
+
+    label = f"{name}[{split}]"
+    try:
+        dataset = load_dataset(name, config, split=split, revision=revision)
+    except Exception as err:  # datasets raises many types: not found, offline, bad config ...
+        raise TaskDataError(f"dataset {label} could not be loaded: {err}") from err
+    if len(dataset) == 0:
+        raise TaskDataError(f"{label}: no rows; a task needs at least one item")
+    columns = columns or Columns()
+    return [_item(label, number, dict(row), columns) for number, row in enumerate(dataset, start=1)]
 
 
 def _rows(path: Path) -> Any:
@@ -85,8 +108,9 @@ def _rows(path: Path) -> Any:
         raise TaskDataError(f"{path}: unknown task file type {suffix!r}; use .jsonl or .csv")
 
 
-def _item(path: Path, number: int, row: dict[str, Any], columns: Columns) -> Item:
-    where = f"{path}, row {number}"
+def _item(source: str, number: int, row: dict[str, Any], columns: Columns) -> Item:
+    where = f"{source}, row {number}"
+    row = {k: v for k, v in row.items() if v is not None}  # a null (or a column other rows have) is absent
     question_key = columns.question if columns.question in row else "prompt"
     if question_key not in row:
         raise TaskDataError(f"{where}: no {columns.question!r} (or 'prompt') column; columns are {sorted(row)}")

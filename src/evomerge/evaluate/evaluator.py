@@ -1,0 +1,78 @@
+"""One objective's evaluation: its items split three ways, and a scorer.
+
+The search scores ``search`` items only (all of them, or an anchor subset drawn from
+them); ``test`` items are scored once, after the search, through ``score_test``. The
+few-shot items go into prompts and are never scored. Keeping that rule here, not in
+every caller, is what makes a held-out score trustworthy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from typing import Protocol
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..errors import EvomergeError
+from .tasks import Item, Splits
+
+
+class HeldOutError(EvomergeError):
+    """A search asked for a score on items it must not see."""
+
+
+class Scorer(Protocol):
+    higher_is_better: bool
+
+    def score(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]
+    ) -> list[float]: ...
+
+
+class Evaluator:
+    def __init__(self, name: str, splits: Splits, scorer: Scorer) -> None:
+        self.name = name
+        self.splits = splits
+        if splits.fewshot and dataclasses.is_dataclass(scorer) and hasattr(scorer, "fewshot"):
+            scorer = dataclasses.replace(scorer, fewshot=tuple(splits.fewshot))  # type: ignore[type-var]
+        self.scorer = scorer
+        self._search = {it.id: it for it in splits.search}
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.scorer.higher_is_better
+
+    def anchors(self, k: int, seed: int) -> list[str]:
+        """``k`` search item ids, drawn reproducibly from ``search`` and nowhere else."""
+        ids = sorted(self._search)
+        if not 0 < k <= len(ids):
+            raise HeldOutError(f"{self.name}: cannot draw {k} anchors from {len(ids)} search items")
+        return sorted(random.Random(seed).sample(ids, k))
+
+    def score(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        ids: Sequence[str] | None = None,
+    ) -> dict[str, float]:
+        """Per-item scores on search items (all, or ``ids``); test and few-shot ids are refused."""
+        wanted = list(self._search) if ids is None else list(ids)
+        outside = [i for i in wanted if i not in self._search]
+        if outside:
+            raise HeldOutError(
+                f"{self.name}: items {outside[:5]} are not search items (test or few-shot items are never "
+                "scored during a search)"
+            )
+        items = [self._search[i] for i in wanted]
+        return dict(zip(wanted, self.scorer.score(model, tokenizer, items), strict=True))
+
+    def score_test(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        """Per-item scores on the held-out test items: once, for the final model."""
+        items = list(self.splits.test)
+        return dict(zip([it.id for it in items], self.scorer.score(model, tokenizer, items), strict=True))
+
+    def __repr__(self) -> str:
+        s = self.splits
+        return f"Evaluator({self.name!r}, fewshot={len(s.fewshot)}, search={len(s.search)}, test={len(s.test)})"

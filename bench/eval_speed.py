@@ -26,24 +26,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from evomerge.demo import build_demo_family, load_member, read_manifest
 from evomerge.demo.family import as_task_items, load_jsonl
 from evomerge.evaluate import GenerationScorer
-from evomerge.evaluate.lmeval import LMEvalScorer
-
-TASK = """task: demo_add_bench
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  do_sample: false
-  max_gen_toks: {max_new}
-metric_list:
-  - metric: exact_match
-"""
+from evomerge.evaluate.lmeval import LMEvalScorer, jsonl_task_yaml
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
@@ -77,7 +60,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         task_yaml = Path(tmp) / "demo_add_bench.yaml"
-        task_yaml.write_text(TASK.format(data=data, max_new=max_new))
+        task_yaml.write_text(jsonl_task_yaml("demo_add_bench", data, max_new_tokens=max_new))
         adapter = LMEvalScorer(task_yaml, batch_size=16)
         task_dict = adapter.task_dict()  # built once, as in a search
         ids = list(range(n))

@@ -8,30 +8,13 @@ import pytest
 from evomerge.demo import load_member
 from evomerge.demo.family import as_task_items, load_jsonl
 from evomerge.evaluate import GenerationScorer
-from evomerge.evaluate.lmeval import LMEvalError, LMEvalScorer
-
-TASK = """task: demo_add
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  do_sample: false
-  max_gen_toks: 24
-metric_list:
-  - metric: exact_match
-"""
+from evomerge.evaluate.lmeval import LMEvalError, LMEvalScorer, jsonl_task_yaml
 
 
 @pytest.fixture(scope="module")
 def task_yaml(demo_family, demo_manifest, tmp_path_factory):
     path = tmp_path_factory.mktemp("lmeval") / "demo_add.yaml"
-    path.write_text(TASK.format(data=demo_family / demo_manifest["tasks"]["add"]["test"]))
+    path.write_text(jsonl_task_yaml("demo_add", demo_family / demo_manifest["tasks"]["add"]["test"], max_new_tokens=24))
     return path
 
 

@@ -122,6 +122,34 @@ class LMEvalScorer:
         return [by_doc[i] for i in doc_ids]
 
 
+def jsonl_task_yaml(
+    name: str,
+    data_file: str | Path,
+    *,
+    max_new_tokens: int = 32,
+    until: Sequence[str] = ("\n",),
+    metric: str = "exact_match",
+) -> str:
+    """An lm-eval generation task over a local JSONL file of ``question``/``answer`` rows:
+    runs offline, and lets the same items go through lm-eval and through our scorers."""
+    import yaml
+
+    return yaml.safe_dump(
+        {
+            "task": name,
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+            "test_split": "test",
+            "output_type": "generate_until",
+            "doc_to_text": "{{question}}",
+            "doc_to_target": "{{answer}}",
+            "generation_kwargs": {"until": list(until), "do_sample": False, "max_gen_toks": max_new_tokens},
+            "metric_list": [{"metric": metric, "aggregation": "mean", "higher_is_better": True}],
+        },
+        sort_keys=False,
+    )
+
+
 _SAMPLE_FIELDS = {
     "doc_id",
     "doc",

@@ -293,3 +293,22 @@ def test_a_missing_gpu_is_a_clear_error(demo_family):
         pytest.skip("a GPU is present")
     with pytest.raises(MergeConfigError, match="no CUDA GPU"):
         Merger.for_recipe(recipe(demo_family, "ties", [{"weight": 1.0}]), device="cuda")
+
+
+def test_recipes_from_flat_parameters(demo_family):
+    """What a search decodes: one value per model or one for all, shared values once."""
+    models = [str(demo_family / "models" / e) for e in ENDPOINTS]
+    base = str(demo_family / "models" / "base")
+    rec = Recipe.from_params(
+        "ties", models, {"weight": [0.2, 0.5, 1.0], "density": 0.4, "lambda": 0.8}, base_model=base
+    )
+    assert rec == recipe(
+        demo_family,
+        "ties",
+        [{"weight": 0.2, "density": 0.4}, {"weight": 0.5, "density": 0.4}, {"weight": 1.0, "density": 0.4}],
+        **{"lambda": 0.8},
+    )
+    with pytest.raises(MergeConfigError, match=r"one value or one per endpoint \(3\)"):
+        Recipe.from_params("ties", models, {"weight": [1.0, 2.0]}, base_model=base)
+    with pytest.raises(MergeConfigError, match="needs parameter 'weight'"):
+        Recipe.from_params("ties", models, {"density": 0.5}, base_model=base)

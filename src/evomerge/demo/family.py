@@ -31,7 +31,7 @@ from ..errors import DemoFamilyError
 from ..evaluate.scorers import GenerationScorer
 from ..evaluate.tasks import Item as TaskItem
 from ..merge.engine import Merger
-from ..merge.recipe import ModelEntry, Recipe
+from ..merge.recipe import Recipe
 from .skills import SKILLS, Item, level, make_splits
 from .tokenizer import build_tokenizer
 from .train import Mixture, make_model, train
@@ -288,9 +288,10 @@ def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path
 def task_arithmetic_recipe(family_dir: Path | str, weights: dict[str, float], base: str = "base") -> Recipe:
     """The family's merges: task arithmetic over its saved checkpoints."""
     models = Path(family_dir) / "models"
-    return Recipe(
+    return Recipe.from_params(
         "task_arithmetic",
-        tuple(ModelEntry(str(models / name), (("weight", float(w)),)) for name, w in weights.items()),
+        [str(models / name) for name in weights],
+        {"weight": [float(w) for w in weights.values()]},
         base_model=str(models / base),
     )
 

@@ -91,19 +91,18 @@ class LoglikelihoodChoiceScorer:
 
     @torch.inference_mode()
     def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
-        pairs, owners = [], []
-        for n, it in enumerate(items):
+        pairs, starts = [], []
+        for it in items:
             if it.choices is None or it.label is None:
                 raise ValueError(f"item {it.id}: log-likelihood multiple choice needs choices and a label")
             context = self.prompt.render(it, self.fewshot, tokenizer)
-            for choice in it.choices:
-                pairs.append((context, self.continuation.format(choice=choice)))
-                owners.append(n)
+            starts.append(len(pairs))
+            pairs.extend((context, self.continuation.format(choice=c)) for c in it.choices)
         logprobs = continuation_logprobs(model, tokenizer, pairs, batch_size=self.batch_size)
         scores = []
-        for n, it in enumerate(items):
+        for it, start in zip(items, starts, strict=True):
             assert it.choices is not None
-            values = [lp for lp, owner in zip(logprobs, owners, strict=True) if owner == n]
+            values = logprobs[start : start + len(it.choices)]
             if self.length_normalized:
                 values = [
                     v / max(1, len(self.continuation.format(choice=c).encode()))

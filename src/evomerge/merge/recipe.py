@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..errors import MergeConfigError
-from .methods import MethodSpec, check_value, get_method
+from .methods import MethodSpec, check_value, get_method, resolve_params
 
 Scalar = bool | int | float | str
 #: A frozen mergekit ``ParameterSetting``: a scalar, a gradient (tuple of scalars), or
@@ -65,6 +65,32 @@ class Recipe:
     @property
     def model_names(self) -> list[str]:
         return [m.model for m in self.models]
+
+    @classmethod
+    def from_params(
+        cls,
+        method: str,
+        models: Sequence[str],
+        params: Mapping[str, Any],
+        *,
+        base_model: str | None = None,
+        seed: int = 0,
+    ) -> Recipe:
+        """A recipe from flat parameters, as a search decodes them: a per-model parameter is
+        one value for all models or one per model (in ``models`` order); a shared one is a
+        single value. Checked against the method's declaration (``resolve_params``)."""
+        spec = get_method(method)
+        resolve_params(spec, params, n_endpoints=len(models))
+        shared, per_model = [], [[] for _ in models]
+        for name, value in params.items():
+            if not spec.param(name).per_model:
+                shared.append((name, value))
+                continue
+            values = list(value) if isinstance(value, list | tuple) else [value] * len(models)
+            for entry, v in zip(per_model, values, strict=True):
+                entry.append((name, v))
+        entries = tuple(ModelEntry(str(m), tuple(sorted(p))) for m, p in zip(models, per_model, strict=True))
+        return cls(method, entries, base_model=base_model, parameters=tuple(sorted(shared)), seed=seed)
 
     # -- mergekit YAML ------------------------------------------------------------------
 

@@ -194,3 +194,23 @@ def test_different_vocabularies_without_an_option_fail_naming_it(demo_family, ex
     }
     with pytest.raises(IncompatibleModelsError, match="tokenizer_source"):
         merge_config(write_config(tmp_path / "v.yml", config), tmp_path / "out")
+
+
+def test_a_failed_write_loses_nothing_and_leaves_no_temp_dir(tmp_path):
+    from evomerge.models.save import write_atomically
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+
+    def crash(tmp: Path) -> None:
+        (tmp / "half.bin").write_text("partial")
+        raise RuntimeError("disk full (simulated)")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomically(out, crash, force=True)
+    assert (out / "keep.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or backup left
+    write_atomically(out, lambda tmp: (tmp / "new.txt").write_text("new"), force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -15,8 +15,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -32,6 +30,7 @@ from ..evaluate.scorers import GenerationScorer
 from ..evaluate.tasks import Item as TaskItem
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
+from ..models.save import write_atomically
 from .skills import SKILLS, Item, level, make_splits
 from .tokenizer import build_tokenizer
 from .train import Mixture, make_model, train
@@ -108,16 +107,7 @@ def build_demo_family(out: Path | str | None = None, *, force: bool = False, spe
             f"{target} exists and holds something other than a demo family; refusing to overwrite it. "
             "Choose another --out, or empty that directory."
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        _build(tmp, spec or FamilySpec())
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return write_atomically(target, lambda tmp: _build(tmp, spec or FamilySpec()), force=True)
 
 
 def _write_jsonl(path: Path, items: list[Item]) -> None:

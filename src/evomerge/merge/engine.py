@@ -30,6 +30,7 @@ import math
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -308,8 +309,7 @@ class Merger:
 
         if recipe.method == "layer_select":
             raise MergeConfigError("layer_select has no mergekit parameters")
-        global_settings = thaw(recipe.parameters)
-        per_model = {m.model: thaw(m.parameters) for m in recipe.models}
+        global_settings, per_model = _settings(recipe)
 
         def sources(model: str | None) -> list[dict[str, Any] | None]:
             return [per_model.get(model), global_settings] if model is not None else [global_settings]
@@ -618,6 +618,12 @@ def layer_source(recipe: Recipe, name: str, num_layers: int) -> int:
     if len(setting) != num_layers:
         raise MergeConfigError(f"layer_select.source has {len(setting)} entries; give one per layer ({num_layers})")
     return int(setting[layer])
+
+
+@lru_cache(maxsize=8)
+def _settings(recipe: Recipe) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A recipe's settings as mergekit's resolver reads them: once per recipe, not per tensor."""
+    return thaw(recipe.parameters), {m.model: thaw(m.parameters) for m in recipe.models}
 
 
 def _targets(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -101,10 +101,9 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _is_path(config: str | Path) -> bool:
-    if isinstance(config, Path):
-        return True
-    if "\n" in config or ":" in config.split("/")[-1]:
+    """A Path, or a one-line string, names a file; YAML text spans lines."""
+    if isinstance(config, str) and "\n" in config:
         return False
-    if not Path(config).exists():
+    if not Path(config).is_file():
         raise MergeConfigError(f"merge config {config} not found")
     return True

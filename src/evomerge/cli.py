@@ -128,3 +128,40 @@ def merge(
     except EvomergeError as err:
         raise _fail(err) from err
     console.print(f"merged model written to {path}")
+
+
+@app.command()
+def calibrate(
+    config: Annotated[Path, typer.Argument(help="An experiment config (models, merge, tasks, fitness).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for the table, the plot and the caches.")],
+    merges: Annotated[int, typer.Option(min=3, help="Random merges scored in full and by every estimator.")] = 30,
+    anchors: Annotated[
+        list[int] | None, typer.Option(help="Anchor count to try (repeatable). Default: 2.5%, 5%, 10% of search.")
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Anchor seeds per estimator and count.")] = 5,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Measure how well each fitness estimator predicts full evaluation, on random merges."""
+    from .config import load_config
+    from .fitness.calibrate import calibrate as run_calibration
+
+    try:
+        rows = run_calibration(
+            load_config(config), out, merges=merges, anchor_counts=anchors, repeats=repeats, device=device
+        )
+    except EvomergeError as err:
+        raise _fail(err) from err
+    table = Table(title=f"estimators against full evaluation on {merges} random merges (mean of {repeats} seeds)")
+    for col in ["task", "estimator", "anchors", "items", "MAE (points)", "Spearman"]:
+        table.add_column(col, justify="left" if col in ("task", "estimator") else "right")
+    for r in rows:
+        table.add_row(
+            r.task,
+            f"{r.estimator} ({r.selection})",
+            str(r.anchors),
+            f"{r.items:.0f}",
+            f"{100 * r.mae:.2f} ± {100 * r.mae_std:.2f}",
+            f"{r.spearman:.3f}",
+        )
+    console.print(table)
+    console.print(f"table, plot and caches in {out}")

@@ -1,6 +1,6 @@
 """Evaluation of a live, in-memory model: task items, prompts, generation and per-item scores."""
 
-from .evaluator import Evaluator, HeldOutError
+from .evaluator import Evaluator, HeldOutError, evaluator_for
 from .generation import generate
 from .prompts import PromptTemplate
 from .scorers import GenerationScorer, LoglikelihoodChoiceScorer, PerplexityScorer
@@ -17,6 +17,7 @@ __all__ = [
     "PromptTemplate",
     "Splits",
     "TaskDataError",
+    "evaluator_for",
     "generate",
     "load_hf_dataset",
     "load_items",

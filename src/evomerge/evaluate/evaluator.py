@@ -11,12 +11,17 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import EvomergeError
-from .tasks import Item, Splits
+from .prompts import PromptTemplate
+from .scorers import GenerationScorer, LoglikelihoodChoiceScorer, PerplexityScorer
+from .tasks import Item, Splits, TaskDataError, load_items, split_items
+
+if TYPE_CHECKING:
+    from ..config import TaskConfig
 
 
 class HeldOutError(EvomergeError):
@@ -76,3 +81,42 @@ class Evaluator:
     def __repr__(self) -> str:
         s = self.splits
         return f"Evaluator({self.name!r}, fewshot={len(s.fewshot)}, search={len(s.search)}, test={len(s.test)})"
+
+
+def evaluator_for(task: TaskConfig) -> Evaluator:
+    """The evaluator a ``tasks:`` entry of the config describes."""
+    if task.data is not None:
+        splits = split_items(
+            load_items(task.data), seed=task.seed, test_fraction=task.test_fraction, fewshot=task.fewshot
+        )
+    else:
+        assert task.search is not None and task.test is not None
+        search = load_items(task.search, id_prefix="search:")
+        test = load_items(task.test, id_prefix="test:")
+        shared = {it.id for it in search} & {it.id for it in test}
+        if shared:
+            raise TaskDataError(
+                f"task {task.name}: ids {sorted(shared)[:5]} are in both the search and the test file; "
+                "a held-out score needs disjoint items"
+            )
+        order = random.Random(task.seed).sample(search, len(search))
+        shots = sorted(order[: task.fewshot], key=lambda it: it.id)
+        shot_ids = {it.id for it in shots}
+        rest = [it for it in search if it.id not in shot_ids]
+        splits = Splits(tuple(shots), tuple(rest), tuple(test))
+    prompt = PromptTemplate(task.template)
+    scorer: Scorer
+    if task.scorer == "generation":
+        scorer = GenerationScorer(
+            task.extractor,
+            prompt=prompt,
+            max_new_tokens=task.max_new_tokens,
+            batch_size=task.batch_size,
+            pattern=task.pattern,
+            strict=task.strict,
+        )
+    elif task.scorer == "choice":
+        scorer = LoglikelihoodChoiceScorer(prompt=prompt)
+    else:
+        scorer = PerplexityScorer()
+    return Evaluator(task.name, splits, scorer)

@@ -50,8 +50,11 @@ class Columns:
     id: str = "id"
 
 
-def load_items(path: str | Path, columns: Columns | None = None) -> list[Item]:
-    """Items from a ``.jsonl`` or ``.csv`` file (choices in CSV: a JSON list in one cell)."""
+def load_items(path: str | Path, columns: Columns | None = None, *, id_prefix: str = "") -> list[Item]:
+    """Items from a ``.jsonl`` or ``.csv`` file (choices in CSV: a JSON list in one cell).
+
+    A row without an id gets ``id_prefix`` plus its row number; other fields of a row
+    are kept in ``meta`` (e.g. a subject, which stratified anchors can balance)."""
     path = Path(path).expanduser()
     columns = columns or Columns()
     if not path.is_file():
@@ -59,7 +62,7 @@ def load_items(path: str | Path, columns: Columns | None = None) -> list[Item]:
     rows = list(_rows(path))
     if not rows:
         raise TaskDataError(f"{path}: no rows; a task needs at least one item")
-    return [_item(str(path), number, row, columns) for number, row in rows]
+    return [_item(str(path), number, row, columns, id_prefix) for number, row in rows]
 
 
 def load_hf_dataset(
@@ -108,26 +111,28 @@ def _rows(path: Path) -> Any:
         raise TaskDataError(f"{path}: unknown task file type {suffix!r}; use .jsonl or .csv")
 
 
-def _item(source: str, number: int, row: dict[str, Any], columns: Columns) -> Item:
+def _item(source: str, number: int, row: dict[str, Any], columns: Columns, id_prefix: str = "") -> Item:
     where = f"{source}, row {number}"
     row = {k: v for k, v in row.items() if v is not None}  # a null (or a column other rows have) is absent
     question_key = columns.question if columns.question in row else "prompt"
     if question_key not in row:
         raise TaskDataError(f"{where}: no {columns.question!r} (or 'prompt') column; columns are {sorted(row)}")
     question = str(row[question_key])
-    item_id = str(row.get(columns.id, number))
+    item_id = str(row.get(columns.id, f"{id_prefix}{number}"))
+    used = {question_key, columns.id, columns.answer, columns.choices, columns.label}
+    meta = {k: v for k, v in row.items() if k not in used}
     if columns.choices in row and row[columns.choices] not in (None, ""):
         choices = _choices(where, row[columns.choices])
         if columns.label not in row:
             raise TaskDataError(f"{where}: has {columns.choices!r} but no {columns.label!r} column")
         label = _label(where, row[columns.label], choices)
-        return Item(item_id, question, choices=choices, label=label)
+        return Item(item_id, question, choices=choices, label=label, meta=meta)
     if columns.answer not in row:
         raise TaskDataError(
             f"{where}: needs {columns.answer!r}, or {columns.choices!r} and {columns.label!r}; "
             f"columns are {sorted(row)}"
         )
-    return Item(item_id, question, answer=str(row[columns.answer]))
+    return Item(item_id, question, answer=str(row[columns.answer]), meta=meta)
 
 
 def _choices(where: str, value: Any) -> tuple[str, ...]:

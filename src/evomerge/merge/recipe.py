@@ -10,6 +10,7 @@ mergekit would make of the same YAML, and it exports back to that YAML.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,12 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_mergekit(), sort_keys=False)
+
+    @property
+    def digest(self) -> str:
+        """A hash that is stable across processes (``hash()`` of a str is not): the key
+        under which stores and caches record a recipe."""
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
 
 
 def per_layer(values: Sequence[float], num_layers: int, group_size: int = 1) -> tuple[float, ...]:

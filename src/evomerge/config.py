@@ -1,0 +1,191 @@
+"""The experiment config: one pydantic schema for the YAML, the CLI and the API.
+
+Sections mirror the packages: ``models``, ``merge``, ``tasks``, ``fitness``. Every
+section refuses unknown keys, and ``load_config`` turns pydantic's errors into
+messages that name the key and suggest the nearest valid one.
+
+A path that starts with ``demo:`` is inside the demo model family (``demo:models/add``,
+``demo:data/mix/search.jsonl``), which is built on first use; configs that use it run
+on any machine without editing.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import EvomergeError, MergeConfigError
+
+DEMO_PREFIX = "demo:"
+EstimatorName = Literal["full", "mean", "weighted", "pirt", "gpirt", "mpirt", "gmpirt"]
+SelectionName = Literal["random", "stratified", "kmeans_irt", "kmeans_correct"]
+
+
+class ConfigError(EvomergeError):
+    """An experiment config that does not validate."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ModelsConfig(_Section):
+    """The base (task vectors are taken against it) and the endpoints to merge."""
+
+    base: str | None = None
+    endpoints: list[str] = Field(min_length=1)
+    allow_pickle: bool = Field(False, description="Also read pickled .bin checkpoints (trusted sources only).")
+
+
+class MergeConfig(_Section):
+    method: str = "task_arithmetic"
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Values fixed for every candidate.")
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, method: str) -> str:
+        from .merge.methods import get_method
+
+        try:
+            get_method(method)
+        except MergeConfigError as err:
+            raise ValueError(str(err)) from None
+        return method
+
+
+class TaskConfig(_Section):
+    """One objective's data and scorer. Either ``data`` (split into search and test by
+    ``test_fraction``) or explicit ``search`` and ``test`` files."""
+
+    name: str
+    data: str | None = None
+    search: str | None = None
+    test: str | None = None
+    test_fraction: float = Field(0.5, gt=0, lt=1)
+    fewshot: int = Field(0, ge=0)
+    scorer: Literal["generation", "choice", "perplexity"] = "generation"
+    extractor: Literal["number", "exact", "regex", "choice"] = "number"
+    pattern: str | None = None
+    strict: bool = False
+    template: str = "{question}"
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int | Literal["auto"] = 64
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TaskConfig:
+        if (self.data is None) == (self.search is None and self.test is None):
+            raise ValueError("give either data (one file, split for you) or search and test (two files)")
+        if self.data is None and (self.search is None or self.test is None):
+            raise ValueError("search and test go together; give both files")
+        return self
+
+
+class FitnessConfig(_Section):
+    """How a candidate's score is estimated from few items (``fitness`` package)."""
+
+    estimator: EstimatorName = "full"
+    anchors: int | None = Field(None, ge=1, description="Items evaluated per candidate (not for full).")
+    selection: SelectionName | None = Field(
+        None,
+        description="How anchors are picked. Default: random for mean, pirt and mpirt (the best measured on "
+        "the demo family), kmeans_irt for weighted, gpirt and gmpirt (their weighted part needs clusters).",
+    )
+    respondents: int = Field(12, ge=0, description="Random merges scored in full to fit the IRT model.")
+    checkpoints: list[str] = Field(default_factory=list, description="Extra respondent checkpoints.")
+    dim: int = Field(2, ge=1, description="Dimensions of the IRT abilities.")
+    strata: str | None = Field(None, description="Item field that stratified anchors balance (else difficulty).")
+    lam: float | None = Field(
+        None, alias="lambda", ge=0, le=1, description="gp-IRT/gmp-IRT weight; default: chosen on validation."
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _anchors_given(self) -> FitnessConfig:
+        if self.estimator != "full" and self.anchors is None:
+            raise ValueError(f"estimator {self.estimator} needs anchors: the number of items per candidate")
+        return self
+
+    @property
+    def chosen_selection(self) -> str:
+        return self.selection or ("random" if self.estimator in ("full", "mean", "pirt", "mpirt") else "kmeans_irt")
+
+
+class ExperimentConfig(_Section):
+    models: ModelsConfig
+    merge: MergeConfig = MergeConfig()
+    tasks: list[TaskConfig] = Field(min_length=1)
+    fitness: FitnessConfig = FitnessConfig()
+    seed: int = 0
+
+
+def load_config(source: str | Path | dict[str, Any]) -> ExperimentConfig:
+    """A validated config from a YAML file, YAML text or a dict, ``demo:`` paths resolved."""
+    if isinstance(source, dict):
+        raw = source
+    else:
+        if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} not found")
+            source = path.read_text()
+        raw = yaml.safe_load(source)
+        if not isinstance(raw, dict):
+            raise ConfigError("a config is a YAML mapping with sections models, merge, tasks, fitness")
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err)) from None
+    return resolve_demo_paths(config)
+
+
+def format_errors(err: ValidationError) -> str:
+    """One line per problem, naming the key; unknown keys get a "did you mean"."""
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(e["loc"][:-1])
+            close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"{where}: unknown key{hint} (valid: {', '.join(valid)})")
+        else:
+            lines.append(f"{where}: {e['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[str(part)].annotation
+        inner = getattr(annotation, "__args__", (annotation,))[0]
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        model = inner
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def resolve_demo_paths(config: ExperimentConfig) -> ExperimentConfig:
+    """Replace ``demo:`` paths by paths in the demo family, building it if absent."""
+    if DEMO_PREFIX not in config.model_dump_json():
+        return config
+    from .demo import build_demo_family
+
+    root = build_demo_family()
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(DEMO_PREFIX):
+            return str(root / value[len(DEMO_PREFIX) :])
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        return value
+
+    return ExperimentConfig.model_validate(fix(config.model_dump(by_alias=True)))

@@ -1,0 +1,37 @@
+"""Cheap, trustworthy fitness: anchor items, IRT fitted on the run's own respondents,
+and the estimators that turn a candidate's anchor scores into a full-split score."""
+
+from .anchors import AnchorError, Anchors, select_anchors
+from .build import IRTFits, build_estimator, choose_lambda
+from .estimators import ESTIMATORS, GMPIRT, GPIRT, MPIRT, PIRT, Estimator, EstimatorError, Full, Mean, Weighted
+from .irt import IRTError, IRTModel, Priors, fit_irt
+from .respondents import Respondent, Responses, collect_responses, random_recipe, respondent_set, single_model
+
+__all__ = [
+    "ESTIMATORS",
+    "GMPIRT",
+    "GPIRT",
+    "MPIRT",
+    "PIRT",
+    "AnchorError",
+    "Anchors",
+    "Estimator",
+    "EstimatorError",
+    "Full",
+    "IRTError",
+    "IRTFits",
+    "IRTModel",
+    "Mean",
+    "Priors",
+    "Respondent",
+    "Responses",
+    "Weighted",
+    "build_estimator",
+    "choose_lambda",
+    "collect_responses",
+    "fit_irt",
+    "random_recipe",
+    "respondent_set",
+    "select_anchors",
+    "single_model",
+]

@@ -1,0 +1,149 @@
+"""The respondents an IRT model is fitted on, and their per-item scores.
+
+A run can afford only a few full evaluations before its search, so the respondents
+are the models at hand: the base, each endpoint, and cheap extras (random merges of
+the endpoints, or checkpoints the user supplies). Each is a recipe merged into the
+one live model, scored on every search item, and recorded in a JSON file in the run
+directory as soon as it is scored, so a crash loses at most the one in flight and a
+rerun does not score anything twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..errors import EvomergeError
+from ..evaluate.evaluator import Evaluator
+from ..merge.engine import Merger
+from ..merge.methods import get_method
+from ..merge.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["base", "endpoint", "extra"]
+#: Ranges random respondents draw from; other parameters keep the method's default.
+#: A density floor of 0.2 keeps DELLA's density - epsilon (0.15 by default) positive.
+SAMPLED = {"weight": (0.0, 1.0), "density": (0.2, 0.85), "t": (0.0, 1.0), "select_topk": (0.2, 1.0)}
+
+
+@dataclass(frozen=True)
+class Respondent:
+    name: str
+    kind: Kind
+    recipe: Recipe
+
+
+@dataclass(frozen=True, eq=False)
+class Responses:
+    """Per-item scores (respondents x search items) and who gave them."""
+
+    respondents: tuple[Respondent, ...]
+    item_ids: tuple[str, ...]
+    scores: np.ndarray
+
+    def rows(self, *kinds: Kind) -> np.ndarray:
+        return np.array([i for i, r in enumerate(self.respondents) if r.kind in kinds], dtype=int)
+
+    def subset(self, rows: Sequence[int]) -> Responses:
+        return Responses(tuple(self.respondents[i] for i in rows), self.item_ids, self.scores[list(rows)])
+
+
+def single_model(model: str) -> Recipe:
+    """A recipe that reproduces one checkpoint exactly (``linear``, weight 1)."""
+    return Recipe.from_params("linear", [model], {"weight": 1.0})
+
+
+def random_recipe(method: str, endpoints: Sequence[str], base: str | None, rng: np.random.Generator) -> Recipe:
+    """A merge with each sampled parameter (``SAMPLED``) drawn uniformly, one per model
+    where the method takes one per model."""
+    spec = get_method(method)
+    params: dict[str, object] = {}
+    for p in spec.params:
+        if p.name in SAMPLED:
+            low, high = SAMPLED[p.name]
+            values = rng.uniform(low, high, size=len(endpoints) if p.per_model else 1).round(4).tolist()
+            params[p.name] = values if p.per_model else values[0]
+        elif p.required:
+            raise EvomergeError(
+                f"random {method} merges need a value for {p.name!r}, which has no sampling range; "
+                "set fitness.respondents to 0 and supply respondent checkpoints instead"
+            )
+    return Recipe.from_params(method, list(endpoints), params, base_model=base if spec.base != "ignored" else None)
+
+
+def respondent_set(
+    endpoints: Sequence[str],
+    base: str | None,
+    n_extra: int,
+    sample: Callable[[np.random.Generator], Recipe],
+    *,
+    seed: int = 0,
+    checkpoints: Sequence[str] = (),
+) -> list[Respondent]:
+    """The base, each endpoint, the user's ``checkpoints``, then ``n_extra`` draws of ``sample``."""
+    out = [Respondent("base", "base", single_model(base))] if base else []
+    out += [Respondent(f"endpoint:{Path(e).name}", "endpoint", single_model(e)) for e in endpoints]
+    out += [Respondent(f"checkpoint:{Path(c).name}", "extra", single_model(c)) for c in checkpoints]
+    rng = np.random.default_rng(seed)
+    out += [Respondent(f"random:{i}", "extra", sample(rng)) for i in range(n_extra)]
+    return out
+
+
+def collect_responses(
+    evaluator: Evaluator,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    merger: Merger,
+    respondents: Sequence[Respondent],
+    *,
+    cache: Path | None = None,
+) -> Responses:
+    """Score every respondent on every search item, reusing what ``cache`` already holds."""
+    item_ids = tuple(it.id for it in evaluator.splits.search)
+    # Scores are reused only for the same task, items and scorer settings.
+    task = f"{evaluator.name}:{hashlib.sha256(repr(evaluator.scorer).encode()).hexdigest()[:16]}"
+    stored = _read_cache(cache, task, item_ids)
+    rows = []
+    for i, r in enumerate(respondents):
+        key = r.recipe.digest
+        if key not in stored:
+            log.info("respondent %d/%d (%s): scoring %d items", i + 1, len(respondents), r.name, len(item_ids))
+            merger.merge_into(model, r.recipe)
+            scores = evaluator.score(model, tokenizer, item_ids)
+            stored[key] = {"name": r.name, "scores": [scores[j] for j in item_ids]}
+            _write_cache(cache, task, item_ids, stored)
+        rows.append(stored[key]["scores"])
+    return Responses(tuple(respondents), item_ids, np.asarray(rows, dtype=float))
+
+
+def _read_cache(cache: Path | None, task: str, item_ids: tuple[str, ...]) -> dict[str, dict]:
+    if cache is None or not cache.exists():
+        return {}
+    try:
+        data = json.loads(cache.read_text())
+    except ValueError as err:
+        raise EvomergeError(f"{cache} is not valid JSON ({err}); delete it to score the respondents again") from err
+    if data.get("task") != task or tuple(data.get("item_ids", ())) != item_ids:
+        log.warning("%s holds responses to other items or scorer settings; scoring again", cache)
+        return {}
+    return dict(data["respondents"])
+
+
+def _write_cache(cache: Path | None, task: str, item_ids: tuple[str, ...], stored: Mapping[str, dict]) -> None:
+    if cache is None:
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"task": task, "item_ids": list(item_ids), "respondents": stored}))
+    os.replace(tmp, cache)

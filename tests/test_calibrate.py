@@ -1,0 +1,131 @@
+"""Respondents and calibration on the real demo family: real merges, real generation."""
+
+import dataclasses
+import json
+import logging
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from evomerge.cli import app
+from evomerge.config import load_config
+from evomerge.errors import MergeConfigError
+from evomerge.evaluate import evaluator_for
+from evomerge.fitness import Respondent, collect_responses, random_recipe, respondent_set
+from evomerge.fitness.calibrate import calibrate
+from evomerge.merge.engine import Merger
+from evomerge.merge.run import load_live_model
+from evomerge.models.pool import ModelPool
+
+
+@pytest.fixture(scope="module")
+def config(demo_family, monkeypatch_module):
+    monkeypatch_module.setenv("EVOMERGE_DEMO_DIR", str(demo_family))
+    cfg = load_config("examples/calibrate-demo.yaml")
+    return cfg.model_copy(update={"fitness": cfg.fitness.model_copy(update={"respondents": 6})})
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@dataclasses.dataclass
+class Counting:
+    """A real scorer that counts the items it is asked to score."""
+
+    inner: object
+    items: int = dataclasses.field(default=0, repr=False)  # not part of the scorer settings
+
+    @property
+    def higher_is_better(self) -> bool:
+        return True
+
+    def score(self, model, tokenizer, items):
+        self.items += len(items)
+        return self.inner.score(model, tokenizer, items)
+
+
+def test_respondents_are_the_models_and_their_scores_match_the_manifest(config, demo_manifest, tmp_path):
+    from transformers import AutoTokenizer
+
+    m = config.models
+    merger = Merger(ModelPool.open(m.base, m.endpoints))
+    model, tokenizer = load_live_model(merger), AutoTokenizer.from_pretrained(m.base)
+    evaluator = evaluator_for(config.tasks[0])
+    counting = Counting(evaluator.scorer)
+    evaluator.scorer = counting
+
+    def sample(rng):
+        return random_recipe("task_arithmetic", m.endpoints, m.base, rng)
+
+    who = respondent_set(m.endpoints, m.base, 2, sample, seed=0)
+    assert [r.kind for r in who] == ["base", "endpoint", "endpoint", "endpoint", "extra", "extra"]
+    cache = tmp_path / "respondents.json"
+    responses = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache)
+    assert responses.scores.shape == (6, 900) and counting.items == 6 * 900
+    # The single-model recipes reproduce each checkpoint: same search average as the build measured.
+    for row, name in zip(responses.scores[:4], ["base", "add", "greek", "cyrillic"], strict=True):
+        assert 100 * row.mean() == pytest.approx(demo_manifest["models"][name]["scores"]["search"]["average"], abs=0.01)
+
+    # A rerun scores nothing again; a crash mid-way keeps what was finished.
+    again = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache)
+    assert counting.items == 6 * 900 and np.array_equal(again.scores, responses.scores)
+    broken = [
+        *who,
+        Respondent("bad", "extra", random_recipe("task_arithmetic", ["not-in-pool"], m.base, np.random.default_rng())),
+    ]
+    more = [*who[:2], Respondent("new", "extra", sample(np.random.default_rng(9))), *broken[6:]]
+    with pytest.raises(MergeConfigError, match="not in this merger's pool"):
+        collect_responses(evaluator, model, tokenizer, merger, more, cache=cache)
+    assert counting.items == 7 * 900  # "new" was scored before the bad one failed...
+    assert len(json.loads(cache.read_text())["respondents"]) == 7  # ...and is on disk
+
+
+def test_calibration_writes_table_plot_and_is_reproducible(config, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="evomerge")
+    kwargs = dict(
+        merges=8,
+        anchor_counts=[30, 90],
+        repeats=2,
+        variants=[("mean", "random"), ("mpirt", "random"), ("gmpirt", "kmeans_irt")],
+    )
+    rows = calibrate(config, tmp_path / "a", **kwargs)
+    assert {(r.estimator, r.anchors) for r in rows} == {(e, k) for e in ("mean", "mpirt", "gmpirt") for k in (30, 90)}
+    for name in ("calibration.csv", "calibration.json", "calibration.png", "respondents-mix.json"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+    report = json.loads((tmp_path / "a" / "calibration.json").read_text())
+    assert [s["anchors"] for s in report["tasks"]["mix"]["summary"]] == [30, 90]
+    spread = report["tasks"]["mix"]["full_scores"]
+    assert spread["max"] > spread["min"]  # the random merges differ, so ranking them means something
+    for r in rows:
+        assert 0 <= r.mae < 0.5 and -1 <= r.spearman <= 1 and r.items <= r.anchors
+
+    # Same seed, fresh directory: the same numbers.
+    assert calibrate(config, tmp_path / "b", **kwargs) == rows
+
+
+def test_calibrate_command(config, tmp_path, demo_family, monkeypatch):
+    monkeypatch.setenv("EVOMERGE_DEMO_DIR", str(demo_family))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            "examples/calibrate-demo.yaml",
+            "--out",
+            str(out),
+            "--merges",
+            "4",
+            "--anchors",
+            "45",
+            "--repeats",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "mpirt (random)" in result.output and (out / "calibration.png").exists()
+    bad = CliRunner().invoke(app, ["calibrate", str(tmp_path / "nope.yaml"), "--out", str(out)])
+    assert bad.exit_code == 2 and "not found" in bad.output

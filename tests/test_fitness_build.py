@@ -1,0 +1,119 @@
+"""From a fitness config and respondents' scores to an estimator; the experiment config."""
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from evomerge.config import ConfigError, FitnessConfig, load_config
+from evomerge.fitness import GPIRT, MPIRT, IRTFits, Respondent, Responses, build_estimator, single_model
+from evomerge.fitness.build import LAMBDA_GRID
+
+
+def simulated_responses(n_extra: int = 18, n_items: int = 200, seed: int = 0, items_seed: int = 0) -> Responses:
+    """Two endpoints with distinct skills, and extras whose abilities mix theirs, on the
+    items that ``items_seed`` draws."""
+    items = np.random.default_rng(items_seed)
+    a = np.abs(items.normal(1, 0.4, size=(n_items, 2)))
+    b = items.normal(0, 1, size=n_items)
+    rng = np.random.default_rng(seed)
+    endpoints = np.array([[2.0, -1.0], [-1.0, 2.0]])
+    mixes = rng.uniform(0, 1, size=(n_extra, 2)) @ endpoints
+    theta = np.vstack([[0.0, 0.0], endpoints, mixes])
+    scores = (rng.random((len(theta), n_items)) < expit(theta @ a.T - b)).astype(float)
+    kinds = ["base", "endpoint", "endpoint"] + ["extra"] * n_extra
+    recipe = single_model("m")
+    who = tuple(Respondent(f"r{i}", k, recipe) for i, k in enumerate(kinds))  # type: ignore[arg-type]
+    return Responses(who, tuple(str(i) for i in range(n_items)), scores)
+
+
+def test_full_needs_no_respondents():
+    est = build_estimator(FitnessConfig(), 7)
+    assert len(est.anchors) == 7 and est.estimate([1, 0, 1, 0, 1, 0, 1]) == pytest.approx(4 / 7)
+
+
+def test_irt_estimators_are_built_with_their_parts_and_are_reproducible():
+    responses = simulated_responses()
+    fits = IRTFits(responses, dim=2)
+    config = FitnessConfig(estimator="gpirt", anchors=20)
+    first = build_estimator(config, 200, fits=fits)
+    assert isinstance(first, GPIRT) and first.lam in LAMBDA_GRID and len(first.anchors) == 20
+    again = build_estimator(config, 200, fits=IRTFits(responses, dim=2))
+    assert np.array_equal(first.anchors.index, again.anchors.index) and first.lam == again.lam
+    y = responses.scores[5, first.anchors.index]
+    assert first.estimate(y) == again.estimate(y)
+    other_seed = build_estimator(config.model_copy(update={"seed": 1}), 200, fits=fits)
+    assert not np.array_equal(first.anchors.index, other_seed.anchors.index)
+
+    mp = build_estimator(FitnessConfig(estimator="mpirt", anchors=20), 200, fits=fits)
+    assert isinstance(mp, MPIRT) and np.array_equal(mp.basis, fits.full.theta[[1, 2]])
+
+
+def test_chosen_lambda_is_no_worse_on_validation_than_either_extreme():
+    responses = simulated_responses()
+    fits = IRTFits(responses, dim=2)
+    est = build_estimator(FitnessConfig(estimator="gpirt", anchors=15), 200, fits=fits)
+    val = responses.scores[fits.validation_rows]
+    assert len(val) == 6  # every third of 18 extras
+
+    def validation_mae(lam: float) -> float:
+        inner = GPIRT(est.anchors, fits.train, lam)
+        return float(np.mean([abs(inner.estimate(r[est.anchors.index]) - r.mean()) for r in val]))
+
+    assert validation_mae(est.lam) <= min(validation_mae(0.0), validation_mae(1.0)) + 1e-12
+
+
+def test_lambda_falls_back_when_there_are_too_few_validation_respondents(caplog):
+    fits = IRTFits(simulated_responses(n_extra=3), dim=1)
+    est = build_estimator(FitnessConfig(estimator="gpirt", anchors=10), 200, fits=fits)
+    assert est.lam == 0.5 and "too few" in caplog.text
+    fixed = build_estimator(FitnessConfig(estimator="gpirt", anchors=10, **{"lambda": 0.2}), 200, fits=fits)
+    assert fixed.lam == 0.2
+
+
+def test_irt_estimators_without_respondents_say_what_to_do():
+    with pytest.raises(Exception, match="use estimator mean"):
+        build_estimator(FitnessConfig(estimator="pirt", anchors=10), 100)
+
+
+def test_on_simulated_merges_mpirt_beats_random_subsampling():
+    """The premise of the IRT estimators, on data that follows their model: fitted on 12
+    extra respondents, tested on 30 other merges of the same items."""
+    fits = IRTFits(simulated_responses(n_extra=12, seed=1), dim=2)
+    merges = simulated_responses(n_extra=30, seed=2).scores[3:]
+    truth = merges.mean(axis=1)
+
+    def mae(config: FitnessConfig) -> float:
+        est = build_estimator(config, 200, fits=fits)
+        return float(np.mean(np.abs([est.estimate(r[est.anchors.index]) for r in merges] - truth)))
+
+    seeds = range(5)
+    mpirt = np.mean([mae(FitnessConfig(estimator="mpirt", anchors=20, seed=s)) for s in seeds])
+    mean = np.mean([mae(FitnessConfig(estimator="mean", anchors=20, seed=s)) for s in seeds])
+    assert mpirt < mean, (mpirt, mean)
+
+
+# -- the experiment config --------------------------------------------------------------
+
+
+def test_config_errors_name_the_key_and_suggest():
+    base = {"models": {"endpoints": ["a"]}, "tasks": [{"name": "t", "data": "x.jsonl"}]}
+    with pytest.raises(ConfigError, match=r"fitness.anchor: unknown key; did you mean 'anchors'"):
+        load_config({**base, "fitness": {"estimator": "mpirt", "anchor": 20}})
+    with pytest.raises(ConfigError, match=r"fitness: .*needs anchors"):
+        load_config({**base, "fitness": {"estimator": "mpirt"}})
+    with pytest.raises(ConfigError, match=r"fitness.estimator: .*'full', 'mean'"):
+        load_config({**base, "fitness": {"estimator": "irt"}})
+    with pytest.raises(ConfigError, match=r"merge.method: .*ties"):
+        load_config({**base, "merge": {"method": "tie"}})
+    with pytest.raises(ConfigError, match=r"tasks.0: .*either data"):
+        load_config({**base, "tasks": [{"name": "t"}]})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("missing.yaml")
+
+
+def test_demo_paths_resolve_into_the_demo_family(demo_family, monkeypatch):
+    monkeypatch.setenv("EVOMERGE_DEMO_DIR", str(demo_family))
+    config = load_config("examples/calibrate-demo.yaml")
+    assert config.models.base == str(demo_family / "models" / "base")
+    assert config.tasks[0].search == str(demo_family / "data/mix/search.jsonl")
+    assert config.fitness.chosen_selection == "random" and config.fitness.strata == "skill"

@@ -72,7 +72,7 @@ def test_kmeans_on_correctness_never_duplicates_anchors():
 
 
 def test_anchor_errors():
-    with pytest.raises(AnchorError, match="1..10"):
+    with pytest.raises(AnchorError, match=r"1\.\.10"):
         select_anchors("random", 11, 10)
     with pytest.raises(AnchorError, match="IRT model"):
         select_anchors("kmeans_irt", 3, 10)

@@ -117,3 +117,18 @@ def test_demo_paths_resolve_into_the_demo_family(demo_family, monkeypatch):
     assert config.models.base == str(demo_family / "models" / "base")
     assert config.tasks[0].search == str(demo_family / "data/mix/search.jsonl")
     assert config.fitness.chosen_selection == "random" and config.fitness.strata == "skill"
+
+
+@pytest.mark.parametrize("true_dim", [1, 2])
+def test_auto_dimension_finds_the_simulated_one(true_dim):
+    """Items load on ``true_dim`` separate skills; 30 extra respondents, 10 of them for validation."""
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(33, true_dim))
+    a = np.zeros((300, true_dim))
+    for d in range(true_dim):
+        block = slice(d * 300 // true_dim, (d + 1) * 300 // true_dim)
+        a[block, d] = rng.uniform(1, 2, size=300 // true_dim)
+    scores = (rng.random((33, 300)) < expit(theta @ a.T - rng.normal(0, 1, 300))).astype(float)
+    kinds = ["base", "endpoint", "endpoint"] + ["extra"] * 30
+    who = tuple(Respondent(f"r{i}", k, single_model("m")) for i, k in enumerate(kinds))  # type: ignore[arg-type]
+    assert IRTFits(Responses(who, tuple(map(str, range(300))), scores)).chosen_dim == true_dim

@@ -83,7 +83,7 @@ def test_refuses_scores_outside_zero_one():
     model = IRTModel(np.ones((3, 1)), np.zeros(3), np.zeros((1, 1)))
     with pytest.raises(IRTError, match="one score per item"):
         model.ability([1.0], [0, 1])
-    with pytest.raises(IRTError, match="0..2"):
+    with pytest.raises(IRTError, match=r"0\.\.2"):
         model.ability([1.0], [7])
 
 

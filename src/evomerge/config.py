@@ -97,12 +97,21 @@ class FitnessConfig(_Section):
     )
     respondents: int = Field(12, ge=0, description="Random merges scored in full to fit the IRT model.")
     checkpoints: list[str] = Field(default_factory=list, description="Extra respondent checkpoints.")
-    dim: int = Field(2, ge=1, description="Dimensions of the IRT abilities.")
+    dim: int | Literal["auto"] = Field(
+        "auto", description="Dimensions of the IRT abilities; auto: chosen on validation respondents."
+    )
     strata: str | None = Field(None, description="Item field that stratified anchors balance (else difficulty).")
     lam: float | None = Field(
         None, alias="lambda", ge=0, le=1, description="gp-IRT/gmp-IRT weight; default: chosen on validation."
     )
     seed: int = 0
+
+    @field_validator("dim")
+    @classmethod
+    def _positive(cls, dim: int | str) -> int | str:
+        if isinstance(dim, int) and dim < 1:
+            raise ValueError("dim must be at least 1, or auto")
+        return dim
 
     @model_validator(mode="after")
     def _anchors_given(self) -> FitnessConfig:

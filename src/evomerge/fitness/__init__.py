@@ -2,7 +2,7 @@
 and the estimators that turn a candidate's anchor scores into a full-split score."""
 
 from .anchors import AnchorError, Anchors, select_anchors
-from .build import IRTFits, build_estimator, choose_lambda
+from .build import IRTFits, build_estimator, choose_lambda, estimate_fitness, prepare_estimator
 from .estimators import ESTIMATORS, GMPIRT, GPIRT, MPIRT, PIRT, Estimator, EstimatorError, Full, Mean, Weighted
 from .irt import IRTError, IRTModel, Priors, fit_irt
 from .respondents import Respondent, Responses, collect_responses, random_recipe, respondent_set, single_model
@@ -29,7 +29,9 @@ __all__ = [
     "build_estimator",
     "choose_lambda",
     "collect_responses",
+    "estimate_fitness",
     "fit_irt",
+    "prepare_estimator",
     "random_recipe",
     "respondent_set",
     "select_anchors",

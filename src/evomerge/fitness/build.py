@@ -10,7 +10,7 @@ respondents' full scores.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,7 +28,7 @@ from ..merge.recipe import Recipe
 from .anchors import Anchors, select_anchors
 from .estimators import ESTIMATORS, GMPIRT, GPIRT, MPIRT, PIRT, Estimator, Full, blend
 from .irt import IRTModel, fit_irt
-from .respondents import Responses, collect_responses, random_recipe, respondent_set
+from .respondents import Respondent, Responses, collect_responses, random_recipe, respondent_set
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +191,27 @@ def prepare_estimator(
 ) -> Estimator:
     """What a run does once, before its search: score the respondents (when the
     estimator or the anchor selection needs them), fit IRT, pick anchors."""
-    f, m = config.fitness, config.models
+    f = config.fitness
     n = len(evaluator.splits.search)
     strata = [str(it.meta.get(f.strata)) for it in evaluator.splits.search] if f.strata else None
     if not needs_respondents(f, has_strata=strata is not None):
         return build_estimator(f, n, strata=strata)
 
-    def sample(rng: np.random.Generator) -> Recipe:
-        return random_recipe(config.merge.method, m.endpoints, m.base, rng)
-
-    who = respondent_set(m.endpoints, m.base, f.respondents, sample, seed=f.seed, checkpoints=f.checkpoints)
-    responses = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache)
+    responses = collect_responses(evaluator, model, tokenizer, merger, run_respondents(config), cache=cache)
     return build_estimator(f, n, fits=IRTFits(responses, f.dim, seed=f.seed), strata=strata)
+
+
+def random_merges(config: ExperimentConfig) -> Callable[[np.random.Generator], Recipe]:
+    """The run's random merges: its method, its endpoints, parameters drawn at random."""
+    m = config.models
+    return lambda rng: random_recipe(config.merge.method, m.endpoints, m.base, rng)
+
+
+def run_respondents(config: ExperimentConfig) -> list[Respondent]:
+    f, m = config.fitness, config.models
+    return respondent_set(
+        m.endpoints, m.base, f.respondents, random_merges(config), seed=f.seed, checkpoints=f.checkpoints
+    )
 
 
 def estimate_fitness(

@@ -24,12 +24,11 @@ from scipy.stats import spearmanr
 from ..config import ExperimentConfig, FitnessConfig
 from ..evaluate.evaluator import evaluator_for
 from ..merge.engine import Merger
-from ..merge.recipe import Recipe
 from ..merge.run import load_live_model
 from ..models.pool import ModelPool
-from .build import IRTFits, build_estimator
+from .build import IRTFits, build_estimator, random_merges, run_respondents
 from .estimators import ESTIMATORS
-from .respondents import Respondent, collect_responses, random_recipe, respondent_set
+from .respondents import Respondent, collect_responses
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +91,8 @@ def calibrate(
     model = load_live_model(merger)
     tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)
 
-    def sample(rng: np.random.Generator) -> Recipe:
-        return random_recipe(config.merge.method, m.endpoints, m.base, rng)
-
-    respondents = respondent_set(m.endpoints, m.base, f.respondents, sample, seed=f.seed, checkpoints=f.checkpoints)
-    rng = np.random.default_rng([f.seed, 1])  # a stream apart from the respondents'
+    respondents = run_respondents(config)
+    sample, rng = random_merges(config), np.random.default_rng([f.seed, 1])  # a stream apart from the respondents'
     trials = [Respondent(f"merge:{i}", "extra", sample(rng)) for i in range(merges)]
     seen = {r.recipe.digest for r in respondents}
     if any(t.recipe.digest in seen for t in trials):

@@ -1,0 +1,74 @@
+"""Every algorithm in the registry runs a generation, through ask/tell, on a cheap objective."""
+
+import numpy as np
+import pytest
+from pymoo.core.evaluator import Evaluator
+from pymoo.core.individual import Individual
+from pymoo.core.population import Population
+from pymoo.core.problem import Problem
+from pymoo.problems.static import StaticProblem
+
+from evomerge.search.algorithms import ALGORITHMS, AlgorithmError, make_algorithm
+
+
+def objectives(x: np.ndarray, n_obj: int) -> np.ndarray:
+    """Sphere-like and conflicting: each objective pulls x toward a different corner."""
+    return np.column_stack([((x - k / max(1, n_obj - 1)) ** 2).sum(axis=1) for k in range(n_obj)])
+
+
+def generations(name: str, n_obj: int, n: int = 2, **options) -> object:
+    problem = Problem(n_var=4, n_obj=n_obj, xl=0.0, xu=1.0)
+    algorithm = make_algorithm(name, n_obj, options, population_size=8, seed=0)
+    algorithm.setup(problem, termination=("n_gen", 10), seed=0)
+    evaluated = 0
+    for _ in range(n):
+        asked = algorithm.ask()  # an Individual for algorithms that ask one point at a time (MOEA/D, ...)
+        pop = Population([asked]) if isinstance(asked, Individual) else asked
+        x = pop.get("X")
+        assert x.ndim == 2 and x.shape[1] == 4 and ((x >= 0) & (x <= 1)).all()
+        Evaluator(skip_already_evaluated=False).eval(StaticProblem(problem, F=objectives(x, n_obj)), pop)
+        algorithm.tell(infills=asked)
+        evaluated += len(pop)
+    assert evaluated > 0 and algorithm.opt is not None and len(algorithm.opt) >= 1
+    return algorithm
+
+
+SINGLE = [n for n, (_, kind) in ALGORITHMS.items() if kind == "single"]
+MULTI = [n for n, (_, kind) in ALGORITHMS.items() if kind == "multi"]
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_single_objective_algorithm_runs(name):
+    algorithm = generations(name, 1)
+    assert algorithm.opt.get("F").shape[1] == 1
+
+
+@pytest.mark.parametrize("n_obj", [2, 3])
+@pytest.mark.parametrize("name", MULTI)
+def test_multi_objective_algorithm_runs(name, n_obj):
+    algorithm = generations(name, n_obj)
+    assert algorithm.opt.get("F").shape[1] == n_obj
+
+
+def test_ga_preset_knobs_reach_pymoo():
+    ga = make_algorithm(
+        "GA", 1, {"population_size": 10, "crossover_rate": 0.7, "mutation_rate": 0.2, "elitism_rate": 0.2}
+    )
+    assert ga.pop_size == 10 and ga.n_offsprings == 8
+    assert ga.mating.crossover.prob.value == 0.7 and ga.mating.mutation.prob_var.value == 0.2
+
+
+def test_same_seed_same_first_population():
+    first = generations("DE", 1, n=1).pop.get("X")
+    assert np.array_equal(first, generations("DE", 1, n=1).pop.get("X"))
+
+
+def test_errors_list_the_valid_choices():
+    with pytest.raises(AlgorithmError, match="did you mean 'NSGA2'"):
+        make_algorithm("NSGA-2", 2)
+    with pytest.raises(AlgorithmError, match="Choose one of: GA, DE"):
+        make_algorithm("simulated_annealing", 1)
+    with pytest.raises(AlgorithmError, match="has no option 'popsize'; its options are: .*pop_size"):
+        make_algorithm("DE", 1, {"popsize": 10})
+    with pytest.raises(AlgorithmError, match="optimises one objective; this search has 2. Use one of: NSGA2"):
+        make_algorithm("CMAES", 2)

@@ -68,7 +68,7 @@ def test_errors_list_the_valid_choices():
         make_algorithm("NSGA-2", 2)
     with pytest.raises(AlgorithmError, match="Choose one of: GA, DE"):
         make_algorithm("simulated_annealing", 1)
-    with pytest.raises(AlgorithmError, match="has no option 'popsize'; its options are: .*pop_size"):
+    with pytest.raises(AlgorithmError, match=r"has no option 'popsize'; its options are: .*pop_size"):
         make_algorithm("DE", 1, {"popsize": 10})
-    with pytest.raises(AlgorithmError, match="optimises one objective; this search has 2. Use one of: NSGA2"):
+    with pytest.raises(AlgorithmError, match=r"optimises one objective; this search has 2\. Use one of: NSGA2"):
         make_algorithm("CMAES", 2)

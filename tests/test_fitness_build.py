@@ -5,6 +5,7 @@ import pytest
 from scipy.special import expit
 
 from evomerge.config import ConfigError, FitnessConfig, load_config
+from evomerge.errors import EvomergeError
 from evomerge.fitness import GPIRT, MPIRT, IRTFits, Respondent, Responses, build_estimator, single_model
 from evomerge.fitness.build import LAMBDA_GRID
 
@@ -71,7 +72,7 @@ def test_lambda_falls_back_when_there_are_too_few_validation_respondents(caplog)
 
 
 def test_irt_estimators_without_respondents_say_what_to_do():
-    with pytest.raises(Exception, match="use estimator mean"):
+    with pytest.raises(EvomergeError, match="use estimator mean"):
         build_estimator(FitnessConfig(estimator="pirt", anchors=10), 100)
 
 

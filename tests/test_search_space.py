@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from evomerge.errors import MergeConfigError
 from evomerge.merge.engine import Merger
 from evomerge.merge.run import load_live_model
 from evomerge.models.checkpoint import Checkpoint
@@ -88,7 +89,7 @@ def test_space_errors(family):
         SearchSpace("ties", eps, base, num_layers=2, frozen={"weight@all": 1.0})
     with pytest.raises(SearchSpaceError, match="both searched and fixed"):
         SearchSpace("ties", eps, base, num_layers=2, fixed={"density": 0.5})
-    with pytest.raises(Exception, match="densty"):
+    with pytest.raises(MergeConfigError, match="densty"):
         SearchSpace("ties", eps, base, num_layers=2, params=["densty"])
     with pytest.raises(SearchSpaceError, match="x must be 4 finite numbers"):
         SearchSpace("ties", eps, base, num_layers=2).decode([0.5, float("nan"), 0.1, 0.2])

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.config import load_config
-from evomerge.errors import MergeConfigError
+from evomerge.errors import EvomergeError, MergeConfigError
 from evomerge.evaluate import evaluator_for
 from evomerge.fitness import Respondent, collect_responses, random_recipe, respondent_set
+from evomerge.fitness.build import item_strata
 from evomerge.fitness.calibrate import calibrate
 from evomerge.merge.engine import Merger
 from evomerge.merge.run import load_live_model
@@ -73,11 +74,9 @@ def test_respondents_are_the_models_and_their_scores_match_the_manifest(config, 
     # A rerun scores nothing again; a crash mid-way keeps what was finished.
     again = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache)
     assert counting.items == 6 * 900 and np.array_equal(again.scores, responses.scores)
-    broken = [
-        *who,
-        Respondent("bad", "extra", random_recipe("task_arithmetic", ["not-in-pool"], m.base, np.random.default_rng())),
-    ]
-    more = [*who[:2], Respondent("new", "extra", sample(np.random.default_rng(9))), *broken[6:]]
+    bad_recipe = random_recipe("task_arithmetic", ["not-in-pool"], m.base, np.random.default_rng(0))
+    new = Respondent("new", "extra", sample(np.random.default_rng(9)))
+    more = [*who[:2], new, Respondent("bad", "extra", bad_recipe)]
     with pytest.raises(MergeConfigError, match="not in this merger's pool"):
         collect_responses(evaluator, model, tokenizer, merger, more, cache=cache)
     assert counting.items == 7 * 900  # "new" was scored before the bad one failed...
@@ -105,6 +104,13 @@ def test_calibration_writes_table_plot_and_is_reproducible(config, tmp_path, cap
 
     # Same seed, fresh directory: the same numbers.
     assert calibrate(config, tmp_path / "b", **kwargs) == rows
+
+
+def test_strata_must_be_a_field_of_every_item(config):
+    evaluator = evaluator_for(config.tasks[0])
+    assert set(item_strata(config.fitness, evaluator)) == {"add", "greek", "cyrillic"}
+    with pytest.raises(EvomergeError, match=r"fitness\.strata is 'subject'.*no such field"):
+        item_strata(config.fitness.model_copy(update={"strata": "subject"}), evaluator)
 
 
 def test_calibrate_command(config, tmp_path, demo_family, monkeypatch):

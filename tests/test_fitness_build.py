@@ -110,6 +110,8 @@ def test_config_errors_name_the_key_and_suggest():
         load_config({**base, "tasks": [{"name": "t"}]})
     with pytest.raises(ConfigError, match="not found"):
         load_config("missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config("models: [a\ntasks: {")
 
 
 def test_demo_paths_resolve_into_the_demo_family(demo_family, monkeypatch):

@@ -19,7 +19,8 @@ def family(demo_family):
 
 def test_genes_follow_the_method_and_granularity(family):
     base, eps = family
-    assert SearchSpace("task_arithmetic", eps, base, num_layers=2).n_var == 4  # weight, density per endpoint
+    assert SearchSpace("ties", eps, base, num_layers=2).n_var == 4  # weight, density per endpoint
+    assert SearchSpace("task_arithmetic", eps, base, num_layers=2).n_var == 2  # its density has no effect
     assert SearchSpace("slerp", eps[:1], base, num_layers=2).n_var == 1  # t
     per_layer = SearchSpace("ties", eps, base, num_layers=4, granularity="layer", group_size=2)
     assert per_layer.n_var == 2 * 2 * 2 and per_layer.genes[0].name.endswith("@layers 0-1")
@@ -79,6 +80,17 @@ def test_module_genes_merge(family):
     merger = Merger.for_recipe(recipe)
     model = merger.merge_into(load_live_model(merger), recipe)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_della_extremes_stay_in_its_density_range(family):
+    """DELLA refuses density ± epsilon outside (0, 1): the default range keeps clear of it."""
+    base, eps = family
+    space = SearchSpace("della", eps, base, num_layers=2)
+    for x in (np.zeros(space.n_var), np.ones(space.n_var)):
+        recipe = space.decode(x)
+        merger = Merger.for_recipe(recipe)
+        model = merger.merge_into(load_live_model(merger), recipe)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_space_errors(family):

@@ -92,8 +92,8 @@ class FitnessConfig(_Section):
     anchors: int | None = Field(None, ge=1, description="Items evaluated per candidate (not for full).")
     selection: SelectionName | None = Field(
         None,
-        description="How anchors are picked. Default: random for mean, pirt and mpirt (the best measured on "
-        "the demo family), kmeans_irt for weighted, gpirt and gmpirt (their weighted part needs clusters).",
+        description="How anchors are picked. Default: random for mean, pirt and mpirt; kmeans_irt for "
+        "weighted, gpirt and gmpirt (their weighted part needs clusters). evomerge calibrate compares them.",
     )
     respondents: int = Field(12, ge=0, description="Random merges scored in full to fit the IRT model.")
     checkpoints: list[str] = Field(default_factory=list, description="Extra respondent checkpoints.")
@@ -142,7 +142,10 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentConfig:
             if not path.is_file():
                 raise ConfigError(f"config file {path} not found")
             source = path.read_text()
-        raw = yaml.safe_load(source)
+        try:
+            raw = yaml.safe_load(source)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"the config is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError("a config is a YAML mapping with sections models, merge, tasks, fitness")
     try:

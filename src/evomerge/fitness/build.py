@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -48,6 +48,14 @@ class IRTFits:
     responses: Responses
     dim: int | Literal["auto"] = "auto"
     seed: int = 0
+    _train_fits: dict[int, IRTModel] = field(default_factory=dict, repr=False)
+
+    def _train_fit(self, dim: int) -> IRTModel:
+        """The fit without validation respondents, once per dimension (the choice of the
+        dimension and the choice of lambda share them)."""
+        if dim not in self._train_fits:
+            self._train_fits[dim] = fit_irt(self.responses.scores[self.train_rows], dim, seed=self.seed)
+        return self._train_fits[dim]
 
     @cached_property
     def chosen_dim(self) -> int:
@@ -69,7 +77,7 @@ class IRTFits:
         unseen = np.arange(1, self.responses.scores.shape[1], 2)
         losses = []
         for dim in DIMS:
-            model = fit_irt(self.responses.scores[self.train_rows], dim, seed=self.seed)
+            model = self._train_fit(dim)
             loss = 0.0
             for row in self.responses.scores[val]:
                 p = np.clip(model.probabilities(model.ability(row[seen], seen))[unseen], 1e-9, 1 - 1e-9)
@@ -96,9 +104,9 @@ class IRTFits:
     def train_rows(self) -> np.ndarray:
         return np.setdiff1d(np.arange(len(self.responses.respondents)), self.validation_rows)
 
-    @cached_property
+    @property
     def train(self) -> IRTModel:
-        return fit_irt(self.responses.scores[self.train_rows], self.chosen_dim, seed=self.seed)
+        return self._train_fit(self.chosen_dim)
 
     def basis(self, model: IRTModel, fitted_rows: np.ndarray | None = None) -> np.ndarray:
         """The endpoints' abilities in ``model`` (fitted on ``fitted_rows``, default all)."""
@@ -193,12 +201,25 @@ def prepare_estimator(
     estimator or the anchor selection needs them), fit IRT, pick anchors."""
     f = config.fitness
     n = len(evaluator.splits.search)
-    strata = [str(it.meta.get(f.strata)) for it in evaluator.splits.search] if f.strata else None
+    strata = item_strata(f, evaluator)
     if not needs_respondents(f, has_strata=strata is not None):
         return build_estimator(f, n, strata=strata)
 
     responses = collect_responses(evaluator, model, tokenizer, merger, run_respondents(config), cache=cache)
     return build_estimator(f, n, fits=IRTFits(responses, f.dim, seed=f.seed), strata=strata)
+
+
+def item_strata(config: FitnessConfig, evaluator: Evaluator) -> list[str] | None:
+    """Each search item's value of ``fitness.strata`` (an item field), for stratified anchors."""
+    if config.strata is None:
+        return None
+    missing = [it.id for it in evaluator.splits.search if config.strata not in it.meta]
+    if missing:
+        raise EvomergeError(
+            f"fitness.strata is {config.strata!r}, but search items {missing[:5]} have no such field "
+            f"(task {evaluator.name}); name a field every item has, or drop strata"
+        )
+    return [str(it.meta[config.strata]) for it in evaluator.splits.search]
 
 
 def random_merges(config: ExperimentConfig) -> Callable[[np.random.Generator], Recipe]:

@@ -26,7 +26,7 @@ from ..evaluate.evaluator import evaluator_for
 from ..merge.engine import Merger
 from ..merge.run import load_live_model
 from ..models.pool import ModelPool
-from .build import IRTFits, build_estimator, random_merges, run_respondents
+from .build import IRTFits, build_estimator, item_strata, random_merges, run_respondents
 from .estimators import ESTIMATORS
 from .respondents import Respondent, collect_responses
 
@@ -111,7 +111,7 @@ def calibrate(
         ).scores
         truth = truth_rows.mean(axis=1)
         fits = IRTFits(responses, f.dim, seed=f.seed)
-        strata = [str(it.meta.get(f.strata)) for it in evaluator.splits.search] if f.strata else None
+        strata = item_strata(f, evaluator)
         counts = sorted(set(anchor_counts or [max(5, round(s * n)) for s in SHARES]))
         for k in counts:
             for estimator, selection in variants:

@@ -116,26 +116,30 @@ class MPIRT(PIRT):
         return self.irt.combination(y, self.anchors.index, self.basis)
 
 
+class _Generalized:
+    """The "g" of gp-IRT and gmp-IRT: ``lam * weighted + (1 - lam) * `` the IRT estimate of
+    the class this is mixed into (``lam`` is a field of that dataclass)."""
+
+    lam: float
+
+    def estimate(self, scores: Sequence[float]) -> float:
+        y = self._scores(scores)  # type: ignore[attr-defined]
+        irt = super().estimate(y)  # type: ignore[misc]
+        return blend(self.lam, float(self.anchors.weights @ y), irt)  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True, eq=False)
-class GPIRT(PIRT):
+class GPIRT(_Generalized, PIRT):
     """``lam``: the weight of the weighted anchor estimate against p-IRT."""
 
     name: ClassVar[str] = "gpirt"
     lam: float
 
-    def estimate(self, scores: Sequence[float]) -> float:
-        y = self._scores(scores)
-        return blend(self.lam, float(self.anchors.weights @ y), super().estimate(y))
-
 
 @dataclass(frozen=True, eq=False)
-class GMPIRT(MPIRT):
+class GMPIRT(_Generalized, MPIRT):
     name: ClassVar[str] = "gmpirt"
     lam: float
-
-    def estimate(self, scores: Sequence[float]) -> float:
-        y = self._scores(scores)
-        return blend(self.lam, float(self.anchors.weights @ y), super().estimate(y))
 
 
 def blend(lam: float, weighted: float, irt: float) -> float:

@@ -26,15 +26,12 @@ from transformers import PreTrainedTokenizerBase
 from ..errors import EvomergeError
 from ..evaluate.evaluator import Evaluator
 from ..merge.engine import Merger
-from ..merge.methods import get_method
+from ..merge.methods import get_method, search_range, searched_params
 from ..merge.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["base", "endpoint", "extra"]
-#: Ranges random respondents draw from; other parameters keep the method's default.
-#: A density floor of 0.2 keeps DELLA's density - epsilon (0.15 by default) positive.
-SAMPLED = {"weight": (0.0, 1.0), "density": (0.2, 0.85), "t": (0.0, 1.0), "select_topk": (0.2, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -65,13 +62,15 @@ def single_model(model: str) -> Recipe:
 
 
 def random_recipe(method: str, endpoints: Sequence[str], base: str | None, rng: np.random.Generator) -> Recipe:
-    """A merge with each sampled parameter (``SAMPLED``) drawn uniformly, one per model
-    where the method takes one per model."""
+    """A merge with each parameter a search would vary drawn uniformly from its default
+    range (``merge.methods.search_range``), one per model where the method takes one per
+    model; the others keep the method's default."""
     spec = get_method(method)
+    searched = searched_params(spec)
     params: dict[str, object] = {}
     for p in spec.params:
-        if p.name in SAMPLED:
-            low, high = SAMPLED[p.name]
+        if p.name in searched:
+            low, high = search_range(spec, p.name)  # type: ignore[misc]
             values = rng.uniform(low, high, size=len(endpoints) if p.per_model else 1).round(4).tolist()
             params[p.name] = values if p.per_model else values[0]
         elif p.required:

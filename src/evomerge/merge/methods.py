@@ -134,6 +134,39 @@ def check_value(method: MethodSpec, p: ParamSpec, value: Any) -> None:
         raise MergeConfigError(f"{method.name}.{p.name} must be in (0, 1], got {value!r}")
 
 
+#: Default ranges of the parameters a search varies (and random merges draw from).
+SEARCH_RANGES: dict[str, tuple[float, float]] = {
+    "weight": (0.0, 1.0),
+    "density": (0.1, 1.0),
+    "t": (0.0, 1.0),
+    "select_topk": (0.1, 1.0),
+}
+#: Declared but without effect: mergekit declares ``density`` on every generalized task
+#: arithmetic method, but plain task_arithmetic sparsifies nothing, so a gene for it
+#: would be searched in vain.
+_NO_EFFECT = {"task_arithmetic": frozenset({"density"})}
+
+
+def searched_params(method: MethodSpec) -> list[str]:
+    """The method's parameters that a search varies by default."""
+    return [p.name for p in method.params if p.name in SEARCH_RANGES and p.name not in _NO_EFFECT.get(method.name, ())]
+
+
+def search_range(method: MethodSpec, name: str) -> tuple[float, float] | None:
+    """The default range of ``name`` for ``method``; None where there is none.
+
+    DELLA needs density ± epsilon strictly inside (0, 1), so its density range is
+    narrowed by the default epsilon (0.15 gives 0.2..0.8).
+    """
+    if name not in SEARCH_RANGES:
+        return None
+    low, high = SEARCH_RANGES[name]
+    if name == "density" and "epsilon" in method.param_names:
+        eps = float(method.param("epsilon").default)
+        low, high = max(low, eps + 0.05), min(high, 1 - eps - 0.05)
+    return low, high
+
+
 def _unknown(what: str, name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""

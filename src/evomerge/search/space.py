@@ -1,8 +1,9 @@
 """The search space: what pymoo's ``x in [0, 1]^d`` means as a merge recipe.
 
-Genes come from the merge method's declared parameters (``merge.methods``), so a new
-method needs no code here. Each searched parameter gets one gene per endpoint (for
-per-model parameters) and per group of the chosen granularity:
+Genes come from the merge method's declared parameters and their default ranges
+(``merge.methods.searched_params``, ``search_range``), so a new method needs no code
+here. Each searched parameter gets one gene per endpoint (for per-model parameters)
+and per group of the chosen granularity:
 
 - ``global``: one value for every tensor;
 - ``module``: one for attention, one for the MLP, one for everything else, as
@@ -24,17 +25,10 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import EvomergeError
-from ..merge.methods import get_method
+from ..merge.methods import get_method, search_range, searched_params
 from ..merge.recipe import Recipe, per_layer
 
 Granularity = Literal["global", "module", "layer"]
-#: Default ranges of the parameters a search varies, where the method has them.
-SEARCHED: dict[str, tuple[float, float]] = {
-    "weight": (0.0, 1.0),
-    "density": (0.1, 1.0),
-    "t": (0.0, 1.0),
-    "select_topk": (0.1, 1.0),
-}
 #: Module groups as mergekit filters (any substring matches); the rest is the default.
 MODULE_FILTERS: dict[str, tuple[str, ...]] = {"attention": ("attn", "attention"), "mlp": ("mlp", "feed_forward", "ffn")}
 
@@ -88,8 +82,10 @@ class SearchSpace:
             raise SearchSpaceError(f"granularity {granularity!r}: choose global, module or layer")
         if group_size < 1 or group_size > num_layers:
             raise SearchSpaceError(f"group_size {group_size}: choose 1..{num_layers} (the model's layers)")
-        names = params if params is not None else [p.name for p in self.spec.params if p.name in SEARCHED]
-        ranges = {**SEARCHED, **({"weight": (-1.0, 1.0)} if allow_negative_weights else {}), **(bounds or {})}
+        names = params if params is not None else searched_params(self.spec)
+        ranges = {n: r for n in names if (r := search_range(self.spec, n)) is not None}
+        ranges.update({"weight": (-1.0, 1.0)} if allow_negative_weights else {})
+        ranges.update(bounds or {})
         genes = []
         for name in names:
             p = self.spec.param(name)  # an unknown parameter fails here, with the method's list

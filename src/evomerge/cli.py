@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 
 from . import __version__
 from .errors import EvomergeError
+
+if TYPE_CHECKING:  # the search stack loads lazily, so --help stays fast
+    from .search.experiment import RunResult
 
 app = typer.Typer(help="Evolutionary merging of LLMs.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -165,3 +168,56 @@ def calibrate(
         )
     console.print(table)
     console.print(f"table, plot and caches in {out}")
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path, typer.Argument(help="An experiment config (models, merge, tasks, fitness, search, output).")
+    ],
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Where the run is stored (default: output.run_dir).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Evolve a merge, test the winner and the baselines on held-out data, and save it."""
+    from .config import load_config
+    from .search.experiment import run_experiment
+
+    try:
+        result = run_experiment(load_config(config), run_dir, progress=progress)
+    except EvomergeError as err:
+        raise _fail(err) from err
+    _show_results(result)
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory that `evomerge run` wrote.")],
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Continue a run that stopped (a crash, Ctrl-C, a kill): nothing finished is evaluated again."""
+    from .search.experiment import resume_run
+
+    try:
+        result = resume_run(run_dir, progress=progress)
+    except EvomergeError as err:
+        raise _fail(err) from err
+    _show_results(result)
+
+
+def _show_results(result: RunResult) -> None:
+    names = result.problem.names
+    table = Table(title=f"held-out test scores ({result.evaluations} evaluations; stopped: {result.stop_reason})")
+    for col in ["candidate", "kind", *names, *(f"{n} (search est.)" for n in names)]:
+        table.add_column(col, justify="left" if col in ("candidate", "kind") else "right")
+    for t in result.tests:
+        search = t.search_scores or {}
+        table.add_row(
+            t.name,
+            t.kind,
+            *(f"{t.scores[n]:.4f}" for n in names),
+            *(f"{search[n]:.4f}" if n in search else "" for n in names),
+        )
+    console.print(table)
+    console.print(f"run directory: {result.run_dir} (results.json, evaluations.csv, run.sqlite)")

@@ -1,6 +1,7 @@
 """The experiment config: one pydantic schema for the YAML, the CLI and the API.
 
-Sections mirror the packages: ``models``, ``merge``, ``tasks``, ``fitness``. Every
+Sections mirror the packages: ``models``, ``merge``, ``tasks`` (one objective each),
+``fitness``, ``search`` and ``output``. Every
 section refuses unknown keys, and ``load_config`` turns pydantic's errors into
 messages that name the key and suggest the nearest valid one.
 
@@ -67,7 +68,11 @@ class TaskConfig(_Section):
     test: str | None = None
     test_fraction: float = Field(0.5, gt=0, lt=1)
     fewshot: int = Field(0, ge=0)
-    scorer: Literal["generation", "choice", "perplexity"] = "generation"
+    scorer: Literal["generation", "choice", "loss", "perplexity"] = Field(
+        "generation",
+        description="generation: accuracy of a greedy answer; choice: log-likelihood multiple choice; "
+        "loss: mean NLL of the answer's tokens (minimised); perplexity: NLL of the whole text (minimised).",
+    )
     extractor: Literal["number", "exact", "regex", "choice"] = "number"
     pattern: str | None = None
     strict: bool = False
@@ -75,6 +80,7 @@ class TaskConfig(_Section):
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int | Literal["auto"] = 64
     seed: int = 0
+    fitness: FitnessConfig | None = Field(None, description="This objective's estimator; default: the fitness section.")
 
     @model_validator(mode="after")
     def _one_source(self) -> TaskConfig:
@@ -124,12 +130,71 @@ class FitnessConfig(_Section):
         return self.selection or ("random" if self.estimator in ("full", "mean", "pirt", "mpirt") else "kmeans_irt")
 
 
+class SearchConfig(_Section):
+    """The algorithm, its budget, and the space it searches (``search`` package)."""
+
+    algorithm: str = Field("GA", description="A pymoo algorithm by name: GA, DE, CMAES, NSGA2, MOEAD, ...")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to the algorithm's constructor; for GA also crossover_rate, mutation_rate, elitism_rate.",
+    )
+    population_size: int | None = Field(16, ge=1)
+    generations: int | None = Field(10, ge=1, description="Stop after this many generations (ask/tell rounds).")
+    max_evaluations: int | None = Field(None, ge=1, description="Stop once this many candidates are evaluated.")
+    max_seconds: float | None = Field(None, gt=0, description="Stop after this much wall-clock time in the search.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many generations without improvement.")
+    granularity: Literal["global", "module", "layer"] = "global"
+    group_size: int = Field(1, ge=1, description="Layers per group, with granularity layer.")
+    params: list[str] | None = Field(None, description="Parameters to search; default: the method's usual ones.")
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict, description="Search range per parameter.")
+    allow_negative_weights: bool = False
+    frozen: dict[str, float] = Field(default_factory=dict, description="Gene name -> value, not searched.")
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, name: str) -> str:
+        from .search.algorithms import AlgorithmError, algorithm_class
+
+        try:
+            algorithm_class(name)
+        except AlgorithmError as err:
+            raise ValueError(str(err)) from None
+        return name
+
+    @model_validator(mode="after")
+    def _terminates(self) -> SearchConfig:
+        if self.generations is None and self.max_evaluations is None and self.max_seconds is None:
+            raise ValueError("give a budget: generations, max_evaluations or max_seconds")
+        return self
+
+
+class OutputConfig(_Section):
+    run_dir: str | None = Field(None, description="Where the run is stored; default runs/<config name or 'run'>.")
+    save_best: bool = Field(True, description="Write the best merge as an HF checkpoint to RUN_DIR/best.")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N: where candidates are merged and evaluated.")
+
+
+TaskConfig.model_rebuild()
+
+
 class ExperimentConfig(_Section):
     models: ModelsConfig
     merge: MergeConfig = MergeConfig()
-    tasks: list[TaskConfig] = Field(min_length=1)
+    tasks: list[TaskConfig] = Field(default_factory=list, description="One objective each.")
     fitness: FitnessConfig = FitnessConfig()
-    seed: int = 0
+    search: SearchConfig = SearchConfig()
+    output: OutputConfig = OutputConfig()
+    seed: int = Field(0, description="Seeds the algorithm and the merges' random parts (DARE).")
+
+    @model_validator(mode="after")
+    def _distinct_tasks(self) -> ExperimentConfig:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must differ (they name the objectives): {names}")
+        return self
+
+    def fitness_for(self, task: TaskConfig) -> FitnessConfig:
+        return task.fitness or self.fitness
 
 
 def load_config(source: str | Path | dict[str, Any]) -> ExperimentConfig:
@@ -147,7 +212,7 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentConfig:
         except yaml.YAMLError as err:
             raise ConfigError(f"the config is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
-            raise ConfigError("a config is a YAML mapping with sections models, merge, tasks, fitness")
+            raise ConfigError("a config is a YAML mapping with sections models, merge, tasks, fitness, search, output")
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as err:

@@ -3,10 +3,11 @@
 from .evaluator import Evaluator, HeldOutError, evaluator_for
 from .generation import generate
 from .prompts import PromptTemplate
-from .scorers import GenerationScorer, LoglikelihoodChoiceScorer, PerplexityScorer
+from .scorers import AnswerLossScorer, GenerationScorer, LoglikelihoodChoiceScorer, PerplexityScorer
 from .tasks import Columns, Item, Splits, TaskDataError, load_hf_dataset, load_items, split_items
 
 __all__ = [
+    "AnswerLossScorer",
     "Columns",
     "Evaluator",
     "GenerationScorer",

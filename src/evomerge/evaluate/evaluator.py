@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import EvomergeError
 from .prompts import PromptTemplate
-from .scorers import GenerationScorer, LoglikelihoodChoiceScorer, PerplexityScorer
+from .scorers import AnswerLossScorer, GenerationScorer, LoglikelihoodChoiceScorer, PerplexityScorer
 from .tasks import Item, Splits, TaskDataError, load_items, split_items
 
 if TYPE_CHECKING:
@@ -117,6 +117,8 @@ def evaluator_for(task: TaskConfig) -> Evaluator:
         )
     elif task.scorer == "choice":
         scorer = LoglikelihoodChoiceScorer(prompt=prompt)
+    elif task.scorer == "loss":
+        scorer = AnswerLossScorer(prompt=prompt, batch_size=64 if task.batch_size == "auto" else task.batch_size)
     else:
         scorer = PerplexityScorer()
     return Evaluator(task.name, splits, scorer)

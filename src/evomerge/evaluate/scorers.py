@@ -135,6 +135,28 @@ class PerplexityScorer:
         ]
 
 
+@dataclass(frozen=True)
+class AnswerLossScorer:
+    """Mean negative log-likelihood per token of each item's ``answer`` after its prompt:
+    the loss a fine-tune minimised, a smooth companion to accuracy on the same items
+    (lower is better)."""
+
+    prompt: PromptTemplate = field(default_factory=PromptTemplate)
+    fewshot: tuple[Item, ...] = ()
+    batch_size: int = 32
+    higher_is_better: bool = False
+
+    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
+        missing = [it.id for it in items if not it.answer]
+        if missing:
+            raise ValueError(f"items {missing[:5]} have no answer; the loss scorer scores the answer's tokens")
+        answers = [str(it.answer) for it in items]
+        pairs = [(self.prompt.render(it, self.fewshot, tokenizer), a) for it, a in zip(items, answers, strict=True)]
+        counts = _token_counts(tokenizer, answers)
+        logprobs = continuation_logprobs(model, tokenizer, pairs, batch_size=self.batch_size)
+        return [-lp / max(1, n) for lp, n in zip(logprobs, counts, strict=True)]
+
+
 def _token_counts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[int]:
     return [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
 

@@ -45,6 +45,14 @@ def merge_config(
     merger = Merger.for_recipe(recipe, allow_pickle=allow_pickle, device=device)
     model = load_live_model(merger, out_dtype=recipe.out_dtype or recipe.dtype)
     merger.merge_into(model, recipe)
+    return save_merged(model, recipe, merger, out, force=force)
+
+
+def save_merged(
+    model: torch.nn.Module, recipe: Recipe, merger: Merger, out: str | Path, *, force: bool = False
+) -> Path:
+    """Save ``model``, which holds ``recipe``'s merge, as an HF checkpoint with its
+    tokenizer, the mergekit YAML and a model card."""
     tokenizer_dir = _tokenizer_source(recipe, merger)
     config_yaml = recipe.to_yaml()
 

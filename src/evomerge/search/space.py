@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -45,10 +46,11 @@ class Gene:
     low: float = 0.0
     high: float = 1.0
     choices: tuple[int, ...] | None = None  # a categorical gene (layer_select)
+    label: str | None = None  # the model's short name in gene names (its directory name, when unique)
 
     @property
     def name(self) -> str:
-        who = f"[{self.model}]" if self.model is not None else ""
+        who = f"[{self.label or self.model}]" if self.model is not None else ""
         return f"{self.param}{who}@{self.group}"
 
     def value(self, x: float) -> float | int:
@@ -82,6 +84,8 @@ class SearchSpace:
             raise SearchSpaceError(f"granularity {granularity!r}: choose global, module or layer")
         if group_size < 1 or group_size > num_layers:
             raise SearchSpaceError(f"group_size {group_size}: choose 1..{num_layers} (the model's layers)")
+        short = [Path(e).name for e in self.endpoints]
+        self.labels = dict(zip(self.endpoints, short if len(set(short)) == len(short) else self.endpoints, strict=True))
         names = params if params is not None else searched_params(self.spec)
         ranges = {n: r for n in names if (r := search_range(self.spec, n)) is not None}
         ranges.update({"weight": (-1.0, 1.0)} if allow_negative_weights else {})
@@ -95,7 +99,7 @@ class SearchSpace:
                 raise SearchSpaceError(f"{name} has no search range; give one under bounds")
             low, high = ranges[name]
             for model in self.endpoints if p.per_model else [None]:
-                genes += [Gene(name, model, g, low, high) for g in self.groups]
+                genes += [Gene(name, model, g, low, high, label=self.labels.get(model)) for g in self.groups]
         if self.spec.name == "layer_select":
             n_sources = len(self.endpoints) + (1 if base else 0)
             genes += [Gene("source", None, g, choices=tuple(range(n_sources))) for g in self.groups]

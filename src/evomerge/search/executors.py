@@ -1,0 +1,50 @@
+"""Where candidates are merged and scored.
+
+The loop hands an executor a batch of recipes and stores each result as it arrives,
+in whatever order; it never touches a model itself. So a parallel executor (a Ray
+pool of workers, each with its own live model) plugs in without changing the loop:
+it implements ``evaluate`` and yields ``(index, Evaluation)`` as workers finish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..merge.engine import Merger
+from ..merge.recipe import Recipe
+from .problem import Evaluation, MergeProblem
+
+
+class Executor(Protocol):
+    def evaluate(self, problem: MergeProblem, recipes: Sequence[Recipe]) -> Iterator[tuple[int, Evaluation]]:
+        """Merge and score each recipe; yield ``(its index, result)`` as each finishes."""
+        ...
+
+
+class LocalExecutor:
+    """One live model in this process: each candidate is merged into it in place."""
+
+    def __init__(self, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.merger, self.model, self.tokenizer = merger, model, tokenizer
+
+    def evaluate(self, problem: MergeProblem, recipes: Sequence[Recipe]) -> Iterator[tuple[int, Evaluation]]:
+        for i, recipe in enumerate(recipes):
+            yield i, self.evaluate_one(problem, recipe)
+
+    def evaluate_one(self, problem: MergeProblem, recipe: Recipe) -> Evaluation:
+        start = time.perf_counter()
+        self.merger.merge_into(self.model, recipe)
+        merged = time.perf_counter()
+        measurement = problem.measure(self.model, self.tokenizer)
+        return Evaluation(measurement, merged - start, time.perf_counter() - merged)
+
+    def test(self, problem: MergeProblem, recipe: Recipe) -> tuple[tuple[float, ...], float]:
+        """The held-out scores of ``recipe`` and the seconds they took."""
+        start = time.perf_counter()
+        self.merger.merge_into(self.model, recipe)
+        return problem.test(self.model, self.tokenizer), time.perf_counter() - start

@@ -1,0 +1,194 @@
+"""A whole run from a config: prepare, search, test, save; and resume.
+
+``run_experiment`` is what ``evomerge run`` and ``evomerge.evolve`` call. Everything it
+produces lives in the run directory (see DESIGN.md): ``config.yaml``, ``run.sqlite``,
+``evaluations.csv``, ``results.json``, the respondents' scores and ``best/``. Calling it
+again on the same directory with ``resume=True`` continues where the last process
+stopped, whatever killed it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import PreTrainedTokenizerBase
+
+from ..config import ConfigError, ExperimentConfig, load_config
+from ..errors import EvomergeError
+from ..merge.engine import Merger
+from ..merge.recipe import Recipe
+from ..merge.run import load_live_model, save_merged
+from ..models.pool import ModelPool
+from .algorithms import make_algorithm
+from .executors import LocalExecutor
+from .heldout import candidates, run_tests, write_results
+from .loop import Searcher, Termination, winners
+from .objectives import Objective, task_objectives
+from .problem import MergeProblem
+from .space import SearchSpace
+from .store import EvaluationRow, RunStore, TestRow
+
+log = logging.getLogger(__name__)
+DEFAULT_RUN_DIR = Path("runs/run")
+
+
+class RunExistsError(EvomergeError):
+    """A new run pointed at a directory that already holds one."""
+
+
+class ResumeError(EvomergeError):
+    """A run that cannot be resumed as asked."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    stop_reason: str
+    evaluations: int
+    problem: MergeProblem
+    winners: list[EvaluationRow]
+    tests: list[TestRow]
+    merger: Merger = field(repr=False)
+    model: torch.nn.Module = field(repr=False)  # holds the last recipe merged into it
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
+
+    @property
+    def best(self) -> EvaluationRow:
+        """The best evaluation (one objective) or the first Pareto member."""
+        return self.winners[0]
+
+    def load(self, row: EvaluationRow | None = None) -> torch.nn.Module:
+        """Merge ``row``'s recipe (default: the best) into the live model and return it."""
+        return self.merger.merge_into(self.model, Recipe.from_yaml((row or self.best).recipe))
+
+
+def config_yaml(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    run_dir: Path | str | None = None,
+    *,
+    objectives: Sequence[Objective] | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> RunResult:
+    """Evolve, test and save as ``config`` says. ``objectives`` replace the config's tasks
+    (custom fitness functions); ``resume`` continues the run stored in ``run_dir``."""
+    run_dir = Path(run_dir or config.output.run_dir or DEFAULT_RUN_DIR)
+    objectives = list(objectives) if objectives is not None else task_objectives(config)
+    if not objectives:
+        raise ConfigError("tasks: give at least one task (each task is an objective)")
+    store = RunStore.in_dir(run_dir)
+    try:
+        _check_store(store, run_dir, config, objectives, resume)
+        return _run(config, run_dir, store, objectives, progress)
+    finally:
+        store.close()
+
+
+def resume_run(run_dir: Path | str, *, progress: bool = False) -> RunResult:
+    """Continue the run in ``run_dir`` from its ``config.yaml``."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RunStore.FILE).is_file():
+        raise ResumeError(f"{run_dir} holds no run ({RunStore.FILE} is missing); start one with evomerge run")
+    return run_experiment(load_config(run_dir / "config.yaml"), run_dir, resume=True, progress=progress)
+
+
+def _check_store(
+    store: RunStore, run_dir: Path, config: ExperimentConfig, objectives: Sequence[Objective], resume: bool
+) -> None:
+    stored = store.get("config")
+    text = config_yaml(config)
+    names = [n for o in objectives for n in o.names]
+    if stored is None:
+        if resume:
+            raise ResumeError(f"{run_dir} holds no run to resume; start one with evomerge run")
+        store.set("config", text)
+        store.set("objectives", names)
+        (run_dir / "config.yaml").write_text(text)
+        return
+    if not resume:
+        raise RunExistsError(
+            f"{run_dir} already holds a run; continue it with `evomerge resume {run_dir}`, "
+            "or give another output.run_dir"
+        )
+    if stored != text:
+        diff = "".join(difflib.unified_diff(stored.splitlines(True), text.splitlines(True), "stored", "now", n=1))
+        raise ResumeError(
+            f"the config differs from the one {run_dir} was run with, so resuming would mix two runs. "
+            f"Start a new run for the new config. Differences:\n{diff}"
+        )
+    if store.get("objectives") != names:
+        raise ResumeError(f"the run's objectives were {store.get('objectives')}, now {names}")
+
+
+def _run(
+    config: ExperimentConfig, run_dir: Path, store: RunStore, objectives: list[Objective], progress: bool
+) -> RunResult:
+    from transformers import AutoTokenizer
+
+    m = config.models
+    base = m.base or m.endpoints[0]
+    pool = ModelPool.open(base, [e for e in m.endpoints if e != base], allow_pickle=m.allow_pickle)
+    merger = Merger(pool, device=config.output.device)
+    model = load_live_model(merger)
+    tokenizer = AutoTokenizer.from_pretrained(pool.base.path)
+    for objective in objectives:
+        objective.prepare(merger, model, tokenizer, run_dir)
+    problem = MergeProblem(search_space(config, pool.num_layers), objectives)
+    executor = LocalExecutor(merger, model, tokenizer)
+
+    reason = store.get("stop_reason")
+    if reason is None:
+        s = config.search
+        algorithm = make_algorithm(
+            s.algorithm, problem.n_obj, s.options, population_size=s.population_size, seed=config.seed
+        )
+        termination = Termination(s.generations, s.max_evaluations, s.max_seconds, s.patience)
+        reason = Searcher(problem, algorithm, executor, store, termination, seed=config.seed, progress=progress).run()
+    gene_names = [g.name for g in problem.space.all_genes]
+    store.export_csv(run_dir / "evaluations.csv", gene_names, problem.names)
+
+    rows = list(store.evaluations())
+    best = winners(rows, problem.maximize)
+    tests = run_tests(store, executor, problem, candidates(best, problem, config.merge.method, m.endpoints, m.base))
+    write_results(
+        run_dir / "results.json", tests, problem, {"stop_reason": reason, "evaluations": len(rows), "seed": config.seed}
+    )
+    if config.output.save_best and problem.n_obj == 1 and best and not (run_dir / "best").exists():
+        recipe = Recipe.from_yaml(best[0].recipe)
+        merger.merge_into(model, recipe)
+        save_merged(model, recipe, merger, run_dir / "best")
+    return RunResult(run_dir, reason, len(rows), problem, best, tests, merger, model, tokenizer)
+
+
+def search_space(config: ExperimentConfig, num_layers: int) -> SearchSpace:
+    s, m = config.search, config.models
+    return SearchSpace(
+        config.merge.method,
+        m.endpoints,
+        m.base,
+        num_layers=num_layers,
+        granularity=s.granularity,
+        group_size=s.group_size,
+        params=s.params,
+        bounds=s.bounds,
+        allow_negative_weights=s.allow_negative_weights,
+        frozen=s.frozen,
+        fixed=config.merge.parameters,
+        seed=config.seed,
+    )
+
+
+def summary_rows(tests: Sequence[TestRow]) -> list[dict[str, Any]]:
+    """The test table as plain rows (name, kind, one column per objective)."""
+    return [{"name": t.name, "kind": t.kind, **t.scores} for t in tests]

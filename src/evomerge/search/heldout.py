@@ -1,0 +1,116 @@
+"""The test phase: the winners and the baselines, scored once on the held-out test split.
+
+The baselines answer the question a user asks first: did evolution beat the naive
+choices? They are each endpoint alone, the base, and the method's default merge
+(every per-model weight ``1/n``, every other parameter at mergekit's default). Each
+row is stored as soon as it is scored, so a resumed run scores only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import EvomergeError
+from ..fitness.respondents import single_model
+from ..merge.methods import get_method
+from ..merge.recipe import Recipe
+from .executors import LocalExecutor
+from .problem import MergeProblem
+from .store import EvaluationRow, RunStore, TestRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    kind: str  # best, pareto, endpoint, base, default
+    recipe: Recipe
+    search_scores: dict[str, float] | None = None
+
+
+def default_merge(method: str, endpoints: Sequence[str], base: str | None) -> Recipe | None:
+    """Uniform weights and mergekit's defaults (``t: 0.5`` for SLERP); None for methods
+    without a default (layer_select takes whole layers, not weights)."""
+    spec = get_method(method)
+    params: dict[str, Any] = {}
+    for p in spec.params:
+        if p.name == "weight":
+            params["weight"] = round(1.0 / len(endpoints), 6)
+        elif p.name == "t":
+            params["t"] = 0.5
+        elif p.required:
+            return None
+    return Recipe.from_params(method, list(endpoints), params, base_model=base if spec.base != "ignored" else None)
+
+
+def candidates(
+    winners: Sequence[EvaluationRow], problem: MergeProblem, method: str, endpoints: Sequence[str], base: str | None
+) -> list[Candidate]:
+    """The evolved winners, then the baselines, each recipe once (the first name wins)."""
+    out = []
+    for k, row in enumerate(winners):
+        name = "best" if len(winners) == 1 and problem.n_obj == 1 else f"pareto:{k}"
+        scores = dict(zip(problem.names, row.objectives, strict=True))
+        out.append(Candidate(name, "best" if name == "best" else "pareto", Recipe.from_yaml(row.recipe), scores))
+    out += [Candidate(f"endpoint:{Path(e).name}", "endpoint", single_model(e)) for e in endpoints]
+    if base is not None:
+        out.append(Candidate("base", "base", single_model(base)))
+    default = default_merge(method, endpoints, base)
+    if default is not None:
+        out.append(Candidate(f"default {method}", "default", default))
+    seen: set[str] = set()
+    unique = []
+    for c in out:
+        if c.recipe.digest not in seen:
+            seen.add(c.recipe.digest)
+            unique.append(c)
+    return unique
+
+
+def run_tests(
+    store: RunStore, executor: LocalExecutor, problem: MergeProblem, todo: Sequence[Candidate]
+) -> list[TestRow]:
+    """Score every candidate on the test split, skipping those the store already holds."""
+    done = {t.name: t for t in store.tests()}
+    for position, c in enumerate(todo):
+        recipe_yaml = c.recipe.to_yaml()
+        if c.name in done and done[c.name].recipe == recipe_yaml:
+            continue
+        log.info("test %d/%d: %s", position + 1, len(todo), c.name)
+        values, seconds = executor.test(problem, c.recipe)
+        scores = dict(zip(problem.names, values, strict=True))
+        store.add_test(TestRow(c.name, c.kind, recipe_yaml, scores, c.search_scores, seconds), position)
+    wanted = {c.name for c in todo}
+    return [t for t in store.tests() if t.name in wanted]
+
+
+def write_results(path: Path, rows: Sequence[TestRow], problem: MergeProblem, extra: dict[str, Any]) -> Path:
+    """``results.json``: every test row (name, kind, recipe, test score per objective)."""
+    if not rows:
+        raise EvomergeError("no test results to write")
+    data = {
+        **extra,
+        "objectives": [{"name": n, "maximize": m} for n, m in zip(problem.names, problem.maximize, strict=True)],
+        "rows": [
+            {
+                "name": r.name,
+                "kind": r.kind,
+                "recipe": r.recipe,
+                "test": r.scores,
+                "search_estimate": r.search_scores,
+                "seconds": round(r.seconds, 3),
+            }
+            for r in rows
+        ],
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,63 @@
+"""The problem a search solves: genes to a recipe, a merged model to objective values.
+
+The Merger / Problem / Searcher split mirrors Mergenetic's, so its users find their
+way: the ``Merger`` writes a recipe into the live model, the ``MergeProblem`` knows what
+the genes mean and how a model is scored, the ``Searcher`` drives the algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pymoo.core.problem import Problem
+from transformers import PreTrainedTokenizerBase
+
+from ..merge.recipe import Recipe
+from .objectives import Measurement, Objective, ObjectiveError
+from .space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One candidate's measurement and what it cost."""
+
+    measurement: Measurement
+    merge_s: float
+    eval_s: float
+
+
+class MergeProblem:
+    def __init__(self, space: SearchSpace, objectives: Sequence[Objective]) -> None:
+        if not objectives:
+            raise ObjectiveError("a search needs at least one objective")
+        self.space = space
+        self.objectives = list(objectives)
+        self.names = tuple(n for o in self.objectives for n in o.names)
+        self.maximize = tuple(m for o in self.objectives for m in o.maximize)
+        if len(set(self.names)) != len(self.names):
+            raise ObjectiveError(f"objective names must differ: {list(self.names)}")
+
+    @property
+    def n_obj(self) -> int:
+        return len(self.names)
+
+    def decode(self, x: Sequence[float]) -> Recipe:
+        return self.space.decode(x)
+
+    def measure(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> Measurement:
+        parts = [o.measure(model, tokenizer) for o in self.objectives]
+        return Measurement(tuple(v for p in parts for v in p.values), {k: v for p in parts for k, v in p.items.items()})
+
+    def test(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> tuple[float, ...]:
+        return tuple(v for o in self.objectives for v in o.test(model, tokenizer))
+
+    def minimized(self, values: Sequence[float]) -> np.ndarray:
+        """pymoo's ``F``: every objective as one to minimise."""
+        return np.array([-v if up else v for v, up in zip(values, self.maximize, strict=True)], dtype=float)
+
+    def pymoo_problem(self) -> Problem:
+        """The bounds pymoo sees; values come through ask/tell, never ``Problem.evaluate``."""
+        return Problem(n_var=self.space.n_var, n_obj=self.n_obj, xl=0.0, xu=1.0)

@@ -1,0 +1,256 @@
+"""The run store: one SQLite file in the run directory that holds everything a run did.
+
+- ``run``: the resolved config and run facts (key/value);
+- ``evaluations``: every evaluated candidate: genes, recipe, objective values, per-item
+  scores, merge and evaluation seconds; one row per distinct recipe;
+- ``generations``: after each ask/tell round, what was asked, the population the
+  algorithm holds, the best so far, and where the time went;
+- ``tests``: the held-out scores of the winners and the baselines.
+
+Each evaluation is committed as soon as it finishes (SQLite's journal makes a commit
+atomic, so a SIGKILL loses at most the evaluation in flight). ``evaluations.csv`` is
+exported from here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import EvomergeError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    x TEXT NOT NULL,
+    genes TEXT NOT NULL,
+    recipe TEXT NOT NULL,
+    objectives TEXT NOT NULL,
+    items TEXT NOT NULL,
+    merge_s REAL NOT NULL,
+    eval_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS generations (
+    generation INTEGER PRIMARY KEY,
+    asked TEXT NOT NULL,
+    evaluations INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    best TEXT NOT NULL,
+    seconds TEXT NOT NULL,
+    elapsed_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tests (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    recipe TEXT NOT NULL,
+    scores TEXT NOT NULL,
+    search_scores TEXT,
+    seconds REAL NOT NULL
+);
+"""
+#: Columns of evaluations.csv that hold times, which differ between identical runs.
+TIME_COLUMNS = ("merge_s", "eval_s")
+
+
+class RunStoreError(EvomergeError):
+    """A run store that cannot be opened or does not match the run."""
+
+
+@dataclass(frozen=True)
+class EvaluationRow:
+    id: int
+    generation: int
+    digest: str
+    x: list[float]
+    genes: dict[str, float]
+    recipe: str
+    objectives: list[float]
+    items: dict[str, dict[str, float]]
+    merge_s: float
+    eval_s: float
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    generation: int
+    asked: list[str]  # recipe digests, in the order the algorithm asked
+    evaluations: int  # evaluations in the store after this generation
+    state: dict[str, Any]  # the algorithm's population (X, F) and counters
+    best: dict[str, Any]
+    seconds: dict[str, float]  # ask, evaluate (merge + eval), store, tell, wall
+    elapsed_s: float  # search wall time up to here, across resumes
+
+
+@dataclass(frozen=True)
+class TestRow:
+    name: str
+    kind: str  # best, pareto, endpoint, base, default
+    recipe: str  # mergekit YAML
+    scores: dict[str, float]  # objective -> held-out score
+    search_scores: dict[str, float] | None  # the search's estimate, for evolved candidates
+    seconds: float
+
+
+class RunStore:
+    FILE = "run.sqlite"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise RunStoreError(f"{self.path} is not a readable run store ({err})") from err
+
+    @classmethod
+    def in_dir(cls, run_dir: Path | str) -> RunStore:
+        return cls(Path(run_dir) / cls.FILE)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- run facts -------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM run WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO run VALUES (?, ?)", (key, json.dumps(value)))
+
+    # -- evaluations -----------------------------------------------------------------
+
+    def add_evaluation(
+        self,
+        generation: int,
+        digest: str,
+        x: Sequence[float],
+        genes: dict[str, float],
+        recipe: str,
+        objectives: Sequence[float],
+        items: dict[str, dict[str, float]],
+        merge_s: float,
+        eval_s: float,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO evaluations (generation, digest, x, genes, recipe, objectives, items, merge_s, eval_s) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                generation,
+                digest,
+                json.dumps([float(v) for v in x]),
+                json.dumps(genes),
+                recipe,
+                json.dumps([float(v) for v in objectives]),
+                json.dumps(items),
+                merge_s,
+                eval_s,
+            ),
+        )
+
+    def objectives_of(self, digests: Sequence[str]) -> dict[str, list[float]]:
+        """The stored objective values of those ``digests`` that were evaluated."""
+        found: dict[str, list[float]] = {}
+        for start in range(0, len(digests), 500):
+            chunk = list(digests[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for digest, values in self.db.execute(
+                f"SELECT digest, objectives FROM evaluations WHERE digest IN ({marks})", chunk
+            ):
+                found[digest] = json.loads(values)
+        return found
+
+    def evaluations(self) -> Iterator[EvaluationRow]:
+        for row in self.db.execute(
+            "SELECT id, generation, digest, x, genes, recipe, objectives, items, merge_s, eval_s "
+            "FROM evaluations ORDER BY id"
+        ):
+            i, gen, digest, x, genes, recipe, objectives, items, merge_s, eval_s = row
+            yield EvaluationRow(
+                i, gen, digest, json.loads(x), json.loads(genes), recipe, json.loads(objectives), json.loads(items),
+                merge_s, eval_s,
+            )  # fmt: skip
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0])
+
+    # -- generations -----------------------------------------------------------------
+
+    def add_generation(self, row: GenerationRow) -> None:
+        self.db.execute(
+            "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.generation,
+                json.dumps(row.asked),
+                row.evaluations,
+                json.dumps(row.state),
+                json.dumps(row.best),
+                json.dumps(row.seconds),
+                row.elapsed_s,
+            ),
+        )
+
+    def generations(self) -> list[GenerationRow]:
+        return [
+            GenerationRow(g, json.loads(a), n, json.loads(s), json.loads(b), json.loads(t), e)
+            for g, a, n, s, b, t, e in self.db.execute("SELECT * FROM generations ORDER BY generation")
+        ]
+
+    # -- tests -----------------------------------------------------------------------
+
+    def add_test(self, row: TestRow, position: int) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO tests VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.name,
+                row.kind,
+                position,
+                row.recipe,
+                json.dumps(row.scores),
+                None if row.search_scores is None else json.dumps(row.search_scores),
+                row.seconds,
+            ),
+        )
+
+    def tests(self) -> list[TestRow]:
+        return [
+            TestRow(name, kind, recipe, json.loads(scores), None if search is None else json.loads(search), seconds)
+            for name, kind, _, recipe, scores, search, seconds in self.db.execute(
+                "SELECT * FROM tests ORDER BY position"
+            )
+        ]
+
+    # -- export ----------------------------------------------------------------------
+
+    def export_csv(self, path: Path | str, gene_names: Sequence[str], objective_names: Sequence[str]) -> Path:
+        """One row per evaluation: genes and objective values by name, then times."""
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "generation", "digest", *gene_names, *objective_names, *TIME_COLUMNS])
+            for e in self.evaluations():
+                writer.writerow(
+                    [
+                        e.id,
+                        e.generation,
+                        e.digest,
+                        *(e.genes[g] for g in gene_names),
+                        *(repr(v) for v in e.objectives),
+                        f"{e.merge_s:.4f}",
+                        f"{e.eval_s:.4f}",
+                    ]
+                )
+        tmp.replace(path)
+        return path

@@ -72,3 +72,11 @@ def test_errors_list_the_valid_choices():
         make_algorithm("DE", 1, {"popsize": 10})
     with pytest.raises(AlgorithmError, match=r"optimises one objective; this search has 2\. Use one of: NSGA2"):
         make_algorithm("CMAES", 2)
+
+
+@pytest.mark.parametrize("name", ["GA", "DE", "CMAES", "ES", "SRES", "ISRES", "NSGA2", "RNSGA2", "NSGA3", "UNSGA3"])
+def test_population_size_reaches_the_algorithm(name):
+    n_obj = 2 if ALGORITHMS[name][1] == "multi" else 1
+    algorithm = make_algorithm(name, n_obj, population_size=12)
+    size = algorithm.options["popsize"] if name == "CMAES" else algorithm.pop_size  # CMAES hands it to cma
+    assert size == 12

@@ -33,9 +33,7 @@ def test_genes_follow_the_method_and_granularity(family):
 
 def test_decode_is_deterministic_and_honours_frozen_and_fixed_genes(family):
     base, eps = family
-    space = SearchSpace(
-        "ties", eps, base, num_layers=2, frozen={f"density[{eps[0]}]@all": 0.5}, fixed={"normalize": False}
-    )
+    space = SearchSpace("ties", eps, base, num_layers=2, frozen={"density[add]@all": 0.5}, fixed={"normalize": False})
     assert space.n_var == 3
     x = [0.25, 0.5, 1.0]
     recipe = space.decode(x)

@@ -43,6 +43,8 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
 }
 _NEEDS_REF_DIRS = {"NSGA3", "UNSGA3", "CTAEA", "RVEA", "MOEAD"}
 _NEEDS_REF_POINTS = {"RNSGA2", "RNSGA3"}
+#: Algorithms that take pop_size through **kwargs (their parent's constructor).
+_POP_VIA_KWARGS = {"SRES", "ISRES", "RNSGA2", "UNSGA3"}
 #: The knobs users of simple merge GAs expect, mapped onto pymoo's GA.
 GA_PRESET_KEYS = ("population_size", "crossover_rate", "mutation_rate", "elitism_rate")
 
@@ -89,8 +91,8 @@ def make_algorithm(
         options.setdefault("n_mutants", max(1, round(0.1 * pop)))
         options.setdefault("n_offsprings", max(1, pop - options["n_elites"] - options["n_mutants"]))
         accepted.discard("pop_size")
-    elif "pop_size" not in inspect.signature(cls.__init__).parameters:
-        accepted.discard("pop_size")  # derived from other options (reference directions, ...)
+    elif "pop_size" not in inspect.signature(cls.__init__).parameters and name not in _POP_VIA_KWARGS:
+        accepted.discard("pop_size")  # derived from other options (reference directions, a simplex, ...)
     elif population_size is not None and "pop_size" not in options:
         options["pop_size"] = population_size
     unknown = [k for k in options if k not in accepted]

@@ -36,6 +36,7 @@ class LocalExecutor:
         for i, recipe in enumerate(recipes):
             yield i, self.evaluate_one(problem, recipe)
 
+    @torch.no_grad()
     def evaluate_one(self, problem: MergeProblem, recipe: Recipe) -> Evaluation:
         start = time.perf_counter()
         self.merger.merge_into(self.model, recipe)
@@ -43,6 +44,7 @@ class LocalExecutor:
         measurement = problem.measure(self.model, self.tokenizer)
         return Evaluation(measurement, merged - start, time.perf_counter() - merged)
 
+    @torch.no_grad()
     def test(self, problem: MergeProblem, recipe: Recipe) -> tuple[tuple[float, ...], float]:
         """The held-out scores of ``recipe`` and the seconds they took."""
         start = time.perf_counter()

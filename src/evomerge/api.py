@@ -1,0 +1,154 @@
+"""``evomerge.evolve``: one call, in the style of the simple evolutionary-merge scripts.
+
+It builds the same ``ExperimentConfig`` the YAML and the CLI use (so every run it makes
+can be resumed and re-run from its ``config.yaml``) and returns the winner ready to use:
+its genes, its score, and the live model holding its merge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .config import load_config
+from .merge.recipe import Recipe
+from .merge.run import save_merged
+from .search.experiment import RunResult, run_experiment
+from .search.objectives import FunctionObjective, Objective
+
+#: ``fitness`` names that pick a scorer (each is one objective on the task's data).
+SCORER_FITNESS = {"accuracy": "generation", "loss": "loss", "perplexity": "perplexity", "choice": "choice"}
+#: ``fitness`` names that pick an estimator for accuracy.
+ESTIMATOR_FITNESS = ("full", "mean", "weighted", "pirt", "gpirt", "mpirt", "gmpirt")
+FitnessFn = Callable[[torch.nn.Module, PreTrainedTokenizerBase], float | Sequence[float]]
+
+
+@dataclass
+class EvolveResult:
+    """The winner (best, or the first Pareto member): genes, score, model and tokenizer."""
+
+    run: RunResult
+    model: torch.nn.Module = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model = self.run.load()  # the live model held a baseline after the test phase
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.run.tokenizer
+
+    @property
+    def best_genes(self) -> dict[str, float]:
+        return self.run.best.genes
+
+    @property
+    def best_score(self) -> float | tuple[float, ...]:
+        """The search's score of the winner (an estimate when ``eval_samples`` is set)."""
+        values = tuple(self.run.best.objectives)
+        return values[0] if len(values) == 1 else values
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe.from_yaml(self.run.best.recipe)
+
+    @property
+    def test_scores(self) -> dict[str, dict[str, float]]:
+        """Held-out scores of the winner(s) and the baselines, by candidate name."""
+        return {t.name: t.scores for t in self.run.tests}
+
+    def save(self, out: str | Path, *, force: bool = False) -> Path:
+        """The winner as an HF checkpoint, with its tokenizer and mergekit YAML."""
+        return save_merged(self.model, self.recipe, self.run.merger, out, force=force)
+
+
+def evolve(
+    models: Sequence[str],
+    base_model: str | None = None,
+    *,
+    task: str | tuple[str, str] | None = None,
+    fitness: str | Sequence[str] | FitnessFn = "accuracy",
+    eval_samples: int | None = None,
+    method: str = "task_arithmetic",
+    algorithm: str = "GA",
+    population_size: int = 10,
+    generations: int = 5,
+    mutation_rate: float | None = None,
+    crossover_rate: float | None = None,
+    elitism_rate: float | None = None,
+    granularity: str = "global",
+    run_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = False,
+    progress: bool = False,
+    task_options: dict[str, Any] | None = None,
+    search_options: dict[str, Any] | None = None,
+) -> EvolveResult:
+    """Evolve a merge of ``models`` (the base may be among them) and return the winner.
+
+    ``task``: a JSONL/CSV file (split into search and test) or a ``(search, test)`` pair.
+    ``fitness``: ``"accuracy"``, ``"loss"`` (mean NLL of the answers), ``"perplexity"``,
+    an estimator name (accuracy estimated by it: ``"mpirt"``, ...), a list of those (one
+    objective each, on the same data), or ``fn(model, tokenizer) -> float | list[float]``
+    (maximised). ``eval_samples``: items scored per candidate (a random subsample, or
+    the anchors of an IRT estimator); default: all search items. ``task_options`` go to
+    the task (``template``, ``extractor``, ``max_new_tokens``, ...), ``search_options``
+    to the algorithm.
+    """
+    endpoints = [m for m in models if m != base_model]
+    options = {k: v for k, v in (search_options or {}).items()}
+    for key, value in (("mutation_rate", mutation_rate), ("crossover_rate", crossover_rate)):
+        if value is not None:
+            options[key] = value
+    if elitism_rate is not None:
+        options["elitism_rate"] = elitism_rate
+    objectives: list[Objective] | None = None
+    tasks: list[dict[str, Any]] = []
+    fitness_section: dict[str, Any] = {"estimator": "mean" if eval_samples else "full", "anchors": eval_samples}
+    if callable(fitness):
+        objectives = [FunctionObjective(fitness)]
+    else:
+        names = [fitness] if isinstance(fitness, str) else list(fitness)
+        if task is None:
+            raise ValueError("give task= (a data file or a (search, test) pair), or a fitness function")
+        data = {"data": task} if isinstance(task, str) else {"search": task[0], "test": task[1]}
+        for name in names:
+            if name in ESTIMATOR_FITNESS:
+                fitness_section["estimator"] = name
+                scorer = "generation"
+            elif name in SCORER_FITNESS:
+                scorer = SCORER_FITNESS[name]
+            else:
+                valid = [*SCORER_FITNESS, *ESTIMATOR_FITNESS]
+                raise ValueError(f"fitness {name!r}: use one of {valid}, or a function (model, tokenizer) -> float")
+            entry = {"name": name, **data, "scorer": scorer, **(task_options or {})}
+            if scorer in ("loss", "perplexity"):  # not in [0, 1]: no IRT; a plain (sub)sample mean
+                entry["fitness"] = {"estimator": "mean", "anchors": eval_samples} if eval_samples else {}
+            tasks.append(entry)
+    if fitness_section["estimator"] == "full":
+        fitness_section.pop("anchors")
+    config = load_config(
+        {
+            "models": {"base": base_model, "endpoints": endpoints},
+            "merge": {"method": method},
+            "tasks": tasks,
+            "fitness": fitness_section,
+            "search": {
+                "algorithm": algorithm,
+                "population_size": population_size,
+                "generations": generations,
+                "granularity": granularity,
+                "options": options,
+            },
+            "output": {"device": device},
+            "seed": seed,
+        }
+    )
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / time.strftime("evolve-%Y%m%d-%H%M%S")
+    return EvolveResult(run_experiment(config, run_dir, objectives=objectives, resume=resume, progress=progress))

@@ -1,0 +1,246 @@
+"""Whole runs on the demo family's target task: search, store, test phase, saving,
+reproducibility, and resume after a SIGKILL, through the library, the CLI and
+``evomerge.evolve``. Every candidate is really merged and really generates."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import evomerge
+from evomerge.config import load_config
+from evomerge.search.experiment import ResumeError, RunExistsError, resume_run, run_experiment
+from evomerge.search.store import TIME_COLUMNS
+
+POP = 6
+
+
+def small_config(demo_family: Path, **search) -> dict:
+    """The demo experiment at a test's budget: 60 random anchors, GA 6 x 3."""
+    return {
+        "models": {
+            "base": "demo:models/base",
+            "endpoints": ["demo:models/add", "demo:models/greek", "demo:models/cyrillic"],
+        },
+        "merge": {"method": "task_arithmetic"},
+        "tasks": [
+            {
+                "name": "mix",
+                "search": "demo:data/mix/search.jsonl",
+                "test": "demo:data/mix/test.jsonl",
+                "extractor": "exact",
+                "strict": True,
+                "max_new_tokens": 24,
+                "batch_size": 128,
+            }
+        ],
+        "fitness": {"estimator": "mean", "anchors": 60},
+        "search": {"algorithm": "GA", "population_size": POP, "generations": 3, **search},
+        "seed": 0,
+    }
+
+
+def csv_without_times(path: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(path.open())]
+
+
+@pytest.fixture(scope="module")
+def finished(demo_family, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "a"
+    return run_experiment(load_config(small_config(demo_family)), run_dir)
+
+
+def test_a_run_stores_everything_and_tests_the_winner_against_the_baselines(finished):
+    run_dir = finished.run_dir
+    assert finished.stop_reason == "3 generations" and finished.evaluations == 18
+    for name in ("config.yaml", "run.sqlite", "evaluations.csv", "results.json", "best/model.safetensors"):
+        assert (run_dir / name).exists(), name
+    rows = csv_without_times(run_dir / "evaluations.csv")
+    assert len(rows) == 18 and {"weight[add]@all", "weight[greek]@all", "mix", "generation"} <= set(rows[0])
+    stored = list(sqlite3.connect(run_dir / "run.sqlite").execute("SELECT items FROM evaluations"))
+    assert all(len(json.loads(items)["mix"]) == 60 for (items,) in stored)  # per-item scores of the anchors
+
+    results = json.loads((run_dir / "results.json").read_text())
+    names = [r["name"] for r in results["rows"]]
+    assert names == ["best", "endpoint:add", "endpoint:greek", "endpoint:cyrillic", "base", "default task_arithmetic"]
+    test = {r["name"]: r["test"]["mix"] for r in results["rows"]}
+    assert all(0 <= v <= 1 for v in test.values())
+    assert test["best"] > test["default task_arithmetic"]  # even 18 candidates beat a uniform merge here
+    best = results["rows"][0]
+    assert best["search_estimate"]["mix"] == max(float(r["mix"]) for r in rows)
+    assert yaml.safe_load(best["recipe"])["merge_method"] == "task_arithmetic"
+
+
+def test_the_saved_winner_loads_and_equals_the_live_merge(finished):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    saved = AutoModelForCausalLM.from_pretrained(finished.run_dir / "best")
+    AutoTokenizer.from_pretrained(finished.run_dir / "best")
+    live = dict(finished.load().named_parameters())
+    for name, p in saved.named_parameters():
+        assert torch.equal(p, live[name]), name
+
+
+def test_same_seed_same_evaluations(finished, demo_family, tmp_path):
+    again = run_experiment(load_config(small_config(demo_family)), tmp_path / "b")
+    assert csv_without_times(again.run_dir / "evaluations.csv") == csv_without_times(
+        finished.run_dir / "evaluations.csv"
+    )
+    other = run_experiment(load_config({**small_config(demo_family), "seed": 1}), tmp_path / "c")
+    assert csv_without_times(other.run_dir / "evaluations.csv") != csv_without_times(
+        finished.run_dir / "evaluations.csv"
+    )
+
+
+def test_a_run_directory_is_never_overwritten(finished, demo_family):
+    with pytest.raises(RunExistsError, match="evomerge resume"):
+        run_experiment(load_config(small_config(demo_family)), finished.run_dir)
+
+
+def test_resume_refuses_a_changed_config_and_shows_the_difference(finished, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished.run_dir, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["search"]["population_size"] = 7
+    (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ResumeError, match=r"(?s)differs.*-  population_size: 6.*\+  population_size: 7"):
+        resume_run(copy)
+    with pytest.raises(ResumeError, match="holds no run"):
+        resume_run(tmp_path / "nowhere")
+
+
+def test_resuming_a_finished_run_repeats_nothing(finished):
+    before = csv_without_times(finished.run_dir / "evaluations.csv")
+    again = resume_run(finished.run_dir)
+    assert again.evaluations == 18 and csv_without_times(finished.run_dir / "evaluations.csv") == before
+    assert [t.scores for t in again.tests] == [t.scores for t in finished.tests]
+
+
+def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished, demo_family, tmp_path):
+    """The CLI is killed with SIGKILL in the middle of generation 1; ``evomerge resume``
+    finishes the run. No evaluation is lost or repeated, and the results equal the
+    uninterrupted run with the same seed (``finished``)."""
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(small_config(demo_family)))
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evomerge", "run", str(config), "--run-dir", str(run_dir), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    killed_at = 0
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (run_dir / "run.sqlite").exists():
+                try:
+                    killed_at = sqlite3.connect(run_dir / "run.sqlite").execute("SELECT COUNT(*) FROM evaluations")
+                    killed_at = killed_at.fetchone()[0]
+                except sqlite3.OperationalError:  # the schema is not there yet
+                    killed_at = 0
+                if killed_at >= POP + 2:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+            time.sleep(0.02)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert POP < killed_at < 2 * POP, f"killed after {killed_at} evaluations, not mid generation 1"
+    assert not (run_dir / "results.json").exists()
+
+    out = subprocess.run(
+        [sys.executable, "-m", "evomerge", "resume", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "held-out test scores" in out.stdout and "default task_arithmetic" in out.stdout
+    rows = csv_without_times(run_dir / "evaluations.csv")
+    assert len(rows) == 18 and len({r["digest"] for r in rows}) == 18
+    assert rows == csv_without_times(finished.run_dir / "evaluations.csv")
+    resumed = json.loads((run_dir / "results.json").read_text())["rows"]
+    uninterrupted = json.loads((finished.run_dir / "results.json").read_text())["rows"]
+    assert [(r["name"], r["recipe"], r["test"]) for r in resumed] == [
+        (r["name"], r["recipe"], r["test"]) for r in uninterrupted
+    ]
+
+
+def test_evolve_returns_the_winner_ready_to_use(demo_family, tmp_path):
+    result = evomerge.evolve(
+        ["demo:models/base", "demo:models/greek", "demo:models/cyrillic"],
+        "demo:models/base",
+        task=("demo:data/mix/search.jsonl", "demo:data/mix/test.jsonl"),
+        fitness="accuracy",
+        eval_samples=40,
+        population_size=4,
+        generations=2,
+        mutation_rate=0.2,
+        run_dir=tmp_path / "evolve",
+        task_options={"extractor": "exact", "max_new_tokens": 24, "batch_size": 128},
+    )
+    assert set(result.best_genes) == {"weight[greek]@all", "weight[cyrillic]@all"}
+    assert 0 <= result.best_score <= 1 and "best" in result.test_scores
+    saved = result.save(tmp_path / "merged")
+    from transformers import AutoModelForCausalLM
+
+    reloaded = dict(AutoModelForCausalLM.from_pretrained(saved).named_parameters())
+    assert all(torch.equal(p, reloaded[n]) for n, p in result.model.named_parameters())
+
+
+def test_evolve_with_accuracy_and_loss_objectives(demo_family, tmp_path):
+    """Two objectives on the same data: accuracy (maximised) and the answers' NLL (minimised)."""
+    result = evomerge.evolve(
+        ["demo:models/greek", "demo:models/cyrillic"],
+        "demo:models/base",
+        task=("demo:data/mix/search.jsonl", "demo:data/mix/test.jsonl"),
+        fitness=["accuracy", "loss"],
+        eval_samples=30,
+        algorithm="NSGA2",
+        population_size=4,
+        generations=2,
+        run_dir=tmp_path / "two",
+        task_options={"extractor": "exact", "max_new_tokens": 24, "batch_size": 128},
+    )
+    assert result.run.problem.maximize == (True, False)
+    assert all(t.name.startswith("pareto:") or t.kind != "best" for t in result.run.tests)
+    base = result.test_scores["base"]
+    assert base["loss"] > result.test_scores["endpoint:greek"]["loss"]  # the specialist knows its answers better
+
+
+def test_evolve_with_a_custom_fitness_function(demo_family, tmp_path):
+    calls = []
+
+    def fitness(model, tokenizer):
+        calls.append(1)
+        return -float(sum(p.pow(2).sum() for p in model.parameters()))
+
+    result = evomerge.evolve(
+        ["demo:models/greek", "demo:models/cyrillic"],
+        "demo:models/base",
+        fitness=fitness,
+        population_size=4,
+        generations=2,
+        run_dir=tmp_path / "fn",
+    )
+    stored = [r.objectives[0] for r in result.run.winners] + [
+        float(r["fitness"]) for r in csv.DictReader((result.run.run_dir / "evaluations.csv").open())
+    ]
+    assert result.best_score == max(stored)
+    assert len(calls) == result.run.evaluations + len(result.run.tests)
+    with pytest.raises(ValueError, match="fitness 'acuracy'"):
+        evomerge.evolve(["a", "b"], task="x.jsonl", fitness="acuracy")

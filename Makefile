@@ -23,8 +23,10 @@ setup: $(STAMP)
 test: setup
 	$(PY) -m pytest -q
 
+# The demo experiment; a second call resumes (and re-prints) the stored run, never overwrites it.
 demo: setup
-	$(VENV)/bin/evomerge -v demo
+	@if [ -f runs/demo/run.sqlite ]; then $(VENV)/bin/evomerge resume runs/demo; \
+	else $(VENV)/bin/evomerge run examples/demo.yaml; fi
 
 demo-models: setup
 	$(VENV)/bin/evomerge demo-models

@@ -49,8 +49,8 @@ def measure(name: str, out: Path, **changes: dict) -> dict:
     test = {t.name: t.scores["mix"] for t in result.tests}
     baselines = {k: v for k, v in test.items() if k != "best"}
     print(f"\n== {name}: {result.evaluations} evaluations, {items} items scored, stop: {result.stop_reason}")
-    print(f"   run {total:.0f}s (search {search_s:.0f}s); bookkeeping {100 * max(shares):.2f}% of a generation at most,")
-    print(f"   {100 * sum(shares) / len(shares):.2f}% on average")
+    print(f"   run {total:.0f}s (search {search_s:.0f}s); bookkeeping share of a generation's wall time:")
+    print(f"   at most {100 * max(shares):.2f}%, {100 * sum(shares) / len(shares):.2f}% on average")
     for t in result.tests:
         estimate = f"  (search estimate {t.search_scores['mix']:.4f})" if t.search_scores else ""
         print(f"   {t.name:26} {t.kind:9} test {t.scores['mix']:.4f}{estimate}")

@@ -114,6 +114,23 @@ def test_config_errors_name_the_key_and_suggest():
         load_config("models: [a\ntasks: {")
 
 
+def test_search_and_output_sections_are_checked():
+    base = {"models": {"endpoints": ["a"]}, "tasks": [{"name": "t", "data": "x.jsonl"}]}
+    assert load_config(base).search.algorithm == "GA"
+    with pytest.raises(ConfigError, match=r"search.generation: unknown key; did you mean 'generations'"):
+        load_config({**base, "search": {"generation": 3}})
+    with pytest.raises(ConfigError, match=r"search.algorithm: .*did you mean 'CMAES'"):
+        load_config({**base, "search": {"algorithm": "CMA-ES"}})
+    with pytest.raises(ConfigError, match=r"search: .*give a budget"):
+        load_config({**base, "search": {"generations": None}})
+    with pytest.raises(ConfigError, match=r"output.devise: unknown key; did you mean 'device'"):
+        load_config({**base, "output": {"devise": "cuda"}})
+    with pytest.raises(ConfigError, match="task names must differ"):
+        load_config({**base, "tasks": [{"name": "t", "data": "x.jsonl"}] * 2})
+    per_task = load_config({**base, "tasks": [{"name": "t", "data": "x.jsonl", "fitness": {"estimator": "full"}}]})
+    assert per_task.fitness_for(per_task.tasks[0]).estimator == "full"
+
+
 def test_demo_paths_resolve_into_the_demo_family(demo_family, monkeypatch):
     monkeypatch.setenv("EVOMERGE_DEMO_DIR", str(demo_family))
     config = load_config("examples/calibrate-demo.yaml")

@@ -16,6 +16,9 @@ def test_readme_has_python_examples():
 
 
 @pytest.mark.parametrize("code", BLOCKS)
-def test_readme_block_runs(code: str, demo_family: Path, monkeypatch):
+def test_readme_block_runs(code: str, demo_family: Path, monkeypatch, tmp_path: Path):
+    """Each block runs in a scratch directory (its runs/ go there), with examples/ at hand."""
     monkeypatch.setenv("EVOMERGE_DEMO_DIR", str(demo_family))
+    (tmp_path / "examples").symlink_to(README.parent / "examples")
+    monkeypatch.chdir(tmp_path)
     exec(compile(code, str(README), "exec"), {})

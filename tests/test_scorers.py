@@ -10,6 +10,7 @@ import torch
 from evomerge.demo import load_member
 from evomerge.demo.family import as_task_items, load_jsonl
 from evomerge.evaluate import (
+    AnswerLossScorer,
     Evaluator,
     GenerationScorer,
     HeldOutError,
@@ -107,6 +108,22 @@ def test_perplexity_is_lower_for_the_model_trained_on_the_text(members, test_ite
     own = sum(scorer.score(*members["cyrillic"], items)) / len(items)
     other = sum(scorer.score(*members["greek"], items)) / len(items)
     assert 0 < own < other
+
+
+def test_answer_loss_scores_only_the_answer_and_favours_the_specialist(members, test_items):
+    items = test_items["greek"][:40]
+    scorer = AnswerLossScorer()
+    assert scorer.higher_is_better is False
+    own = scorer.score(*members["greek"], items)
+    other = scorer.score(*members["cyrillic"], items)
+    assert 0 < sum(own) < sum(other)
+    model, tok = members["greek"]
+    item = items[0]
+    n = len(tok(item.answer, add_special_tokens=False)["input_ids"])
+    expected = -continuation_logprobs(model, tok, [(scorer.prompt.render(item, (), tok), item.answer)])[0] / n
+    assert own[0] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="no answer"):
+        scorer.score(model, tok, [Item("q", "1+1=", None)])
 
 
 def test_generation_pads_with_eos_when_the_tokenizer_has_no_pad_token(members, test_items):

@@ -139,7 +139,7 @@ def test_a_fitness_function_with_the_wrong_arity_or_nan_is_refused(live, tmp_pat
 
 def test_the_live_model_holds_each_candidate(live, tmp_path):
     """What the objective sees is the decoded recipe's merge: compare with a fresh merge."""
-    base, eps, merger, model, tokenizer = live
+    base, eps, *_ = live
     seen = {}
 
     def fn(m, t):

@@ -181,9 +181,13 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Evolve a merge, test the winner and the baselines on held-out data, and save it."""
-    from .config import load_config
+    from .config import DEMO_PREFIX, load_config
+    from .demo import is_built
+    from .demo.family import default_family_dir
     from .search.experiment import run_experiment
 
+    if config.is_file() and DEMO_PREFIX in config.read_text() and not is_built(default_family_dir()):
+        _announce_build(default_family_dir())
     try:
         result = run_experiment(load_config(config), run_dir, progress=progress)
     except EvomergeError as err:

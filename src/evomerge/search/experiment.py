@@ -14,7 +14,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -164,6 +163,8 @@ def _run(
     write_results(
         run_dir / "results.json", tests, problem, {"stop_reason": reason, "evaluations": len(rows), "seed": config.seed}
     )
+    if config.output.save_best and problem.n_obj > 1:
+        log.info("%d Pareto members: none is saved as best/; their recipes are in results.json", len(best))
     if config.output.save_best and problem.n_obj == 1 and best and not (run_dir / "best").exists():
         recipe = Recipe.from_yaml(best[0].recipe)
         merger.merge_into(model, recipe)
@@ -187,8 +188,3 @@ def search_space(config: ExperimentConfig, num_layers: int) -> SearchSpace:
         fixed=config.merge.parameters,
         seed=config.seed,
     )
-
-
-def summary_rows(tests: Sequence[TestRow]) -> list[dict[str, Any]]:
-    """The test table as plain rows (name, kind, one column per objective)."""
-    return [{"name": t.name, "kind": t.kind, **t.scores} for t in tests]

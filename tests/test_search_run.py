@@ -21,7 +21,7 @@ import yaml
 import evomerge
 from evomerge.config import load_config
 from evomerge.search.experiment import ResumeError, RunExistsError, resume_run, run_experiment
-from evomerge.search.store import TIME_COLUMNS
+from evomerge.search.store import TIME_COLUMNS, RunStore
 
 POP = 6
 
@@ -173,6 +173,10 @@ def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished
     rows = csv_without_times(run_dir / "evaluations.csv")
     assert len(rows) == 18 and len({r["digest"] for r in rows}) == 18
     assert rows == csv_without_times(finished.run_dir / "evaluations.csv")
+    generations = [RunStore.in_dir(d).generations() for d in (run_dir, finished.run_dir)]
+    assert [(g.asked, g.evaluations, g.best, g.state) for g in generations[0]] == [
+        (g.asked, g.evaluations, g.best, g.state) for g in generations[1]
+    ]
     resumed = json.loads((run_dir / "results.json").read_text())["rows"]
     uninterrupted = json.loads((finished.run_dir / "results.json").read_text())["rows"]
     assert [(r["name"], r["recipe"], r["test"]) for r in resumed] == [

@@ -99,7 +99,7 @@ class Searcher:
         if stored:
             log.info("resuming: replaying %d stored generations", len(stored))
         history: list[GenerationRow] = []
-        seen_f: list[np.ndarray] = []
+        seen: dict[str, np.ndarray] = {}  # digest -> F of every candidate so far, replayed ones included
         with _Progress(self.progress, self.termination, self.problem.maximize) as bar:
             while (reason := self.termination.reason(history)) is None:
                 if not self.algorithm.has_next():
@@ -107,7 +107,7 @@ class Searcher:
                     break
                 gen = len(history)
                 replay = stored[gen] if gen < len(stored) else None
-                row = self._generation(gen, replay, pymoo_problem, seen_f, history, bar)
+                row = self._generation(gen, replay, pymoo_problem, seen, history, bar)
                 history.append(row)
                 bar.generation_done(row)
         self.store.set("stop_reason", reason)
@@ -119,7 +119,7 @@ class Searcher:
         gen: int,
         replay: GenerationRow | None,
         pymoo_problem: Any,
-        seen_f: list[np.ndarray],
+        seen: dict[str, np.ndarray],
         history: list[GenerationRow],
         bar: _Progress,
     ) -> GenerationRow:
@@ -168,9 +168,10 @@ class Searcher:
         f = np.array([self.problem.minimized(known[d]) for d in digests])
         Evaluator(skip_already_evaluated=False).eval(StaticProblem(pymoo_problem, F=f), pop)
         self.algorithm.tell(infills=asked)
-        new = [self.problem.minimized(known[digests[i]]) for i in todo]
-        improved = any(not any(np.all(q <= p) for q in seen_f) for p in new)
-        seen_f.extend(new)
+        # First seen in this generation (evaluated now, or before a kill in this generation).
+        new = {d: self.problem.minimized(known[d]) for d in digests if d not in seen}
+        improved = any(not any(np.all(q <= p) for q in seen.values()) for p in new.values())
+        seen.update(new)
         seconds["tell"] = time.perf_counter() - tell_start
         if replay is not None:
             return replay
@@ -181,7 +182,7 @@ class Searcher:
             asked=digests,
             evaluations=self.store.count(),
             state=self._state(),
-            best=self._summary(known, digests, seen_f, improved),
+            best=self._summary(known, digests, list(seen.values()), improved),
             seconds=seconds,
             elapsed_s=(history[-1].elapsed_s if history else 0.0) + wall,
         )

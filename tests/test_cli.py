@@ -8,6 +8,8 @@ from pathlib import Path
 
 from evomerge import __version__
 
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -41,3 +43,46 @@ def test_demo_refuses_to_build_over_a_foreign_directory(tmp_path: Path):
     assert out.returncode == 2
     assert "refusing to overwrite" in out.stdout and "--out" in out.stdout
     assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
+def test_config_schema_is_json_with_every_section():
+    import json
+
+    out = run("config-schema")
+    assert out.returncode == 0, out.stderr
+    schema = json.loads(out.stdout)
+    assert {"models", "merge", "tasks", "fitness", "search", "output"} <= set(schema["properties"])
+
+
+def test_run_with_overrides_then_resume_test_and_export(demo_family: Path, tmp_path: Path):
+    """``--set`` shrinks the demo experiment to one generation of 3; the run prints the
+    test table, ``resume`` and ``test`` on the finished run print it again (evaluating
+    nothing), ``export`` writes the winner."""
+    args = [
+        "run",
+        str(DEMO_CONFIG),
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--set",
+        "search.generations=1",
+        "--set",
+        "search.population_size=3",
+        "--set",
+        "fitness={estimator: mean, anchors: 20}",
+    ]
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    assert "held-out test scores (3 evaluations" in out.stdout and "endpoint:greek" in out.stdout
+    again = run("resume", str(tmp_path / "r"), "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert "(3 evaluations" in again.stdout
+    tested = run("test", str(tmp_path / "r"))
+    assert tested.returncode == 0 and "default task_arithmetic" in tested.stdout
+    exported = run("export", str(tmp_path / "r"), "--out", str(tmp_path / "e"))
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "e" / "model.safetensors").exists() and (tmp_path / "e" / "mergekit_config.yml").exists()
+    bad = run("run", str(DEMO_CONFIG), "--set", "search.generation=2")
+    assert bad.returncode == 2 and "did you mean 'generations'" in bad.stdout
+    missing = run("resume", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "holds no run" in missing.stdout

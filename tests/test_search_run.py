@@ -27,7 +27,8 @@ POP = 6
 
 
 def small_config(demo_family: Path, **search) -> dict:
-    """The demo experiment at a test's budget: 60 random anchors, GA 6 x 3."""
+    """The demo experiment (examples/demo.yaml) at a test's budget: mp-IRT on 60 anchors
+    fitted on 3 random merges besides the base and the endpoints, GA 6 x 3."""
     return {
         "models": {
             "base": "demo:models/base",
@@ -45,7 +46,7 @@ def small_config(demo_family: Path, **search) -> dict:
                 "batch_size": 128,
             }
         ],
-        "fitness": {"estimator": "mean", "anchors": 60},
+        "fitness": {"estimator": "mpirt", "anchors": 60, "respondents": 3},
         "search": {"algorithm": "GA", "population_size": POP, "generations": 3, **search},
         "seed": 0,
     }
@@ -64,7 +65,14 @@ def finished(demo_family, tmp_path_factory):
 def test_a_run_stores_everything_and_tests_the_winner_against_the_baselines(finished):
     run_dir = finished.run_dir
     assert finished.stop_reason == "3 generations" and finished.evaluations == 18
-    for name in ("config.yaml", "run.sqlite", "evaluations.csv", "results.json", "best/model.safetensors"):
+    for name in (
+        "config.yaml",
+        "run.sqlite",
+        "evaluations.csv",
+        "results.json",
+        "respondents-mix.json",
+        "best/model.safetensors",
+    ):
         assert (run_dir / name).exists(), name
     rows = csv_without_times(run_dir / "evaluations.csv")
     assert len(rows) == 18 and {"weight[add]@all", "weight[greek]@all", "mix", "generation"} <= set(rows[0])
@@ -245,6 +253,59 @@ def test_evolve_with_a_custom_fitness_function(demo_family, tmp_path):
         float(r["fitness"]) for r in csv.DictReader((result.run.run_dir / "evaluations.csv").open())
     ]
     assert result.best_score == max(stored)
-    assert len(calls) == result.run.evaluations + len(result.run.tests)
+    baselines = [t for t in result.run.tests if t.kind not in ("best", "pareto")]
+    # each evaluation once, each test once, and each baseline's search estimate once
+    assert len(calls) == result.run.evaluations + len(result.run.tests) + len(baselines)
     with pytest.raises(ValueError, match="fitness 'acuracy'"):
         evomerge.evolve(["a", "b"], task="x.jsonl", fitness="acuracy")
+
+
+def test_export_writes_the_winner_or_a_chosen_evaluation(finished, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from evomerge.errors import EvomergeError
+    from evomerge.search.experiment import export_run
+
+    best = export_run(finished.run_dir, tmp_path / "best")
+    exported = dict(AutoModelForCausalLM.from_pretrained(best).named_parameters())
+    live = dict(finished.load().named_parameters())
+    assert all(torch.equal(p, live[n]) for n, p in exported.items())
+    assert yaml.safe_load((best / "mergekit_config.yml").read_text()) == yaml.safe_load(finished.best.recipe)
+    first = export_run(finished.run_dir, tmp_path / "first", member="id:1")
+    row = next(iter(RunStore.in_dir(finished.run_dir).evaluations()))
+    assert yaml.safe_load((first / "mergekit_config.yml").read_text()) == yaml.safe_load(row.recipe)
+    with pytest.raises(EvomergeError, match=r"pareto:0..0 or id:1..18"):
+        export_run(finished.run_dir, tmp_path / "x", member="pareto:3")
+
+
+def test_testing_an_unfinished_run_scores_its_best_so_far(finished, tmp_path):
+    """A copy of the finished run with its last generation and stop reason removed, as if
+    it had been killed: ``test`` scores the best so far and searches no further."""
+    import shutil
+
+    copy = tmp_path / "unfinished"
+    shutil.copytree(finished.run_dir, copy, ignore=shutil.ignore_patterns("best", "results.json"))
+    db = sqlite3.connect(copy / "run.sqlite")
+    db.execute("DELETE FROM evaluations WHERE generation = 2")
+    db.execute("DELETE FROM generations WHERE generation = 2")
+    db.execute("DELETE FROM run WHERE key = 'stop_reason'")
+    db.execute("DELETE FROM tests")
+    db.commit()
+    db.close()
+    result = resume_run(copy, search=False)
+    assert result.evaluations == 12 and result.stop_reason.startswith("not finished")
+    assert result.tests[0].name == "best" and not (copy / "best").exists()
+    assert json.loads((copy / "results.json").read_text())["evaluations"] == 12
+
+
+def test_the_report_is_self_contained_with_the_test_table_and_figures(finished):
+    page = (finished.run_dir / "report.html").read_text()
+    assert "<table id='tests'>" in page and "default task_arithmetic" in page
+    for title in ("Fitness per generation", "Evolved genes", "Estimated vs held-out score"):
+        assert f"<img alt='{title}' src='data:image/png;base64," in page
+    assert "Pareto front" not in page  # one objective
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    for png in ("fitness.png", "genes.png", "estimates.png"):
+        assert (finished.run_dir / png).stat().st_size > 5000
+    results = json.loads((finished.run_dir / "results.json").read_text())
+    assert all(r["search_estimate"] is not None for r in results["rows"])  # baselines are estimated too

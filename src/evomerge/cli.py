@@ -15,6 +15,7 @@ from . import __version__
 from .errors import EvomergeError
 
 if TYPE_CHECKING:  # the search stack loads lazily, so --help stays fast
+    from .config import ExperimentConfig
     from .search.experiment import RunResult
 
 app = typer.Typer(help="Evolutionary merging of LLMs.", no_args_is_help=True, add_completion=False)
@@ -178,6 +179,10 @@ def run(
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Where the run is stored (default: output.run_dir).")
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: key=value (repeatable), e.g. search.generations=5."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Evolve a merge, test the winner and the baselines on held-out data, and save it."""
@@ -189,10 +194,26 @@ def run(
     if config.is_file() and DEMO_PREFIX in config.read_text() and not is_built(default_family_dir()):
         _announce_build(default_family_dir())
     try:
-        result = run_experiment(load_config(config), run_dir, progress=progress)
+        experiment = load_config(config, set_ or ())
+        result = run_experiment(experiment, run_dir or _default_run_dir(experiment, config), progress=progress)
     except EvomergeError as err:
         raise _fail(err) from err
     _show_results(result)
+
+
+def _default_run_dir(experiment: ExperimentConfig, config: Path) -> Path:
+    """output.run_dir, else runs/<the config file's name>."""
+    return Path(experiment.output.run_dir) if experiment.output.run_dir else Path("runs") / config.stem
+
+
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the experiment config's JSON schema (for editors and validation)."""
+    import json
+
+    from .config import ExperimentConfig
+
+    typer.echo(json.dumps(ExperimentConfig.model_json_schema(by_alias=True), indent=2))
 
 
 @app.command()
@@ -210,6 +231,49 @@ def resume(
     _show_results(result)
 
 
+@app.command("test")
+def test_run(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, finished or not.")],
+) -> None:
+    """Score the run's best so far (or its Pareto front) and the baselines on the test split."""
+    from .search.experiment import resume_run
+
+    try:
+        result = resume_run(run_dir, search=False)
+    except EvomergeError as err:
+        raise _fail(err) from err
+    _show_results(result)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Draw the run's figures again and write RUN_DIR/report.html (opens offline)."""
+    from .report import write_report
+
+    if not (run_dir / "run.sqlite").is_file():
+        raise _fail(EvomergeError(f"{run_dir} holds no run (run.sqlite is missing)"))
+    console.print(f"report: {write_report(run_dir)}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the HF checkpoint.")],
+    member: Annotated[
+        str | None, typer.Option(help="best (default), pareto:K, or id:N (a row of evaluations.csv).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
+) -> None:
+    """Save a run's winner, or a chosen Pareto member, as an HF checkpoint with its mergekit YAML."""
+    from .search.experiment import export_run
+
+    try:
+        path = export_run(run_dir, out, member=member, force=force)
+    except EvomergeError as err:
+        raise _fail(err) from err
+    console.print(f"merged model and mergekit_config.yml written to {path}")
+
+
 def _show_results(result: RunResult) -> None:
     names = result.problem.names
     table = Table(title=f"held-out test scores ({result.evaluations} evaluations; stopped: {result.stop_reason})")
@@ -225,3 +289,4 @@ def _show_results(result: RunResult) -> None:
         )
     console.print(table)
     console.print(f"run directory: {result.run_dir} (results.json, evaluations.csv, run.sqlite)")
+    console.print(f"report: {result.run_dir / 'report.html'}")

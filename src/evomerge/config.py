@@ -12,7 +12,9 @@ on any machine without editing.
 
 from __future__ import annotations
 
+import copy
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -197,10 +199,14 @@ class ExperimentConfig(_Section):
         return task.fitness or self.fitness
 
 
-def load_config(source: str | Path | dict[str, Any]) -> ExperimentConfig:
-    """A validated config from a YAML file, YAML text or a dict, ``demo:`` paths resolved."""
+def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """A validated config from a YAML file, YAML text or a dict, ``demo:`` paths resolved.
+
+    ``overrides`` are ``dotted.key=value`` strings (the CLI's ``--set``); values are YAML,
+    list items are addressed by index (``tasks.0.anchors=45``).
+    """
     if isinstance(source, dict):
-        raw = source
+        raw = copy.deepcopy(source)
     else:
         if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
             path = Path(source)
@@ -213,11 +219,40 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentConfig:
             raise ConfigError(f"the config is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError("a config is a YAML mapping with sections models, merge, tasks, fitness, search, output")
+    for override in overrides:
+        apply_override(raw, override)
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_errors(err)) from None
     return resolve_demo_paths(config)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``dotted.key=value`` in ``raw``, creating missing sections."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: write key=value, e.g. search.generations=5")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {override!r}: the value is not valid YAML ({err})") from None
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {override!r}: {'.'.join(parts[:i])} has items 0..{len(node) - 1}")
+            part = int(part)  # type: ignore[assignment]
+        elif not isinstance(node, dict):
+            raise ConfigError(f"--set {override!r}: {'.'.join(parts[:i])} is a value, not a section")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and part not in node:
+                node[part] = {}
+            node = node[part]
 
 
 def format_errors(err: ValidationError) -> str:

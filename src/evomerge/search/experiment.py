@@ -23,7 +23,7 @@ from ..config import ConfigError, ExperimentConfig, load_config
 from ..errors import EvomergeError
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
-from ..merge.run import load_live_model, save_merged
+from ..merge.run import load_live_model, merge_config, save_merged
 from ..models.pool import ModelPool
 from .algorithms import make_algorithm
 from .executors import LocalExecutor
@@ -79,9 +79,11 @@ def run_experiment(
     objectives: Sequence[Objective] | None = None,
     resume: bool = False,
     progress: bool = False,
+    search: bool = True,
 ) -> RunResult:
     """Evolve, test and save as ``config`` says. ``objectives`` replace the config's tasks
-    (custom fitness functions); ``resume`` continues the run stored in ``run_dir``."""
+    (custom fitness functions); ``resume`` continues the run stored in ``run_dir``;
+    ``search=False`` (with ``resume``) tests the best so far without searching on."""
     run_dir = Path(run_dir or config.output.run_dir or DEFAULT_RUN_DIR)
     objectives = list(objectives) if objectives is not None else task_objectives(config)
     if not objectives:
@@ -89,17 +91,19 @@ def run_experiment(
     store = RunStore.in_dir(run_dir)
     try:
         _check_store(store, run_dir, config, objectives, resume)
-        return _run(config, run_dir, store, objectives, progress)
+        return _run(config, run_dir, store, objectives, progress, search)
     finally:
         store.close()
 
 
-def resume_run(run_dir: Path | str, *, progress: bool = False) -> RunResult:
-    """Continue the run in ``run_dir`` from its ``config.yaml``."""
+def resume_run(run_dir: Path | str, *, progress: bool = False, search: bool = True) -> RunResult:
+    """Continue the run in ``run_dir`` from its ``config.yaml`` (``search=False``: only
+    test what it has found so far)."""
     run_dir = Path(run_dir)
     if not (run_dir / RunStore.FILE).is_file():
         raise ResumeError(f"{run_dir} holds no run ({RunStore.FILE} is missing); start one with evomerge run")
-    return run_experiment(load_config(run_dir / "config.yaml"), run_dir, resume=True, progress=progress)
+    config = load_config(run_dir / "config.yaml")
+    return run_experiment(config, run_dir, resume=True, progress=progress, search=search)
 
 
 def _check_store(
@@ -113,6 +117,7 @@ def _check_store(
             raise ResumeError(f"{run_dir} holds no run to resume; start one with evomerge run")
         store.set("config", text)
         store.set("objectives", names)
+        store.set("maximize", [up for o in objectives for up in o.maximize])
         (run_dir / "config.yaml").write_text(text)
         return
     if not resume:
@@ -131,7 +136,12 @@ def _check_store(
 
 
 def _run(
-    config: ExperimentConfig, run_dir: Path, store: RunStore, objectives: list[Objective], progress: bool
+    config: ExperimentConfig,
+    run_dir: Path,
+    store: RunStore,
+    objectives: list[Objective],
+    progress: bool,
+    search: bool,
 ) -> RunResult:
     from transformers import AutoTokenizer
 
@@ -146,8 +156,8 @@ def _run(
     problem = MergeProblem(search_space(config, pool.num_layers), objectives)
     executor = LocalExecutor(merger, model, tokenizer)
 
-    reason = store.get("stop_reason")
-    if reason is None:
+    reason = store.get("stop_reason") or ("" if search else "not finished: tested the best so far")
+    if not reason:
         s = config.search
         algorithm = make_algorithm(
             s.algorithm, problem.n_obj, s.options, population_size=s.population_size, seed=config.seed
@@ -165,11 +175,41 @@ def _run(
     )
     if config.output.save_best and problem.n_obj > 1:
         log.info("%d Pareto members: none is saved as best/; their recipes are in results.json", len(best))
-    if config.output.save_best and problem.n_obj == 1 and best and not (run_dir / "best").exists():
+    finished = store.get("stop_reason") is not None  # an unfinished run's best may still change
+    if config.output.save_best and finished and problem.n_obj == 1 and best and not (run_dir / "best").exists():
         recipe = Recipe.from_yaml(best[0].recipe)
         merger.merge_into(model, recipe)
         save_merged(model, recipe, merger, run_dir / "best")
+    from ..report import write_report  # the report reads the store; it sits above the search
+
+    write_report(run_dir)
     return RunResult(run_dir, reason, len(rows), problem, best, tests, merger, model, tokenizer)
+
+
+def export_run(run_dir: Path | str, out: Path | str, *, member: str | None = None, force: bool = False) -> Path:
+    """Save a run's winner as an HF checkpoint with its mergekit YAML. ``member``: a
+    Pareto member (``pareto:K``) or any evaluation (``id:N``, as in evaluations.csv)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RunStore.FILE).is_file():
+        raise ResumeError(f"{run_dir} holds no run ({RunStore.FILE} is missing)")
+    config = load_config(run_dir / "config.yaml")
+    store = RunStore.in_dir(run_dir)
+    try:
+        rows = list(store.evaluations())
+        front = winners(rows, store.get("maximize"))
+    finally:
+        store.close()
+    if not rows:
+        raise EvomergeError(f"{run_dir} has no evaluations yet; resume it first")
+    kind, _, number = (member or "pareto:0").partition(":")
+    pool = {"pareto": front, "best": front, "id": rows}.get(kind)
+    index = (int(number) - (1 if kind == "id" else 0)) if number.isdigit() else 0
+    if pool is None or not 0 <= index < len(pool) or (kind != "best" and not number.isdigit()):
+        raise EvomergeError(
+            f"member {member!r}: choose best, pareto:0..{len(front) - 1} or id:1..{len(rows)} (evaluations.csv ids)"
+        )
+    recipe = Recipe.from_yaml(pool[index].recipe)
+    return merge_config(recipe, out, force=force, allow_pickle=config.models.allow_pickle, device=config.output.device)
 
 
 def search_space(config: ExperimentConfig, num_layers: int) -> SearchSpace:

@@ -1,0 +1,89 @@
+"""``report.html``: one self-contained page per run (figures inlined as base64 PNGs, no
+scripts, no network), written from the run store alone, so it can be rebuilt at any
+time with ``evomerge report RUN_DIR`` and opened offline."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import yaml
+
+from ..search.loop import winners
+from ..search.store import RunStore, TestRow
+from . import plots
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
+table { border-collapse: collapse; margin: 0.5rem 0; } td, th { padding: 0.3rem 0.7rem; border-bottom: 1px solid #ddd; }
+th { text-align: left; background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.evolved { font-weight: 600; background: #eef7ee; }
+.facts { color: #555; } img { max-width: 100%; border: 1px solid #eee; margin: 0.5rem 0; }
+pre { background: #f7f7f7; padding: 0.7rem; overflow-x: auto; font-size: 0.85rem; }
+"""
+
+
+def write_report(run_dir: Path | str) -> Path:
+    """Draw the figures (PNGs in ``run_dir``) and write ``run_dir/report.html``."""
+    run_dir = Path(run_dir)
+    store = RunStore.in_dir(run_dir)
+    try:
+        names: list[str] = store.get("objectives") or []
+        maximize: list[bool] = store.get("maximize") or [True] * len(names)
+        generations = store.generations()
+        rows = list(store.evaluations())
+        tests = store.tests()
+        stop = store.get("stop_reason")
+    finally:
+        store.close()
+    front = winners(rows, maximize)
+    figures = {
+        "Fitness per generation": plots.fitness_per_generation(generations, names, maximize, run_dir / "fitness.png"),
+        "Pareto front": plots.pareto_front(rows, front, names, run_dir / "pareto.png"),
+        "Evolved genes": plots.genes_heatmap(front[0], run_dir / "genes.png") if front else None,
+        "Estimated vs held-out score": plots.estimates_vs_test(tests, names, run_dir / "estimates.png"),
+    }
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    method = (yaml.safe_load(config) or {}).get("merge", {}).get("method", "?") if config else "?"
+    parts = [
+        f"<h1>evomerge run: {html.escape(run_dir.name)}</h1>",
+        f"<p class='facts'>{html.escape(method)} merge; objectives: "
+        + ", ".join(f"{html.escape(n)} ({'max' if up else 'min'})" for n, up in zip(names, maximize, strict=True))
+        + f"; {len(rows)} evaluations in {len(generations)} generations; stopped: {html.escape(str(stop))}</p>",
+        "<h2>Held-out test</h2>",
+        _test_table(tests, names) if tests else "<p>No test results yet: run <code>evomerge test</code>.</p>",
+    ]
+    for title, path in figures.items():
+        if path is not None:
+            data = base64.b64encode(path.read_bytes()).decode()
+            parts.append(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{data}'>")
+    if front:
+        parts.append("<h2>The winner's recipe (mergekit YAML)</h2>")
+        parts.append(f"<pre>{html.escape(front[0].recipe)}</pre>")
+    parts.append(f"<h2>Config</h2><pre>{html.escape(config)}</pre>")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>evomerge: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )
+    out = run_dir / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def _test_table(tests: list[TestRow], names: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(n)} (test)</th><th>{html.escape(n)} (search est.)</th>" for n in names)
+    body = []
+    for t in tests:
+        cells = "".join(
+            f"<td class='num'>{t.scores[n]:.4f}</td><td class='num'>"
+            + (f"{t.search_scores[n]:.4f}" if t.search_scores and n in t.search_scores else "")
+            + "</td>"
+            for n in names
+        )
+        evolved = " class='evolved'" if t.kind in ("best", "pareto") else ""
+        body.append(f"<tr{evolved}><td>{html.escape(t.name)}</td><td>{t.kind}</td>{cells}</tr>")
+    return f"<table id='tests'><tr><th>candidate</th><th>kind</th>{head}</tr>{''.join(body)}</table>"

@@ -206,6 +206,45 @@ def _default_run_dir(experiment: ExperimentConfig, config: Path) -> Path:
     return Path(experiment.output.run_dir) if experiment.output.run_dir else Path("runs") / config.stem
 
 
+@app.command()
+def init(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the config.")] = Path("experiment.yaml"),
+    base: Annotated[str | None, typer.Option(help="Base model (dir or hub id).")] = None,
+    endpoints: Annotated[str | None, typer.Option(help="Models to merge, comma-separated.")] = None,
+    objectives: Annotated[str | None, typer.Option(help="single or multi.")] = None,
+    source: Annotated[str | None, typer.Option(help="data (JSONL/CSV files) or lmeval.")] = None,
+    task: Annotated[list[str] | None, typer.Option(help="An objective's name (repeatable).")] = None,
+    method: Annotated[str | None, typer.Option(help="Merge method.")] = None,
+    algorithm: Annotated[str | None, typer.Option(help="pymoo algorithm name.")] = None,
+    estimator: Annotated[str | None, typer.Option(help="Fitness estimator.")] = None,
+    anchors: Annotated[str | None, typer.Option(help="Items per candidate.")] = None,
+    population_size: Annotated[str | None, typer.Option(help="Population size.")] = None,
+    generations: Annotated[str | None, typer.Option(help="Generations.")] = None,
+    run_dir: Annotated[str | None, typer.Option(help="Run directory.")] = None,
+    no_input: Annotated[bool, typer.Option("--no-input", help="Ask nothing: flags, then defaults.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite --out.")] = False,
+) -> None:
+    """Write an experiment config by answering a few questions (or from flags, with --no-input)."""
+    from .wizard import Answers, build_config, write_config
+
+    if out.exists() and not force:
+        raise _fail(EvomergeError(f"{out} exists; choose another --out or pass --force"))
+    answers = Answers(
+        base, endpoints, objectives, source, list(task or []), method, algorithm, estimator, anchors,
+        population_size, generations, run_dir,
+    )  # fmt: skip
+
+    def ask(question: str, default: str) -> str:
+        return default if no_input else typer.prompt(question, default=default)
+
+    try:
+        config = build_config(answers, ask)
+    except (EvomergeError, ValueError) as err:
+        raise _fail(EvomergeError(str(err))) from err
+    write_config(config, out)
+    console.print(f"config written to {out}; run it with: evomerge run {out}")
+
+
 @app.command("config-schema")
 def config_schema() -> None:
     """Print the experiment config's JSON schema (for editors and validation)."""

@@ -61,13 +61,16 @@ class MergeConfig(_Section):
 
 
 class TaskConfig(_Section):
-    """One objective's data and scorer. Either ``data`` (split into search and test by
-    ``test_fraction``) or explicit ``search`` and ``test`` files."""
+    """One objective's data and scorer: ``data`` (one file, split into search and test by
+    ``test_fraction``), explicit ``search`` and ``test`` files, or an ``lm_eval`` task
+    (its documents split the same way, scored by lm-eval's own metric)."""
 
     name: str
     data: str | None = None
     search: str | None = None
     test: str | None = None
+    lm_eval: str | None = Field(None, description="An lm-eval task: a registered name (gsm8k) or a task YAML.")
+    metric: str | None = Field(None, description="The lm-eval metric to score by; default: the task's first.")
     test_fraction: float = Field(0.5, gt=0, lt=1)
     fewshot: int = Field(0, ge=0)
     scorer: Literal["generation", "choice", "loss", "perplexity"] = Field(
@@ -86,10 +89,15 @@ class TaskConfig(_Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> TaskConfig:
-        if (self.data is None) == (self.search is None and self.test is None):
-            raise ValueError("give either data (one file, split for you) or search and test (two files)")
-        if self.data is None and (self.search is None or self.test is None):
+        given = [self.data is not None, self.search is not None or self.test is not None, self.lm_eval is not None]
+        if sum(given) != 1:
+            raise ValueError(
+                "give one of: data (one file, split for you), search and test (two files), or lm_eval (a task)"
+            )
+        if given[1] and (self.search is None or self.test is None):
             raise ValueError("search and test go together; give both files")
+        if self.metric is not None and self.lm_eval is None:
+            raise ValueError("metric is for lm_eval tasks; other tasks are scored by their scorer")
         return self
 
 
@@ -199,7 +207,9 @@ class ExperimentConfig(_Section):
         return task.fitness or self.fitness
 
 
-def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:
+def load_config(
+    source: str | Path | dict[str, Any], overrides: Sequence[str] = (), *, resolve_demo: bool = True
+) -> ExperimentConfig:
     """A validated config from a YAML file, YAML text or a dict, ``demo:`` paths resolved.
 
     ``overrides`` are ``dotted.key=value`` strings (the CLI's ``--set``); values are YAML,
@@ -225,7 +235,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = 
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_errors(err)) from None
-    return resolve_demo_paths(config)
+    return resolve_demo_paths(config) if resolve_demo else config
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -281,6 +291,15 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
             return []
         model = inner
     return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def resolve_demo_text(text: str) -> str:
+    """``demo:`` paths inside a file's text (an lm-eval task YAML's data files) resolved."""
+    if DEMO_PREFIX not in text:
+        return text
+    from .demo import build_demo_family
+
+    return text.replace(DEMO_PREFIX, f"{build_demo_family()}/")
 
 
 def resolve_demo_paths(config: ExperimentConfig) -> ExperimentConfig:

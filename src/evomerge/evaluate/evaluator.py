@@ -85,6 +85,8 @@ class Evaluator:
 
 def evaluator_for(task: TaskConfig) -> Evaluator:
     """The evaluator a ``tasks:`` entry of the config describes."""
+    if task.lm_eval is not None:
+        return _lmeval_evaluator(task)
     if task.data is not None:
         splits = split_items(
             load_items(task.data), seed=task.seed, test_fraction=task.test_fraction, fewshot=task.fewshot
@@ -121,4 +123,30 @@ def evaluator_for(task: TaskConfig) -> Evaluator:
         scorer = AnswerLossScorer(prompt=prompt, batch_size=64 if task.batch_size == "auto" else task.batch_size)
     else:
         scorer = PerplexityScorer()
+    return Evaluator(task.name, splits, scorer)
+
+
+def _lmeval_evaluator(task: TaskConfig) -> Evaluator:
+    """An lm-eval task's documents, split into search and test; lm-eval does its own few-shot."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    from ..config import resolve_demo_text
+    from .lmeval import LMEvalScorer
+
+    source: str | Path = task.lm_eval  # type: ignore[assignment]  # checked by the caller
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        text = path.read_text()
+        resolved = resolve_demo_text(text)
+        if resolved != text:  # data files inside the demo family: a resolved copy, named by its content
+            digest = hashlib.sha256(resolved.encode()).hexdigest()[:16]
+            copy = Path(tempfile.gettempdir()) / "evomerge-lmeval" / digest / path.name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text(resolved)
+            source = copy
+    batch = 16 if task.batch_size == "auto" else task.batch_size
+    scorer = LMEvalScorer(source, metric=task.metric, batch_size=batch)
+    splits = split_items(scorer.items(), seed=task.seed, test_fraction=task.test_fraction)
     return Evaluator(task.name, splits, scorer)

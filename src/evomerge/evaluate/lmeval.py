@@ -52,6 +52,9 @@ class LMEvalScorer:
         self._task_dict: dict[str, Any] | None = None
         self._lm: tuple[int, Any] | None = None
 
+    def __repr__(self) -> str:  # stable across processes: caches of scores are keyed by it
+        return f"LMEvalScorer({str(self.task)!r}, metric={self.metric!r}, add_bos_token={self.add_bos_token})"
+
     @property
     def name(self) -> str:
         return next(iter(self.task_dict()))

@@ -1,0 +1,121 @@
+"""``evomerge init``: the questions a new user can answer, turned into a valid config.
+
+Every question has a flag, so the same wizard runs in scripts (``--no-input`` takes the
+flags and the defaults); the defaults make a config that runs on the demo family. The
+answers are validated as an ``ExperimentConfig`` before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import load_config
+
+DEMO_ENDPOINTS = "demo:models/add, demo:models/greek, demo:models/cyrillic"
+DEMO_DATA = {
+    "mix": "demo:data/mix/search.jsonl, demo:data/mix/test.jsonl",
+    "greek": "demo:data/greek/search.jsonl, demo:data/greek/test.jsonl",
+    "cyrillic": "demo:data/cyrillic/search.jsonl, demo:data/cyrillic/test.jsonl",
+}
+DEMO_LMEVAL = {s: f"examples/lmeval/demo_{s}.yaml" for s in DEMO_DATA}
+
+Ask = Callable[[str, str], str]  # (question, default) -> answer
+
+
+@dataclass
+class Answers:
+    """What the wizard asks; ``None`` means "ask" (or take the default without input)."""
+
+    base: str | None = None
+    endpoints: str | None = None
+    objectives: str | None = None  # single | multi
+    source: str | None = None  # data | lmeval
+    tasks: list[str] = field(default_factory=list)  # objective names
+    method: str | None = None
+    algorithm: str | None = None
+    estimator: str | None = None
+    anchors: str | None = None
+    population_size: str | None = None
+    generations: str | None = None
+    run_dir: str | None = None
+
+
+def build_config(answers: Answers, ask: Ask) -> dict[str, Any]:
+    """Ask what ``answers`` leaves open and return the config as a plain dict (validated)."""
+
+    def get(value: str | None, question: str, default: str) -> str:
+        return value if value is not None else ask(question, default).strip()
+
+    base = get(answers.base, "Base model the endpoints were fine-tuned from (dir or hub id)", "demo:models/base")
+    endpoints = _split(get(answers.endpoints, "Models to merge, comma-separated", DEMO_ENDPOINTS))
+    mode = get(answers.objectives, "Objectives: single or multi", "single")
+    if mode not in ("single", "multi"):
+        raise ValueError(f"objectives: answer single or multi, not {mode!r}")
+    source = get(answers.source, "Task data: data (your JSONL/CSV files) or lmeval (an lm-eval task)", "data")
+    if source not in ("data", "lmeval"):
+        raise ValueError(f"task data: answer data or lmeval, not {source!r}")
+    default_names = ["mix"] if mode == "single" else ["greek", "cyrillic"]
+    names = answers.tasks or _split(get(None, "Objective names, comma-separated", ", ".join(default_names)))
+    if mode == "single" and len(names) != 1:
+        raise ValueError(f"a single-objective search has one task, got {names}")
+    if mode == "multi" and len(names) < 2:
+        raise ValueError("a multi-objective search needs two or more tasks")
+    tasks = []
+    for name in names:
+        if source == "lmeval":
+            task = get(
+                None, f"lm-eval task for {name!r} (a name such as gsm8k, or a task YAML)", DEMO_LMEVAL.get(name, "")
+            )
+            tasks.append({"name": name, "lm_eval": task})
+        else:
+            files = _split(
+                get(
+                    None,
+                    f"Data for {name!r}: one file (split for you) or 'search, test' files",
+                    DEMO_DATA.get(name, ""),
+                )
+            )
+            entry: dict[str, Any] = {"name": name}
+            entry.update({"data": files[0]} if len(files) == 1 else {"search": files[0], "test": files[1]})
+            if files and files[0].startswith("demo:"):  # the demo answers are exact strings
+                entry.update({"extractor": "exact", "strict": True, "max_new_tokens": 24, "batch_size": 128})
+            tasks.append(entry)
+    method = get(answers.method, "Merge method", "task_arithmetic")
+    algorithm = get(answers.algorithm, "Search algorithm (pymoo name)", "GA" if mode == "single" else "NSGA2")
+    estimator = get(answers.estimator, "Fitness estimator: full, mean, mpirt, gmpirt, ...", "mpirt")
+    fitness: dict[str, Any] = {"estimator": estimator}
+    if estimator != "full":
+        fitness["anchors"] = int(get(answers.anchors, "Items scored per candidate (anchors)", "60"))
+    config = {
+        "models": {"base": base, "endpoints": endpoints},
+        "merge": {"method": method},
+        "tasks": tasks,
+        "fitness": fitness,
+        "search": {
+            "algorithm": algorithm,
+            "population_size": int(get(answers.population_size, "Population size", "12")),
+            "generations": int(get(answers.generations, "Generations", "10")),
+        },
+        "output": {"run_dir": get(answers.run_dir, "Run directory", "runs/my-run")},
+    }
+    load_config(config, resolve_demo=False)  # raises ConfigError, naming the key, before anything is written
+    return config
+
+
+def write_config(config: dict[str, Any], out: Path) -> Path:
+    out.write_text(
+        "# Written by `evomerge init`; run it with `evomerge run "
+        + str(out)
+        + "`.\n"
+        + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    )
+    return out
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]

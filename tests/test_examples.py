@@ -1,0 +1,37 @@
+"""Every example config runs end to end on the demo family, at a small budget (one
+generation of four; fewer anchors and respondents) set through the CLI's overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evomerge.config import load_config
+from evomerge.search.experiment import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name != "calibrate-demo.yaml")
+SMALL = ["search.generations=1", "search.population_size=4", "fitness.anchors=20"]
+
+
+def test_the_four_modes_are_there():
+    assert {p.stem for p in EXAMPLES} >= {"demo", "single-lmeval", "multi-objective", "multi-lmeval"}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_example_runs_end_to_end(example: Path, demo_family, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # examples name their lm-eval task files from the repository root
+    raw = load_config(example)
+    small = SMALL + (["fitness.respondents=2"] if raw.fitness.estimator != "mean" else [])
+    config = load_config(example, small)
+    result = run_experiment(config, tmp_path / example.stem)
+    results = json.loads((result.run_dir / "results.json").read_text())
+    names = [t.name for t in config.tasks]
+    assert [o["name"] for o in results["objectives"]] == names
+    kinds = {r["kind"] for r in results["rows"]}
+    assert kinds >= {"endpoint", "default"} and kinds & {"best", "pareto"}
+    for row in results["rows"]:
+        assert set(row["test"]) == set(names) and all(0 <= v <= 1 for v in row["test"].values())
+    assert (result.run_dir / "report.html").exists()

@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench lint demo-models clean
+.PHONY: setup browser test demo bench lint demo-models clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,14 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP)
 
-test: setup
+# The report's browser test uses Debian's Chromium (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium for the report's browser test"; fi; }
+
+test: setup browser
 	$(PY) -m pytest -q
 
 # The demo experiment; a second call resumes (and re-prints) the stored run, never overwrites it.

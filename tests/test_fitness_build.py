@@ -106,8 +106,12 @@ def test_config_errors_name_the_key_and_suggest():
         load_config({**base, "fitness": {"estimator": "irt"}})
     with pytest.raises(ConfigError, match=r"merge.method: .*ties"):
         load_config({**base, "merge": {"method": "tie"}})
-    with pytest.raises(ConfigError, match=r"tasks.0: .*either data"):
+    with pytest.raises(ConfigError, match=r"tasks.0: .*give one of: data .*lm_eval"):
         load_config({**base, "tasks": [{"name": "t"}]})
+    with pytest.raises(ConfigError, match=r"tasks.0: .*give one of"):
+        load_config({**base, "tasks": [{"name": "t", "data": "x.jsonl", "lm_eval": "gsm8k"}]})
+    with pytest.raises(ConfigError, match=r"tasks.0: .*metric is for lm_eval tasks"):
+        load_config({**base, "tasks": [{"name": "t", "data": "x.jsonl", "metric": "acc"}]})
     with pytest.raises(ConfigError, match="not found"):
         load_config("missing.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -152,3 +156,14 @@ def test_auto_dimension_finds_the_simulated_one(true_dim):
     kinds = ["base", "endpoint", "endpoint"] + ["extra"] * 30
     who = tuple(Respondent(f"r{i}", k, single_model("m")) for i, k in enumerate(kinds))  # type: ignore[arg-type]
     assert IRTFits(Responses(who, tuple(map(str, range(300))), scores)).chosen_dim == true_dim
+
+
+def test_docs_config_reference_is_generated_from_the_schema():
+    """docs/config.md is config_reference()'s output: regenerate it when the schema changes
+    (python -c "from evomerge.config import config_reference; print(config_reference(), end='')" > docs/config.md)."""
+    from pathlib import Path
+
+    from evomerge.config import config_reference
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text() == config_reference()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -39,13 +40,15 @@ class _Section(BaseModel):
 class ModelsConfig(_Section):
     """The base (task vectors are taken against it) and the endpoints to merge."""
 
-    base: str | None = None
-    endpoints: list[str] = Field(min_length=1)
+    base: str | None = Field(None, description="The model the endpoints were fine-tuned from (dir or hub id).")
+    endpoints: list[str] = Field(min_length=1, description="The models to merge (dirs or hub ids).")
     allow_pickle: bool = Field(False, description="Also read pickled .bin checkpoints (trusted sources only).")
 
 
 class MergeConfig(_Section):
-    method: str = "task_arithmetic"
+    """The merge method and the parameters every candidate shares."""
+
+    method: str = Field("task_arithmetic", description="Any mergekit method, or layer_select.")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Values fixed for every candidate.")
 
     @field_validator("method")
@@ -65,26 +68,28 @@ class TaskConfig(_Section):
     ``test_fraction``), explicit ``search`` and ``test`` files, or an ``lm_eval`` task
     (its documents split the same way, scored by lm-eval's own metric)."""
 
-    name: str
-    data: str | None = None
-    search: str | None = None
-    test: str | None = None
+    name: str = Field(description="The objective's name (a column of evaluations.csv).")
+    data: str | None = Field(None, description="One JSONL/CSV file, split into search and test.")
+    search: str | None = Field(None, description="The search items' file (with test).")
+    test: str | None = Field(None, description="The held-out test items' file (with search).")
     lm_eval: str | None = Field(None, description="An lm-eval task: a registered name (gsm8k) or a task YAML.")
     metric: str | None = Field(None, description="The lm-eval metric to score by; default: the task's first.")
-    test_fraction: float = Field(0.5, gt=0, lt=1)
-    fewshot: int = Field(0, ge=0)
+    test_fraction: float = Field(0.5, gt=0, lt=1, description="Share of data (or lm_eval documents) held out.")
+    fewshot: int = Field(0, ge=0, description="Search items put into every prompt as examples (never scored).")
     scorer: Literal["generation", "choice", "loss", "perplexity"] = Field(
         "generation",
         description="generation: accuracy of a greedy answer; choice: log-likelihood multiple choice; "
         "loss: mean NLL of the answer's tokens (minimised); perplexity: NLL of the whole text (minimised).",
     )
-    extractor: Literal["number", "exact", "regex", "choice"] = "number"
-    pattern: str | None = None
-    strict: bool = False
-    template: str = "{question}"
-    max_new_tokens: int = Field(32, ge=1)
-    batch_size: int | Literal["auto"] = 64
-    seed: int = 0
+    extractor: Literal["number", "exact", "regex", "choice"] = Field(
+        "number", description="How a generated answer is read: the last number, the text, a regex group, a letter."
+    )
+    pattern: str | None = Field(None, description="The regex extractor's pattern (its first group is the answer).")
+    strict: bool = Field(False, description="exact: compare the raw stripped text, not a normalised one.")
+    template: str = Field("{question}", description="The prompt; fields of the item in braces.")
+    max_new_tokens: int = Field(32, ge=1, description="Generation length.")
+    batch_size: int | Literal["auto"] = Field(64, description="Items per forward pass; auto backs off on OOM.")
+    seed: int = Field(0, description="Seeds the split of data into search and test.")
     fitness: FitnessConfig | None = Field(None, description="This objective's estimator; default: the fitness section.")
 
     @model_validator(mode="after")
@@ -104,7 +109,7 @@ class TaskConfig(_Section):
 class FitnessConfig(_Section):
     """How a candidate's score is estimated from few items (``fitness`` package)."""
 
-    estimator: EstimatorName = "full"
+    estimator: EstimatorName = Field("full", description="full: every search item; the others: anchors only.")
     anchors: int | None = Field(None, ge=1, description="Items evaluated per candidate (not for full).")
     selection: SelectionName | None = Field(
         None,
@@ -120,7 +125,7 @@ class FitnessConfig(_Section):
     lam: float | None = Field(
         None, alias="lambda", ge=0, le=1, description="gp-IRT/gmp-IRT weight; default: chosen on validation."
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seeds the respondents and the anchors.")
 
     @field_validator("dim")
     @classmethod
@@ -148,16 +153,20 @@ class SearchConfig(_Section):
         default_factory=dict,
         description="Passed to the algorithm's constructor; for GA also crossover_rate, mutation_rate, elitism_rate.",
     )
-    population_size: int | None = Field(16, ge=1)
+    population_size: int | None = Field(
+        16, ge=1, description="Candidates per generation (where the algorithm has one)."
+    )
     generations: int | None = Field(10, ge=1, description="Stop after this many generations (ask/tell rounds).")
     max_evaluations: int | None = Field(None, ge=1, description="Stop once this many candidates are evaluated.")
     max_seconds: float | None = Field(None, gt=0, description="Stop after this much wall-clock time in the search.")
     patience: int | None = Field(None, ge=1, description="Stop after this many generations without improvement.")
-    granularity: Literal["global", "module", "layer"] = "global"
+    granularity: Literal["global", "module", "layer"] = Field(
+        "global", description="One gene per parameter and model for all tensors, per module kind, or per layer group."
+    )
     group_size: int = Field(1, ge=1, description="Layers per group, with granularity layer.")
     params: list[str] | None = Field(None, description="Parameters to search; default: the method's usual ones.")
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict, description="Search range per parameter.")
-    allow_negative_weights: bool = False
+    allow_negative_weights: bool = Field(False, description="Weights range over [-1, 1] instead of [0, 1].")
     frozen: dict[str, float] = Field(default_factory=dict, description="Gene name -> value, not searched.")
 
     @field_validator("algorithm")
@@ -179,7 +188,9 @@ class SearchConfig(_Section):
 
 
 class OutputConfig(_Section):
-    run_dir: str | None = Field(None, description="Where the run is stored; default runs/<config name or 'run'>.")
+    """Where the run is kept and where it computes."""
+
+    run_dir: str | None = Field(None, description="Where the run is stored; default runs/<the config file's name>.")
     save_best: bool = Field(True, description="Write the best merge as an HF checkpoint to RUN_DIR/best.")
     device: str = Field("cpu", description="cpu, cuda or cuda:N: where candidates are merged and evaluated.")
 
@@ -320,3 +331,35 @@ def resolve_demo_paths(config: ExperimentConfig) -> ExperimentConfig:
         return value
 
     return ExperimentConfig.model_validate(fix(config.model_dump(by_alias=True)))
+
+
+def config_reference() -> str:
+    """The config reference in Markdown, generated from the schema (docs/config.md is
+    this text; a test keeps the file in step with the code)."""
+    sections: list[tuple[str, type[BaseModel]]] = [
+        ("models", ModelsConfig),
+        ("merge", MergeConfig),
+        ("tasks[]", TaskConfig),
+        ("fitness", FitnessConfig),
+        ("search", SearchConfig),
+        ("output", OutputConfig),
+    ]
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from the schema (`evomerge.config.config_reference()`; the JSON schema: `evomerge config-schema`).",
+        "Unknown keys are errors. `seed` (top level, default 0) seeds the algorithm and DARE's random drops.",
+    ]
+    for title, model in sections:
+        lines += ["", f"## `{title}`", "", " ".join((model.__doc__ or "").split()), ""]
+        lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        for name, f in model.model_fields.items():
+            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            lines.append(f"| `{f.alias or name}` | {_type_name(f.annotation)} | {default} | {f.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def _type_name(annotation: Any) -> str:
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    text = re.sub(r"Optional\[(.*)\]", r"\1 | None", text.replace("typing.", "").replace(f"{__name__}.", ""))
+    return text.replace("Union[int, Literal['auto']]", "int | 'auto'").replace("|", "\\|")

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 import evomerge
-from evomerge.config import load_config
+from evomerge.config import ConfigError, load_config
 from evomerge.search.experiment import ResumeError, RunExistsError, resume_run, run_experiment
 from evomerge.search.store import TIME_COLUMNS, RunStore
 
@@ -256,7 +256,7 @@ def test_evolve_with_a_custom_fitness_function(demo_family, tmp_path):
     baselines = [t for t in result.run.tests if t.kind not in ("best", "pareto")]
     # each evaluation once, each test once, and each baseline's search estimate once
     assert len(calls) == result.run.evaluations + len(result.run.tests) + len(baselines)
-    with pytest.raises(ValueError, match="fitness 'acuracy'"):
+    with pytest.raises(ConfigError, match="fitness 'acuracy'"):
         evomerge.evolve(["a", "b"], task="x.jsonl", fitness="acuracy")
 
 

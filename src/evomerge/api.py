@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .config import load_config
+from .config import ConfigError, load_config
 from .merge.recipe import Recipe
 from .merge.run import save_merged
 from .search.experiment import RunResult, run_experiment
@@ -102,7 +102,7 @@ def evolve(
     to the algorithm.
     """
     endpoints = [m for m in models if m != base_model]
-    options = {k: v for k, v in (search_options or {}).items()}
+    options = dict(search_options or {})
     for key, value in (("mutation_rate", mutation_rate), ("crossover_rate", crossover_rate)):
         if value is not None:
             options[key] = value
@@ -116,7 +116,7 @@ def evolve(
     else:
         names = [fitness] if isinstance(fitness, str) else list(fitness)
         if task is None:
-            raise ValueError("give task= (a data file or a (search, test) pair), or a fitness function")
+            raise ConfigError("give task= (a data file or a (search, test) pair), or a fitness function")
         data = {"data": task} if isinstance(task, str) else {"search": task[0], "test": task[1]}
         for name in names:
             if name in ESTIMATOR_FITNESS:
@@ -126,7 +126,7 @@ def evolve(
                 scorer = SCORER_FITNESS[name]
             else:
                 valid = [*SCORER_FITNESS, *ESTIMATOR_FITNESS]
-                raise ValueError(f"fitness {name!r}: use one of {valid}, or a function (model, tokenizer) -> float")
+                raise ConfigError(f"fitness {name!r}: use one of {valid}, or a function (model, tokenizer) -> float")
             entry = {"name": name, **data, "scorer": scorer, **(task_options or {})}
             if scorer in ("loss", "perplexity"):  # not in [0, 1]: no IRT; a plain (sub)sample mean
                 entry["fitness"] = {"estimator": "mean", "anchors": eval_samples} if eval_samples else {}

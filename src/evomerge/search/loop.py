@@ -170,7 +170,8 @@ class Searcher:
         self.algorithm.tell(infills=asked)
         # First seen in this generation (evaluated now, or before a kill in this generation).
         new = {d: self.problem.minimized(known[d]) for d in digests if d not in seen}
-        improved = any(not any(np.all(q <= p) for q in seen.values()) for p in new.values())
+        before = np.array(list(seen.values())).reshape(-1, self.problem.n_obj)
+        improved = any(not np.all(before <= p, axis=1).any() for p in new.values())  # none weakly dominates p
         seen.update(new)
         seconds["tell"] = time.perf_counter() - tell_start
         if replay is not None:

@@ -115,10 +115,10 @@ def _check_store(
     if stored is None:
         if resume:
             raise ResumeError(f"{run_dir} holds no run to resume; start one with evomerge run")
-        store.set("config", text)
+        (run_dir / "config.yaml").write_text(text)  # first: a store with a config always has its file
         store.set("objectives", names)
         store.set("maximize", [up for o in objectives for up in o.maximize])
-        (run_dir / "config.yaml").write_text(text)
+        store.set("config", text)  # last: what marks the directory as holding a run
         return
     if not resume:
         raise RunExistsError(

@@ -95,11 +95,14 @@ def estimates_vs_test(tests: Sequence[TestRow], names: Sequence[str], out: Path)
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    labels: dict[tuple[float, float], list[str]] = {}  # candidates at the same point share one label
     for t, n in points:
-        ax.scatter(t.search_scores[n], t.scores[n], s=30)  # type: ignore[index]
-        ax.annotate(f"{t.name}" + (f" ({n})" if len(names) > 1 else ""), (t.search_scores[n], t.scores[n]),  # type: ignore[index]
-                    fontsize=7, xytext=(4, 2), textcoords="offset points")  # fmt: skip
-    values = [v for t, n in points for v in (t.search_scores[n], t.scores[n])]  # type: ignore[index]
+        xy = (round(t.search_scores[n], 3), round(t.scores[n], 3))  # type: ignore[index]
+        labels.setdefault(xy, []).append(t.name + (f" ({n})" if len(names) > 1 else ""))
+        ax.scatter(*xy, s=30, color="C3" if t.kind in ("best", "pareto") else "C0")
+    for xy, who in labels.items():
+        ax.annotate(", ".join(who), xy, fontsize=7, xytext=(4, 2), textcoords="offset points")
+    values = [v for xy in labels for v in xy]
     low, high = min(values), max(values)
     pad = 0.05 * (high - low or 1)
     ax.plot([low - pad, high + pad], [low - pad, high + pad], color="grey", linestyle=":", label="estimate = test")

@@ -101,7 +101,8 @@ def estimates_vs_test(tests: Sequence[TestRow], names: Sequence[str], out: Path)
         labels.setdefault(xy, []).append(t.name + (f" ({n})" if len(names) > 1 else ""))
         ax.scatter(*xy, s=30, color="C3" if t.kind in ("best", "pareto") else "C0")
     for xy, who in labels.items():
-        ax.annotate(", ".join(who), xy, fontsize=7, xytext=(4, 2), textcoords="offset points")
+        text = who[0] + (f" +{len(who) - 1} more" if len(who) > 1 else "")  # the table lists them all
+        ax.annotate(text, xy, fontsize=7, xytext=(4, 2), textcoords="offset points")
     values = [v for xy in labels for v in xy]
     low, high = min(values), max(values)
     pad = 0.05 * (high - low or 1)

@@ -25,26 +25,43 @@ def demo_manifest(demo_family: Path) -> dict:
     return read_manifest(demo_family)
 
 
-@pytest.fixture(scope="session")
-def gpt2_family(tmp_path_factory, demo_family) -> Path:
-    """A second architecture for merge parity: a random-weight GPT-2 (tied embeddings,
-    ``transformer.h.N`` names) and three "fine-tunes" (base plus small random task
-    vectors), saved as safetensors under ``models/{base,a,b,c}``."""
+def _gpt2_family(root: Path, demo_family: Path, *, quantized: bool) -> Path:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    root = tmp_path_factory.mktemp("gpt2")
     tokenizer = AutoTokenizer.from_pretrained(demo_family / "models" / "base")
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=3, n_head=4)
     torch.manual_seed(0)
     base = GPT2LMHeadModel(config)
+    if quantized:  # weights on a 1/256 grid: base + delta - base is exact in fp32
+        with torch.no_grad():
+            for p in base.parameters():
+                p.copy_(torch.round(p * 256) / 256)
     for name in ("base", "a", "b", "c"):
         model = GPT2LMHeadModel(config)
         model.load_state_dict(base.state_dict())
         if name != "base":
             with torch.no_grad():
                 for p in model.parameters():
-                    p.add_(0.02 * torch.randn_like(p))
+                    if quantized:  # 9 magnitudes, a third of them zero: heavy ties at every cut
+                        p.add_(torch.randint(-4, 5, p.shape) / 64 * (torch.rand(p.shape) < 0.7))
+                    else:
+                        p.add_(0.02 * torch.randn_like(p))
         model.save_pretrained(root / "models" / name)
         tokenizer.save_pretrained(root / "models" / name)
     return root
+
+
+@pytest.fixture(scope="session")
+def gpt2_family(tmp_path_factory, demo_family) -> Path:
+    """A second architecture for merge parity: a random-weight GPT-2 (tied embeddings,
+    ``transformer.h.N`` names) and three "fine-tunes" (base plus small random task
+    vectors), saved as safetensors under ``models/{base,a,b,c}``."""
+    return _gpt2_family(tmp_path_factory.mktemp("gpt2"), demo_family, quantized=False)
+
+
+@pytest.fixture(scope="session")
+def tied_family(tmp_path_factory, demo_family) -> Path:
+    """The GPT-2 family with task vectors of few distinct magnitudes, as bf16 fine-tunes
+    have: many entries tie at any magnitude cut, so a mask depends on the sort's order."""
+    return _gpt2_family(tmp_path_factory.mktemp("tied"), demo_family, quantized=True)

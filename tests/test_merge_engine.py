@@ -122,6 +122,49 @@ def test_merge_into_equals_mergekit(family, fused, method, per_model, params):
     assert_matches_mergekit(mergers[fused], live, rec)
 
 
+TIED = [
+    ("ties", [{"weight": w, "density": d} for w, d in zip(W3, (0.1, 0.5, 0.9), strict=True)], {}),
+    ("ties", [{"weight": 1.0, "density": 0.35}] * 3, {"rescale": True, "normalize": False}),
+    ("breadcrumbs", [{"weight": w, "density": 0.5, "gamma": 0.1} for w in W3], {}),
+    ("breadcrumbs_ties", [{"weight": w, "density": d} for w, d in zip(W3, (0.2, 0.6, 0.8), strict=True)], {}),
+]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager"])
+@pytest.mark.parametrize(("method", "per_model", "params"), TIED)
+def test_ties_at_the_cut_are_broken_as_mergekit_breaks_them(tied_family, fused, method, per_model, params):
+    """Task vectors of 9 magnitudes: every density cuts through a run of equal magnitudes,
+    so which entries are kept depends on the sort's order, as in mergekit."""
+    endpoints = ("a", "b", "c")
+    merger = Merger.for_recipe(recipe(tied_family, "ties", [{"weight": 1.0}] * 3, endpoints=endpoints), fused=fused)
+    rec = recipe(tied_family, method, per_model, endpoints=endpoints, **params)
+    assert_matches_mergekit(merger, load_live_model(merger), rec)
+
+
+def test_a_magnitude_cut_keeps_exactly_the_sorted_range():
+    """``magnitude_cut`` against the mask it stands for, on vectors with many equal magnitudes."""
+    from evomerge.merge import sparsify
+
+    generator = torch.Generator().manual_seed(0)
+    extras = 0
+    for _ in range(200):
+        delta = torch.randint(-4, 5, (int(torch.randint(1, 80, (1,), generator=generator)),), generator=generator) / 8
+        magnitude = delta.abs()
+        for method in ("magnitude", "magnitude_outliers"):
+            order = sparsify.magnitude_order(delta, method)
+            for density in (0.1, 0.3, 0.5, 0.9):
+                lo, hi = sparsify.key_range(method, density, delta.numel(), 0.1)
+                expected = torch.zeros(delta.numel(), dtype=torch.bool)
+                expected[order[lo:hi].long()] = True
+                low, high, extra = sparsify.magnitude_cut(delta.numpy(), order.numpy(), lo, hi)
+                kept = (magnitude > low) & (magnitude < high)
+                kept[torch.from_numpy(extra)] = True
+                extras += len(extra)
+                # zeros may go either way: they add nothing to a merge
+                assert torch.equal(kept & (delta != 0), expected & (delta != 0))
+    assert extras > 0  # the ties path was exercised
+
+
 def test_every_deterministic_method_is_covered():
     random = {"dare_ties", "dare_linear", "della", "della_linear"}  # tested in expectation below
     assert {m for m, _, _ in DETERMINISTIC} == set(methods()) - random - {"layer_select"}

@@ -64,20 +64,25 @@ FAST_METHODS = frozenset({*GTA_METHODS, "linear", "slerp", "layer_select"})
 
 @dataclass
 class _Masks:
-    """Which entries of each task vector a candidate keeps: ``lo[i] <= |keys[i, j]| < hi[i]``.
+    """Which entries of the recipe's task vectors a candidate keeps: ``lo[i] < key < hi[i]``,
+    plus the entries ``extra[i]``.
 
-    Keys are int ranks or int16 random levels (never negative) with int32 bounds, or the
-    task vectors themselves with float32 magnitude thresholds.
+    The key is ``|delta|`` when ``keys`` is None (a magnitude cut, with float32 bounds), else
+    int rank or random-level keys (int32 bounds).
     """
 
-    keys: torch.Tensor  # (endpoints, numel)
+    keys: list[torch.Tensor] | None  # one row per recipe task vector
     lo: np.ndarray
     hi: np.ndarray
     kept_l1: list[float | None]  # each mask's L1 norm where a table gives it without a pass
+    extra: list[np.ndarray | None]  # entries kept beyond the bounds: ties at a magnitude cut
 
-    def mask(self, i: int) -> torch.Tensor:
-        k = self.keys[i] if not self.keys.is_floating_point() else self.keys[i].abs()
-        return (k >= self.lo[i].item()) & (k < self.hi[i].item())
+    def mask(self, i: int, delta: torch.Tensor) -> torch.Tensor:
+        key = delta.abs() if self.keys is None else self.keys[i]
+        kept = (key > self.lo[i].item()) & (key < self.hi[i].item())
+        if self.extra[i] is not None and len(self.extra[i]):
+            kept[torch.from_numpy(self.extra[i]).to(kept.device)] = True
+        return kept
 
 
 @dataclass
@@ -220,10 +225,10 @@ class Merger:
                 self._random_seed = seed
             rows = []
             for r, delta in enumerate(cache.stack[1:], start=1):
-                if kind == "magnitude":
-                    rows.append(sparsify.descending_ranks(delta))
-                elif kind == "magnitude_outliers":
-                    rows.append(sparsify.ascending_ranks(delta))
+                if kind in sparsify.THRESHOLD_METHODS:  # rank keys (eager kernels)
+                    rows.append(sparsify.ranks(sparsify.magnitude_order(delta, kind)))
+                elif kind.startswith("order:"):  # magnitude cuts (the fused kernel)
+                    rows.append(sparsify.magnitude_order(delta, kind.removeprefix("order:")))
                 elif kind == "random":
                     rows.append(sparsify.random_keys(cache.numel, seed, name, r, self.device))
                 elif kind == "magnitude_table":
@@ -358,43 +363,56 @@ class Merger:
         if method == "della_magprune":
             self._della(recipe, name, cache, rows, entries, per_input, shared, consensus, target)
             return
-        n = cache.stack.shape[0] - 1
         gammas = [float(per_input[e].get("gamma", 0.0)) for e in entries]
         masks = None
         if not self.exact and method in sparsify.THRESHOLD_METHODS and any(d < 1 for d in densities):
             masks = self._threshold_masks(cache, name, method, rows, densities, gammas)
+        if masks is None and self.fused and method in sparsify.THRESHOLD_METHODS:
+            masks = self._cut_masks(cache, name, method, rows, densities, gammas)
         if masks is None:
             masks = self._key_masks(cache, name, method, recipe.seed, rows, densities, gammas)
-        w, rescale = [0.0] * n, [1.0] * n
-        for r, d, weight in zip(rows, densities, weights, strict=True):
-            w[r - 1] = weight
-            if shared["rescale"] and d < 1:
-                rescale[r - 1] = self._rescale(cache, masks, r)
+        rescale = [
+            self._rescale(cache, masks, i, r) if shared["rescale"] and d < 1 else 1.0
+            for i, (r, d) in enumerate(zip(rows, densities, strict=True))
+        ]
         out = self._out(target)
         if self.fused:
-            from . import fused
-
-            fused.gta_merge(
-                cache.stack[0].numpy(),
-                cache.stack[1:].numpy(),
-                masks.keys.numpy(),
-                masks.lo,
-                masks.hi,
-                np.asarray(rescale, dtype=np.float32) * np.asarray(w, dtype=np.float32),
-                np.asarray(w, dtype=np.float32),
-                consensus,
-                normalize,
-                np.float32(lam),
-                out.numpy(),
-            )
+            self._fused_gta(cache, rows, masks, rescale, weights, consensus, normalize, lam, out)
         else:
-            masked = [cache.stack[r] * masks.mask(r - 1) * rescale[r - 1] for r in rows]
+            masked = [cache.stack[r] * masks.mask(i, cache.stack[r]) * rescale[i] for i, r in enumerate(rows)]
             out.copy_(
                 generalized_task_arithmetic(
                     cache.stack[0], masked, weights, consensus=consensus, normalize=normalize, lambda_=lam
                 )
             )
         self._write(out, target)
+
+    def _fused_gta(self, cache, rows, masks, rescale, weights, consensus, normalize, lam, out) -> None:
+        """The fused CPU pass; then the entries kept beyond a magnitude cut's bounds (ties at
+        the cut) are merged again, exactly, by the same kernel on just those entries."""
+        from . import fused
+
+        arrays = tuple(cache.stack[r].numpy() for r in rows)
+        keys = None if masks.keys is None else tuple(k.numpy() for k in masks.keys)
+        w = np.asarray(weights, np.float32)
+        flags = (np.asarray(rescale, np.float32) * w, w, consensus, normalize, lam)
+        fused.gta_merge(cache.stack[0].numpy(), arrays, keys, masks.lo, masks.hi, *flags, out.numpy())
+        extra = [e for e in masks.extra if e is not None and len(e)]
+        if not extra:
+            return
+        at = np.unique(np.concatenate(extra))
+        kept_only = []
+        for i, delta in enumerate(arrays):
+            values = delta[at]
+            magnitude = np.abs(values)
+            kept = (magnitude > masks.lo[i]) & (magnitude < masks.hi[i])
+            if masks.extra[i] is not None:
+                kept |= np.isin(at, masks.extra[i])
+            kept_only.append(np.where(kept, values, np.float32(0)))  # a dropped entry adds what a zero adds
+        keep_all = (np.full(len(rows), -1, np.float32), np.full(len(rows), np.inf, np.float32))
+        merged = np.empty(len(at), np.float32)
+        fused.gta_merge(cache.stack[0].numpy()[at], tuple(kept_only), None, *keep_all, *flags, merged)
+        out.numpy()[at] = merged
 
     def _key_masks(
         self,
@@ -407,18 +425,43 @@ class Merger:
         gammas: list[float],
     ) -> _Masks:
         """Exact masks from once-per-run keys: magnitude ranks, or random levels."""
-        n = cache.stack.shape[0] - 1
-        if all(d >= 1 for d in densities):  # a dense TIES still elects signs: keep every |delta| in [0, inf)
-            return _Masks(cache.stack[1:], np.zeros(n, np.float32), np.full(n, np.inf, np.float32), [None] * n)
+        n = len(rows)
+        if all(d >= 1 for d in densities):  # a dense TIES still elects signs: keep every entry
+            return _Masks(None, np.full(n, -1, np.float32), np.full(n, np.inf, np.float32), [None] * n, [None] * n)
         keys = self._keys(cache, name, method, seed)
-        lo, hi = np.zeros(n, np.int32), np.zeros(n, np.int32)  # a pool model the recipe leaves out keeps nothing
+        lo, hi = np.zeros(n, np.int32), np.zeros(n, np.int32)
         kept_l1: list[float | None] = [None] * n
         table = self._keys(cache, name, "random_l1", seed) if method == "random" else None
-        for r, d, gamma in zip(rows, densities, gammas, strict=True):
-            lo[r - 1], hi[r - 1] = sparsify.key_range(method, d, cache.numel, gamma)
+        for i, (r, d, gamma) in enumerate(zip(rows, densities, gammas, strict=True)):
+            first, stop = sparsify.key_range(method, d, cache.numel, gamma)
+            lo[i], hi[i] = first - 1, stop
             if table is not None and d < 1:  # DARE: the kept L1 norm is a lookup
-                kept_l1[r - 1] = float(table[r - 1, hi[r - 1] - 1]) if hi[r - 1] > 0 else 0.0
-        return _Masks(keys, lo, hi, kept_l1)
+                kept_l1[i] = float(table[r - 1, stop - 1]) if stop > 0 else 0.0
+        return _Masks([keys[r - 1] for r in rows], lo, hi, kept_l1, [None] * n)
+
+    def _cut_masks(
+        self,
+        cache: _TensorCache,
+        name: str,
+        method: str,
+        rows: list[int],
+        densities: list[float],
+        gammas: list[float],
+    ) -> _Masks:
+        """Exact magnitude masks as bounds on ``|delta|`` (``sparsify.magnitude_cut``): the fused
+        kernel then reads no keys, only the task vectors."""
+        n = len(rows)
+        lo, hi = np.full(n, -1, np.float32), np.full(n, np.inf, np.float32)
+        extra: list[np.ndarray | None] = [None] * n
+        if any(d < 1 for d in densities):
+            orders = self._keys(cache, name, "order:" + method, 0)
+            for i, (r, d, gamma) in enumerate(zip(rows, densities, gammas, strict=True)):
+                if d < 1:
+                    first, stop = sparsify.key_range(method, d, cache.numel, gamma)
+                    lo[i], hi[i], extra[i] = sparsify.magnitude_cut(
+                        cache.stack[r].numpy(), orders[r - 1].numpy(), first, stop
+                    )
+        return _Masks(None, lo, hi, [None] * n, extra)
 
     def _threshold_masks(
         self,
@@ -430,34 +473,36 @@ class Merger:
         gammas: list[float],
     ) -> _Masks | None:
         """Approximate masks: magnitude thresholds from a once-per-run histogram, so a candidate
-        reads no keys. None when a threshold would miss the density by more than 0.1%
-        (heavy ties, tiny tensors): the caller then uses exact ranks."""
-        n = cache.stack.shape[0] - 1
+        needs no sort. None when a threshold would miss the density by more than 0.1%
+        (heavy ties, tiny tensors): the caller then uses exact masks."""
+        n = len(rows)
         lo, hi = np.zeros(n, np.float32), np.zeros(n, np.float32)
         kept_l1: list[float | None] = [None] * n
         tables = self._keys(cache, name, "magnitude_table", 0)
-        for r, d, gamma in zip(rows, densities, gammas, strict=True):
+        for i, (r, d, gamma) in enumerate(zip(rows, densities, gammas, strict=True)):
             found = sparsify.threshold_range(tables[r - 1], method, d, cache.numel, gamma)
             if found is None:
-                log.debug("%s: threshold for density %s misses by > 0.1%%; exact ranks instead", name, d)
+                log.debug("%s: threshold for density %s misses by > 0.1%%; exact masks instead", name, d)
                 self.stats["threshold_fallback"] += 1
                 return None
-            lo[r - 1], hi[r - 1], kept_l1[r - 1] = found
+            low, hi[i], kept_l1[i] = found
+            lo[i] = np.nextafter(np.float32(low), np.float32(-np.inf))  # kept from ``low`` on
         self.stats["threshold"] += 1
-        return _Masks(cache.stack[1:], lo, hi, kept_l1)
+        return _Masks(None, lo, hi, kept_l1, [None] * n)
 
-    def _rescale(self, cache: _TensorCache, masks: _Masks, row: int) -> float:
+    def _rescale(self, cache: _TensorCache, masks: _Masks, i: int, row: int) -> float:
         """mergekit's L1 rescale: a masked task vector keeps the L1 norm of the whole one."""
-        after = masks.kept_l1[row - 1]
+        after = masks.kept_l1[i]
         if after is None:
-            if self.fused:
+            delta = cache.stack[row]
+            if self.fused and masks.keys is None:
                 from . import fused
 
-                after = fused.masked_l1(
-                    cache.stack[row].numpy(), masks.keys[row - 1].numpy(), masks.lo[row - 1], masks.hi[row - 1]
-                )
+                after = fused.masked_l1(delta.numpy(), masks.lo[i], masks.hi[i])
+                if masks.extra[i] is not None:
+                    after += float(np.abs(delta.numpy()[masks.extra[i]]).astype(np.float64).sum())
             else:
-                after = (cache.stack[row] * masks.mask(row - 1)).abs().sum()
+                after = (delta * masks.mask(i, delta)).abs().sum()
         before, after = self._l1(cache, row), float(after)
         if before < 1e-7 or after < 1e-7:
             return 1.0

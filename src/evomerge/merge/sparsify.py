@@ -2,10 +2,18 @@
 
 mergekit's TIES keeps ``argsort(|delta|, descending)[:k]`` of each task vector, which
 costs a full sort per tensor per candidate (7.5 s for one 4096x4096 tensor on 2
-cores). A task vector does not change during a search, so we sort it once and keep
-each entry's rank as an int32 *key*: the mask for any density is then a key range,
-``lo <= key < hi``, one comparison. The same sort on the same input makes the mask
-identical to mergekit's, ties included (``mergekit/sparsify.py``):
+cores). A task vector does not change during a search, so we sort it once. The same
+sort on the same input makes the mask identical to mergekit's, ties included
+(``mergekit/sparsify.py``). A density is a range ``[lo, hi)`` of positions in that order
+(``key_range``), and a mask is one of:
+
+- rank keys (the eager kernels): each entry's position in the order, int32, kept when
+  ``lo <= rank < hi``;
+- a magnitude cut (the fused CPU kernel, which then reads no key at all):
+  ``lo < |delta| < hi`` for float bounds read off the order, plus the few entries whose
+  magnitude equals a bound and whose rank is inside the range (``magnitude_cut``).
+
+The kinds of order:
 
 - magnitude (TIES): key = rank by decreasing magnitude, kept ``[0, k)``;
 - magnitude_outliers (breadcrumbs): key = rank by increasing magnitude (mergekit uses
@@ -31,7 +39,9 @@ the engine then falls back to exact ranks).
 from __future__ import annotations
 
 import hashlib
+import math
 
+import numpy as np
 import torch
 
 LEVELS = 2**15  # random keys are int16 levels, uniform in [0, LEVELS)
@@ -51,14 +61,65 @@ def _rank_of(order: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def descending_ranks(delta: torch.Tensor) -> torch.Tensor:
-    """Each entry's position by decreasing magnitude, as mergekit's ``magnitude`` orders it."""
-    return _rank_of(torch.argsort(_magnitudes(delta), descending=True))
+def magnitude_order(delta: torch.Tensor, method: str) -> torch.Tensor:
+    """Entry indices in mergekit's order for ``method``: by decreasing magnitude (``magnitude``,
+    an argsort) or increasing (``magnitude_outliers``, a sort, whose order of equal values differs)."""
+    w = _magnitudes(delta)
+    order = torch.argsort(w, descending=True) if method == "magnitude" else torch.sort(w, descending=False).indices
+    return order.to(torch.int32) if order.numel() < 2**31 else order
 
 
-def ascending_ranks(delta: torch.Tensor) -> torch.Tensor:
-    """Each entry's position by increasing magnitude, as mergekit's ``magnitude_outliers`` orders it."""
-    return _rank_of(torch.sort(_magnitudes(delta), descending=False).indices)
+def ranks(order: torch.Tensor) -> torch.Tensor:
+    """Each entry's position in ``order``."""
+    return _rank_of(order)
+
+
+def _equal_run(delta: np.ndarray, order: np.ndarray, r: int) -> tuple[int, int]:
+    """The positions ``[a, b)`` in ``order`` whose magnitude equals position ``r``'s (a sorted
+    order keeps equal values together): two binary searches."""
+    value = abs(delta[order[r]])
+    lo, hi = 0, r
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if abs(delta[order[mid]]) == value else (mid + 1, hi)
+    a, lo, hi = lo, r + 1, order.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if abs(delta[order[mid]]) == value else (lo, mid)
+    return a, lo
+
+
+_NO_ENTRIES = np.empty(0, np.int64)
+
+
+def _end(delta: np.ndarray, order: np.ndarray, r: int, lo: int, hi: int, toward: float) -> tuple[float, np.ndarray]:
+    """The bound at the kept magnitude of position ``r``: just past it when every entry of that
+    magnitude is kept, else at it (excluding it), with the kept entries of it."""
+    value = abs(delta[order[r]])
+    a, b = _equal_run(delta, order, r)
+    if a >= lo and b <= hi:
+        return float(np.nextafter(value, np.float32(toward))), _NO_ENTRIES
+    return float(value), order[max(a, lo) : min(b, hi)].astype(np.int64) if value != 0 else _NO_ENTRIES
+
+
+def magnitude_cut(delta: np.ndarray, order: np.ndarray, lo: int, hi: int) -> tuple[float, float, np.ndarray]:
+    """Positions ``[lo, hi)`` of ``order`` (a magnitude order of ``delta``, float32) as a mask
+    ``low < |delta| < high`` plus extra entries, in O(log n) reads.
+
+    Entries strictly between the smallest and the largest kept magnitude are all kept. The
+    entries at those two magnitudes are kept whole when all of them are in the range;
+    otherwise the bound excludes the magnitude and its entries inside the range are
+    returned (ties at the cut: rare in fp32 task vectors, a handful per value in bf16
+    ones). Zeros are never returned: a zero entry adds nothing to any merge.
+    """
+    if hi <= lo:
+        return math.inf, math.inf, _NO_ENTRIES
+    smallest, largest = sorted((lo, hi - 1), key=lambda r: abs(delta[order[r]]))
+    low, extra_low = _end(delta, order, smallest, lo, hi, -math.inf)
+    high, extra_high = _end(delta, order, largest, lo, hi, math.inf)
+    if abs(delta[order[smallest]]) == abs(delta[order[largest]]):  # one magnitude: the same entries
+        extra_high = _NO_ENTRIES
+    return low, high, np.concatenate([extra_low, extra_high])
 
 
 def random_keys(numel: int, seed: int, tensor: str, model: int, device: torch.device | str) -> torch.Tensor:
@@ -85,7 +146,7 @@ def row_rank_fraction(delta: torch.Tensor) -> torch.Tensor:
 
 
 def key_range(method: str, density: float, numel: int, gamma: float = 0.0) -> tuple[int, int]:
-    """The key range ``[lo, hi)`` that mergekit's ``sparsify(method, density)`` keeps."""
+    """The positions ``[lo, hi)`` in the order (or levels) that mergekit's ``sparsify(method, density)`` keeps."""
     if density >= 1:
         return KEEP_ALL
     if density <= 0 or numel == 0:

@@ -18,8 +18,8 @@ per tensor by mergekit's own resolver, so they mean what they mean in mergekit.
 
 Memory: the cache holds, per merged tensor, the reference and every task vector in
 fp32 (so ``(models) x (parameters) x 4`` bytes in all), plus, per parameter and
-endpoint, 4 bytes of magnitude ranks (TIES, breadcrumbs) and 2 bytes of random keys
-(DARE, DELLA) once a method needs them. Checkpoints themselves stay memory-mapped.
+endpoint, 4 bytes of magnitude order (TIES, breadcrumbs; ranks on the eager path) and
+2 bytes of random keys (DARE, DELLA) once a method needs them. Checkpoints themselves stay memory-mapped.
 Embedding and lm_head rows are aligned here when vocabularies differ (``models/vocab.py``).
 """
 

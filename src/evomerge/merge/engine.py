@@ -5,8 +5,8 @@ the task vectors, their L1 norms, the keys that turn any density into a mask
 (``sparsify.py``) and SLERP's norms and angle. A candidate then costs one pass over
 memory per tensor:
 
-- linear, task_arithmetic, slerp (and ``density: 1`` variants) are one matrix-vector
-  product over the stacked ``[reference; task vectors]``, written into the parameter;
+- linear, task_arithmetic, slerp (and ``density: 1`` variants) are one weighted sum of
+  the stacked ``[reference; task vectors]``, written into the parameter;
 - TIES, DARE and breadcrumbs (with or without sign consensus) are one fused pass on
   CPU (``fused.py``) and a few eager passes elsewhere;
 - DELLA masks are built eagerly from cached ranks and keys;
@@ -584,12 +584,17 @@ class Merger:
         return cache.stack[0] if row == 0 else cache.stack[0] + cache.stack[row]
 
     def _combine(self, cache: _TensorCache, target: torch.Tensor, coefficients: dict[int, float]) -> None:
-        """``target = sum_r c_r * stack[r]``: one matrix-vector product, written in place."""
+        """``target = sum_r c_r * stack[r]``: one fused pass on CPU, a matrix-vector product elsewhere."""
         rows = sorted(coefficients)
-        c = torch.tensor([coefficients[r] for r in rows], dtype=torch.float32, device=self.device)
-        stack = cache.stack if rows == list(range(cache.stack.shape[0])) else cache.stack[rows]
         out = self._out(target)
-        torch.mv(stack.t(), c, out=out)
+        if self.fused and rows[0] == 0 and len(rows) > 1:
+            from . import fused
+
+            fused.combine(tuple(cache.stack[r].numpy() for r in rows), [coefficients[r] for r in rows], out.numpy())
+        else:
+            c = torch.tensor([coefficients[r] for r in rows], dtype=torch.float32, device=self.device)
+            stack = cache.stack if rows == list(range(cache.stack.shape[0])) else cache.stack[rows]
+            torch.mv(stack.t(), c, out=out)
         self._write(out, target)
 
     def _select(self, recipe: Recipe, name: str) -> torch.Tensor:

@@ -35,13 +35,15 @@ PARALLEL_FROM = 1 << 20
 
 
 def _span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, lam, out):  # type: ignore[no-untyped-def]
-    """``out[j] = base[j] + lam * combine_i(mask_ij * delta_ij * scale_i)`` over one span.
+    """``out[j] = base[j] * lam[0] + lam[1] * combine_i(mask_ij * delta_ij * scale_i)`` over one span.
 
     Entry ``j`` of task vector ``i`` is kept when ``lo[i] < key < hi[i]``, the key being
     ``|delta_ij|`` when ``keys`` is None (magnitude masks) or ``keys[i][j]`` (random levels).
     ``combine`` is the sign-elected mean (TIES) when ``consensus``, else the sum;
     ``normalize`` divides by the weights that took part (by their sum without consensus,
-    as mergekit does). Replaced in compiled code by the overload below.
+    as mergekit does). ``lam[0]`` is 1 for the task-arithmetic family (and exact: x * 1 = x);
+    linear and SLERP use it as the reference's coefficient. Replaced in compiled code by the
+    overload below.
     """
     raise NotImplementedError  # pragma: no cover
 
@@ -50,6 +52,8 @@ _SPAN_TEMPLATE = """
 def span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, lam, out):
     zero = np.float32(0.0)
     one = np.float32(1.0)
+    base_scale = lam[0]
+    delta_scale = lam[1]
     wsum = {wsum}
     if abs(wsum) < 1e-8:
         wsum = one
@@ -68,7 +72,7 @@ def span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, lam, 
 _LOOP = """for j in range(base.shape[0]):
 {mask}
 {combine}
-    out[j] = base[j] + mixed * lam"""
+    out[j] = base[j] * base_scale + mixed * delta_scale"""
 _CONSENSUS = """total = {total}
 sign = one if total >= zero else -one
 {agree}
@@ -175,11 +179,22 @@ def gta_merge(
     normalize: bool,
     lam: float,
     out: np.ndarray,
+    base_scale: float = 1.0,
 ) -> None:
     """One fused pass over a tensor (see ``_span``): ``deltas`` and ``keys`` are tuples of 1-D
     arrays, ``lo``/``hi`` float32 (magnitudes) or int32 (keys)."""
     kernel = _merge_parallel if base.shape[0] >= PARALLEL_FROM else _merge_serial
-    kernel(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, np.float32(lam), out)
+    scales = np.array([base_scale, lam], np.float32)
+    kernel(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, scales, out)
+
+
+def combine(rows: tuple[np.ndarray, ...], coefficients: list[float], out: np.ndarray) -> None:
+    """``out = sum_r c_r * rows[r]`` in one pass (linear, task arithmetic, SLERP): the span
+    kernel with every entry kept, no election and no normalisation."""
+    n = len(rows) - 1
+    c = np.asarray(coefficients[1:], np.float32)
+    keep_all = (np.full(n, -1, np.float32), np.full(n, np.inf, np.float32))
+    gta_merge(rows[0], rows[1:], None, *keep_all, c, c, False, False, 1.0, out, base_scale=coefficients[0])
 
 
 def _masked_l1(delta, lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cover

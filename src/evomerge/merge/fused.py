@@ -34,26 +34,26 @@ _BLOCK = 1 << 16  # entries per parallel work item
 PARALLEL_FROM = 1 << 20
 
 
-def _span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, lam, out):  # type: ignore[no-untyped-def]
-    """``out[j] = base[j] * lam[0] + lam[1] * combine_i(mask_ij * delta_ij * scale_i)`` over one span.
+def _span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]
+    """``out[j] = base[j] * c[0] + c[1] * combine_i(mask_ij * delta_ij * scale_i)`` over one span,
+    ``c = coefficients``: (1, lambda) for the task-arithmetic family.
 
     Entry ``j`` of task vector ``i`` is kept when ``lo[i] < key < hi[i]``, the key being
     ``|delta_ij|`` when ``keys`` is None (magnitude masks) or ``keys[i][j]`` (random levels).
     ``combine`` is the sign-elected mean (TIES) when ``consensus``, else the sum;
     ``normalize`` divides by the weights that took part (by their sum without consensus,
-    as mergekit does). ``lam[0]`` is 1 for the task-arithmetic family (and exact: x * 1 = x);
-    linear and SLERP use it as the reference's coefficient. Replaced in compiled code by the
-    overload below.
+    as mergekit does). ``c[0]`` is 1 there (and exact: x * 1 = x); linear and SLERP use it
+    as the reference's coefficient. Replaced in compiled code by the overload below.
     """
     raise NotImplementedError  # pragma: no cover
 
 
 _SPAN_TEMPLATE = """
-def span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, lam, out):
+def span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out):
     zero = np.float32(0.0)
     one = np.float32(1.0)
-    base_scale = lam[0]
-    delta_scale = lam[1]
+    base_scale = coefficients[0]
+    delta_scale = coefficients[1]
     wsum = {wsum}
     if abs(wsum) < 1e-8:
         wsum = one
@@ -86,7 +86,7 @@ def _indent(text: str, spaces: int) -> str:
 
 
 @overload(_span, jit_options={"boundscheck": False})
-def _span_overload(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, lam, out):  # type: ignore[no-untyped-def]
+def _span_overload(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]
     each = range(len(deltas))
     key = "abs(a{i})" if isinstance(keys, types.NoneType) else "k{i}[j]"
     keep = f"({key} > lo{{i}}) & ({key} < hi{{i}})"
@@ -141,7 +141,7 @@ _compile = {"cache": True, "boundscheck": False}
 
 
 @njit(parallel=True, **_compile)
-def _merge_parallel(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, lam, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _merge_parallel(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     size = base.shape[0]
     blocks = (size + _BLOCK - 1) // _BLOCK
     for b in prange(blocks):
@@ -157,14 +157,14 @@ def _merge_parallel(base, deltas, keys, lo, hi, scale, weights, consensus, norma
             weights,
             consensus,
             normalize,
-            lam,
+            coefficients,
             out[start:stop],
         )
 
 
 @njit(**_compile)
-def _merge_serial(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, lam, out):  # type: ignore[no-untyped-def]  # pragma: no cover
-    _span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, lam, out)
+def _merge_serial(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    _span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out)
 
 
 def gta_merge(
@@ -184,8 +184,8 @@ def gta_merge(
     """One fused pass over a tensor (see ``_span``): ``deltas`` and ``keys`` are tuples of 1-D
     arrays, ``lo``/``hi`` float32 (magnitudes) or int32 (keys)."""
     kernel = _merge_parallel if base.shape[0] >= PARALLEL_FROM else _merge_serial
-    scales = np.array([base_scale, lam], np.float32)
-    kernel(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, scales, out)
+    coefficients = np.array([base_scale, lam], np.float32)
+    kernel(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out)
 
 
 def combine(rows: tuple[np.ndarray, ...], coefficients: list[float], out: np.ndarray) -> None:

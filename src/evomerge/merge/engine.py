@@ -506,7 +506,7 @@ class Merger:
         before, after = self._l1(cache, row), float(after)
         if before < 1e-7 or after < 1e-7:
             return 1.0
-        return float(torch.tensor(before, dtype=torch.float32) / torch.tensor(after, dtype=torch.float32))
+        return float(np.float32(before) / np.float32(after))  # fp32, as mergekit divides
 
     def _della(self, recipe, name, cache, rows, entries, per_input, shared, consensus, target) -> None:
         masked = []

@@ -13,7 +13,7 @@ Masks are decided per entry, ``lo[i] < key < hi[i]``:
 - magnitude masks (TIES, breadcrumbs): the key is ``|delta|`` itself, so a candidate reads
   nothing but the reference and the task vectors. The engine derives the bounds from
   the once-per-run sort; entries whose magnitude equals a bound (ties at the cut) are
-  decided by rank and merged again afterwards (``Merger._merge_ties_at_the_cut``);
+  decided by rank and merged again afterwards (``Merger._fused_gta``);
 - random masks (DARE): the key is the entry's int16 random level (``sparsify.py``).
 
 The per-entry code is generated for each number of task vectors (an ``overload``

@@ -33,7 +33,7 @@ histogram of ``|delta|`` over its top 17 float bits (buckets 0.2% wide in value)
 density into a threshold, ``|delta| >= t``, that a candidate compares without reading
 keys. The kept count is read from the histogram, and a threshold that would miss the
 density by more than 0.1% of the entries is not used (``threshold_range`` returns None;
-the engine then falls back to exact ranks).
+the engine then falls back to the exact mask).
 """
 
 from __future__ import annotations

@@ -77,12 +77,37 @@ class _Masks:
     kept_l1: list[float | None]  # each mask's L1 norm where a table gives it without a pass
     extra: list[np.ndarray | None]  # entries kept beyond the bounds: ties at a magnitude cut
 
+    @classmethod
+    def keep_all(cls, n: int) -> _Masks:
+        from .fused import keep_all
+
+        return cls(None, *keep_all(n), [None] * n, [None] * n)
+
     def mask(self, i: int, delta: torch.Tensor) -> torch.Tensor:
         key = delta.abs() if self.keys is None else self.keys[i]
         kept = (key > self.lo[i].item()) & (key < self.hi[i].item())
         if self.extra[i] is not None and len(self.extra[i]):
             kept[torch.from_numpy(self.extra[i]).to(kept.device)] = True
         return kept
+
+
+@dataclass(frozen=True)
+class _Sparsity:
+    """What a recipe asks of one tensor's task vectors: which pool rows, and each one's
+    sparsification (``method``), density and breadcrumbs ``gamma``."""
+
+    method: str
+    rows: list[int]
+    densities: list[float]
+    gammas: list[float]
+
+    def each(self) -> list[tuple[int, int, float, float]]:
+        """``(i, row, density, gamma)`` per task vector, ``i`` its index in the mask."""
+        return [(i, *v) for i, v in enumerate(zip(self.rows, self.densities, self.gammas, strict=True))]
+
+    @property
+    def dense(self) -> bool:
+        return all(d >= 1 for d in self.densities)
 
 
 @dataclass
@@ -363,14 +388,14 @@ class Merger:
         if method == "della_magprune":
             self._della(recipe, name, cache, rows, entries, per_input, shared, consensus, target)
             return
-        gammas = [float(per_input[e].get("gamma", 0.0)) for e in entries]
+        sparsity = _Sparsity(method, rows, densities, [float(per_input[e].get("gamma", 0.0)) for e in entries])
         masks = None
-        if not self.exact and method in sparsify.THRESHOLD_METHODS and any(d < 1 for d in densities):
-            masks = self._threshold_masks(cache, name, method, rows, densities, gammas)
+        if not self.exact and method in sparsify.THRESHOLD_METHODS and not sparsity.dense:
+            masks = self._threshold_masks(cache, name, sparsity)
         if masks is None and self.fused and method in sparsify.THRESHOLD_METHODS:
-            masks = self._cut_masks(cache, name, method, rows, densities, gammas)
+            masks = self._cut_masks(cache, name, sparsity)
         if masks is None:
-            masks = self._key_masks(cache, name, method, recipe.seed, rows, densities, gammas)
+            masks = self._key_masks(cache, name, sparsity, recipe.seed)
         rescale = [
             self._rescale(cache, masks, i, r) if shared["rescale"] and d < 1 else 1.0
             for i, (r, d) in enumerate(zip(rows, densities, strict=True))
@@ -409,86 +434,56 @@ class Merger:
             if masks.extra[i] is not None:
                 kept |= np.isin(at, masks.extra[i])
             kept_only.append(np.where(kept, values, np.float32(0)))  # a dropped entry adds what a zero adds
-        keep_all = (np.full(len(rows), -1, np.float32), np.full(len(rows), np.inf, np.float32))
         merged = np.empty(len(at), np.float32)
-        fused.gta_merge(cache.stack[0].numpy()[at], tuple(kept_only), None, *keep_all, *flags, merged)
+        fused.gta_merge(cache.stack[0].numpy()[at], tuple(kept_only), None, *fused.keep_all(len(rows)), *flags, merged)
         out.numpy()[at] = merged
 
-    def _key_masks(
-        self,
-        cache: _TensorCache,
-        name: str,
-        method: str,
-        seed: int,
-        rows: list[int],
-        densities: list[float],
-        gammas: list[float],
-    ) -> _Masks:
+    def _key_masks(self, cache: _TensorCache, name: str, sparsity: _Sparsity, seed: int) -> _Masks:
         """Exact masks from once-per-run keys: magnitude ranks, or random levels."""
-        n = len(rows)
-        if all(d >= 1 for d in densities):  # a dense TIES still elects signs: keep every entry
-            return _Masks(None, np.full(n, -1, np.float32), np.full(n, np.inf, np.float32), [None] * n, [None] * n)
-        keys = self._keys(cache, name, method, seed)
+        n = len(sparsity.rows)
+        if sparsity.dense:  # a dense TIES still elects signs
+            return _Masks.keep_all(n)
+        keys = self._keys(cache, name, sparsity.method, seed)
         lo, hi = np.zeros(n, np.int32), np.zeros(n, np.int32)
         kept_l1: list[float | None] = [None] * n
-        table = self._keys(cache, name, "random_l1", seed) if method == "random" else None
-        for i, (r, d, gamma) in enumerate(zip(rows, densities, gammas, strict=True)):
-            first, stop = sparsify.key_range(method, d, cache.numel, gamma)
+        table = self._keys(cache, name, "random_l1", seed) if sparsity.method == "random" else None
+        for i, r, d, gamma in sparsity.each():
+            first, stop = sparsify.key_range(sparsity.method, d, cache.numel, gamma)
             lo[i], hi[i] = first - 1, stop
             if table is not None and d < 1:  # DARE: the kept L1 norm is a lookup
                 kept_l1[i] = float(table[r - 1, stop - 1]) if stop > 0 else 0.0
-        return _Masks([keys[r - 1] for r in rows], lo, hi, kept_l1, [None] * n)
+        return _Masks([keys[r - 1] for r in sparsity.rows], lo, hi, kept_l1, [None] * n)
 
-    def _cut_masks(
-        self,
-        cache: _TensorCache,
-        name: str,
-        method: str,
-        rows: list[int],
-        densities: list[float],
-        gammas: list[float],
-    ) -> _Masks:
+    def _cut_masks(self, cache: _TensorCache, name: str, sparsity: _Sparsity) -> _Masks:
         """Exact magnitude masks as bounds on ``|delta|`` (``sparsify.magnitude_cut``): the fused
         kernel then reads no keys, only the task vectors."""
-        n = len(rows)
-        lo, hi = np.full(n, -1, np.float32), np.full(n, np.inf, np.float32)
-        extra: list[np.ndarray | None] = [None] * n
-        if any(d < 1 for d in densities):
-            orders = self._keys(cache, name, "order:" + method, 0)
-            for i, (r, d, gamma) in enumerate(zip(rows, densities, gammas, strict=True)):
-                if d < 1:
-                    first, stop = sparsify.key_range(method, d, cache.numel, gamma)
-                    lo[i], hi[i], extra[i] = sparsify.magnitude_cut(
-                        cache.stack[r].numpy(), orders[r - 1].numpy(), first, stop
-                    )
-        return _Masks(None, lo, hi, [None] * n, extra)
+        masks = _Masks.keep_all(len(sparsity.rows))
+        if sparsity.dense:
+            return masks
+        orders = self._keys(cache, name, "order:" + sparsity.method, 0)
+        for i, r, d, gamma in sparsity.each():
+            if d < 1:
+                first, stop = sparsify.key_range(sparsity.method, d, cache.numel, gamma)
+                cut = sparsify.magnitude_cut(cache.stack[r].numpy(), orders[r - 1].numpy(), first, stop)
+                masks.lo[i], masks.hi[i], masks.extra[i] = cut
+        return masks
 
-    def _threshold_masks(
-        self,
-        cache: _TensorCache,
-        name: str,
-        method: str,
-        rows: list[int],
-        densities: list[float],
-        gammas: list[float],
-    ) -> _Masks | None:
+    def _threshold_masks(self, cache: _TensorCache, name: str, sparsity: _Sparsity) -> _Masks | None:
         """Approximate masks: magnitude thresholds from a once-per-run histogram, so a candidate
         needs no sort. None when a threshold would miss the density by more than 0.1%
         (heavy ties, tiny tensors): the caller then uses exact masks."""
-        n = len(rows)
-        lo, hi = np.zeros(n, np.float32), np.zeros(n, np.float32)
-        kept_l1: list[float | None] = [None] * n
+        masks = _Masks.keep_all(len(sparsity.rows))
         tables = self._keys(cache, name, "magnitude_table", 0)
-        for i, (r, d, gamma) in enumerate(zip(rows, densities, gammas, strict=True)):
-            found = sparsify.threshold_range(tables[r - 1], method, d, cache.numel, gamma)
+        for i, r, d, gamma in sparsity.each():
+            found = sparsify.threshold_range(tables[r - 1], sparsity.method, d, cache.numel, gamma)
             if found is None:
                 log.debug("%s: threshold for density %s misses by > 0.1%%; exact masks instead", name, d)
                 self.stats["threshold_fallback"] += 1
                 return None
-            low, hi[i], kept_l1[i] = found
-            lo[i] = np.nextafter(np.float32(low), np.float32(-np.inf))  # kept from ``low`` on
+            low, masks.hi[i], masks.kept_l1[i] = found
+            masks.lo[i] = np.nextafter(np.float32(low), np.float32(-np.inf))  # kept from ``low`` on
         self.stats["threshold"] += 1
-        return _Masks(None, lo, hi, kept_l1, [None] * n)
+        return masks
 
     def _rescale(self, cache: _TensorCache, masks: _Masks, i: int, row: int) -> float:
         """mergekit's L1 rescale: a masked task vector keeps the L1 norm of the whole one."""

@@ -188,13 +188,16 @@ def gta_merge(
     kernel(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out)
 
 
+def keep_all(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitude bounds ``(lo, hi)`` that keep every entry of ``n`` task vectors."""
+    return np.full(n, -1, np.float32), np.full(n, np.inf, np.float32)
+
+
 def combine(rows: tuple[np.ndarray, ...], coefficients: list[float], out: np.ndarray) -> None:
     """``out = sum_r c_r * rows[r]`` in one pass (linear, task arithmetic, SLERP): the span
     kernel with every entry kept, no election and no normalisation."""
-    n = len(rows) - 1
     c = np.asarray(coefficients[1:], np.float32)
-    keep_all = (np.full(n, -1, np.float32), np.full(n, np.inf, np.float32))
-    gta_merge(rows[0], rows[1:], None, *keep_all, c, c, False, False, 1.0, out, base_scale=coefficients[0])
+    gta_merge(rows[0], rows[1:], None, *keep_all(len(c)), c, c, False, False, 1.0, out, base_scale=coefficients[0])
 
 
 def _masked_l1(delta, lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cover

@@ -50,6 +50,27 @@ class MergeConfig(_Section):
 
     method: str = Field("task_arithmetic", description="Any mergekit method, or layer_select.")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Values fixed for every candidate.")
+    tier: Literal["auto", "device", "host", "disk"] = Field(
+        "auto",
+        description="Where the models' tensors stay during a run: device (fastest), host (CPU RAM, copied to a "
+        "GPU per tensor), disk (read per candidate); auto: the fastest that fits memory_budget.",
+    )
+    memory_budget: int | str | None = Field(
+        None,
+        description="Memory the merge device may use, e.g. 24GB or 80GiB; default: its free memory at start.",
+    )
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _size(cls, value: int | str | None) -> int | str | None:
+        from .merge.memory import parse_size
+
+        if value is not None:
+            try:
+                parse_size(value)
+            except MergeConfigError as err:
+                raise ValueError(str(err)) from None
+        return value
 
     @field_validator("method")
     @classmethod

@@ -19,3 +19,7 @@ class IncompatibleModelsError(EvomergeError):
 
 class MergeConfigError(EvomergeError):
     """A merge method or one of its parameters is unknown or out of range."""
+
+
+class MemoryBudgetError(EvomergeError):
+    """A merge does not fit the memory it may use, or ran out of it."""

@@ -87,6 +87,8 @@ def calibrate(
     merger = Merger(
         ModelPool.open(base, [e for e in [*m.endpoints, *f.checkpoints] if e != base], allow_pickle=m.allow_pickle),
         device=device,
+        tier=config.merge.tier,
+        memory_budget=config.merge.memory_budget,
     )
     model = load_live_model(merger)
     tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)

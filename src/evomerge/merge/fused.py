@@ -1,26 +1,28 @@
-"""Fused CPU kernels for the task-arithmetic family (TIES, DARE, breadcrumbs).
+"""Fused CPU kernels for the task-arithmetic family (TIES, DARE, breadcrumbs) and the
+scans that find a candidate's magnitude cuts.
 
 Why hand-written: in eager PyTorch a TIES merge is some twenty full passes over
 memory (mask, weight, stack, sign, compare, sum, divide ...), each allocating a
-temporary; mergekit's version also sorts. With the sort replaced by once-per-run
-work (``sparsify.py``), one pass over the inputs does it: per entry, mask each task
-vector, weight it, elect the sign, average, and write straight into the live
-parameter. The arithmetic is mergekit's, in its order, so results agree with it to
-the last bit or nearly.
+temporary; mergekit's version also sorts. One pass does it here: per entry, mask each
+task vector, weight it, elect the sign, average, and write out. The arithmetic is
+mergekit's, in its order, so results agree with it to the last bit or nearly.
 
-Masks are decided per entry, ``lo[i] < key < hi[i]``:
+The engine feeds the kernel one chunk of fp32 task vectors at a time (formed from the
+checkpoints' own dtype), with ``offset`` the chunk's first entry. Masks are decided per
+entry ``j`` (its index in the whole tensor):
 
-- magnitude masks (TIES, breadcrumbs): the key is ``|delta|`` itself, so a candidate reads
-  nothing but the reference and the task vectors. The engine derives the bounds from
-  the once-per-run sort; entries whose magnitude equals a bound (ties at the cut) are
-  decided by rank and merged again afterwards (``Merger._fused_gta``);
-- random masks (DARE): the key is the entry's int16 random level (``sparsify.py``).
+- magnitude masks (TIES, breadcrumbs): a *cut* per task vector, ``(lo, hi)`` magnitudes
+  and index ranges for the entries equal to them (``masks.Cut``): kept when
+  ``lo < |d| < hi``, or ``|d| == lo`` and ``ties[0] <= j <= ties[1]``, or ``|d| == hi`` and
+  ``ties[2] <= j <= ties[3]``. The scans below find the cut for any density in two
+  passes over the task vector, so no per-entry order is kept between candidates;
+- random masks (DARE): a 15-bit level hashed from ``(seed, j)`` (murmur3's finaliser),
+  kept below ``hi``: no stored keys either.
 
 The per-entry code is generated for each number of task vectors (an ``overload``
 keyed on the tuple's length), so every value lives in registers and LLVM vectorises
-the loop: 5x faster than a loop over endpoints through scratch rows. Numba compiles
-once per machine (``cache=True`` keeps the machine code next to this file). On other
-devices the engine uses the eager PyTorch kernels.
+the loop. Numba compiles once per machine (``cache=True`` keeps the machine code next
+to this file). On other devices the engine uses the eager PyTorch kernels.
 """
 
 from __future__ import annotations
@@ -30,16 +32,34 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 _BLOCK = 1 << 16  # entries per parallel work item
+_M32 = np.uint64(0xFFFFFFFF)
+_K0, _K1, _K2 = np.uint64(0x9E3779B1), np.uint64(0x85EBCA6B), np.uint64(0xC2B2AE35)
+_S13, _S16, _S17 = np.uint64(13), np.uint64(16), np.uint64(17)
+
+
+@njit(cache=True, inline="always")
+def level(j, seed):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Entry ``j``'s random level in [0, 2**15): murmur3's 32-bit finaliser of ``j * K0 + seed``
+    (``masks.random_levels`` computes the same with torch)."""
+    h = (np.uint64(j) * _K0 + seed) & _M32
+    h ^= h >> _S16
+    h = (h * _K1) & _M32
+    h ^= h >> _S13
+    h = (h * _K2) & _M32
+    h ^= h >> _S16
+    return h >> _S17
+
+
 #: Small tensors run single-threaded: waking a thread pool costs more than they do.
 PARALLEL_FROM = 1 << 20
 
 
-def _span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]
+def _span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]
     """``out[j] = base[j] * c[0] + c[1] * combine_i(mask_ij * delta_ij * scale_i)`` over one span,
     ``c = coefficients``: (1, lambda) for the task-arithmetic family.
 
-    Entry ``j`` of task vector ``i`` is kept when ``lo[i] < key < hi[i]``, the key being
-    ``|delta_ij|`` when ``keys`` is None (magnitude masks) or ``keys[i][j]`` (random levels).
+    Entry ``j`` (``offset + j`` in the tensor) of task vector ``i`` is kept as the module
+    docstring says: a magnitude cut when ``seeds`` is None, else a random level below ``hi[i]``.
     ``combine`` is the sign-elected mean (TIES) when ``consensus``, else the sum;
     ``normalize`` divides by the weights that took part (by their sum without consensus,
     as mergekit does). ``c[0]`` is 1 there (and exact: x * 1 = x); linear and SLERP use it
@@ -49,7 +69,7 @@ def _span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coef
 
 
 _SPAN_TEMPLATE = """
-def span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out):
+def span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):
     zero = np.float32(0.0)
     one = np.float32(1.0)
     base_scale = coefficients[0]
@@ -70,6 +90,7 @@ def span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coeff
 
 # One loop per (consensus, normalize): a flag tested inside the loop stops LLVM from vectorising it.
 _LOOP = """for j in range(base.shape[0]):
+    jj = offset + j
 {mask}
 {combine}
     out[j] = base[j] * base_scale + mixed * delta_scale"""
@@ -86,11 +107,22 @@ def _indent(text: str, spaces: int) -> str:
 
 
 @overload(_span, jit_options={"boundscheck": False})
-def _span_overload(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]
+def _span_overload(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]
     each = range(len(deltas))
-    key = "abs(a{i})" if isinstance(keys, types.NoneType) else "k{i}[j]"
-    keep = f"({key} > lo{{i}}) & ({key} < hi{{i}})"
-    setup = "lo{i} = lo[{i}]\nhi{i} = hi[{i}]" + ("" if isinstance(keys, types.NoneType) else "\nk{i} = keys[{i}]")
+    if isinstance(seeds, types.NoneType):
+        keep = (
+            "((m{i} > lo{i}) | ((m{i} == lo{i}) & (jj >= la{i}) & (jj <= lb{i}))) & "
+            "((m{i} < hi{i}) | ((m{i} == hi{i}) & (jj >= ha{i}) & (jj <= hb{i})))"
+        )
+        setup = (
+            "lo{i} = lo[{i}]\nhi{i} = hi[{i}]\n"
+            "la{i} = ties[{i}, 0]\nlb{i} = ties[{i}, 1]\nha{i} = ties[{i}, 2]\nhb{i} = ties[{i}, 3]"
+        )
+        load = "a{i} = d{i}[j]\nm{i} = abs(a{i})"
+    else:
+        keep = "np.float32(level(jj, sd{i})) < hi{i}"
+        setup = "hi{i} = hi[{i}]\nsd{i} = seeds[{i}]"
+        load = "a{i} = d{i}[j]"
 
     def lines(template: str) -> str:
         return "\n".join(template.format(i=i) for i in each)
@@ -109,7 +141,7 @@ def _span_overload(base, deltas, keys, lo, hi, scale, weights, consensus, normal
         "normalize": f"mixed = ({total}) / wsum",
         "plain": f"mixed = {total}",
     }
-    mask = lines(f"a{{i}} = d{{i}}[j]\nx{{i}} = a{{i}} * s{{i}} if {keep} else zero")
+    mask = lines(f"{load}\nx{{i}} = a{{i}} * s{{i}} if {keep} else zero")
     source = _SPAN_TEMPLATE.format(
         wsum=terms("weights[{i}]"),
         setup=_indent(lines(setup + "\nd{i} = deltas[{i}]\ns{i} = scale[{i}]\nw{i} = weights[{i}]"), 4),
@@ -118,7 +150,7 @@ def _span_overload(base, deltas, keys, lo, hi, scale, weights, consensus, normal
             for name, combine in loops.items()
         },
     )
-    namespace = {"np": np}
+    namespace = {"np": np, "level": level}
     exec(source, namespace)  # our own template, formatted with integers
     return namespace["span"]
 
@@ -141,7 +173,7 @@ _compile = {"cache": True, "boundscheck": False}
 
 
 @njit(parallel=True, **_compile)
-def _merge_parallel(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _merge_parallel(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     size = base.shape[0]
     blocks = (size + _BLOCK - 1) // _BLOCK
     for b in prange(blocks):
@@ -150,9 +182,11 @@ def _merge_parallel(base, deltas, keys, lo, hi, scale, weights, consensus, norma
         _span(
             base[start:stop],
             _slices(deltas, start, stop),
-            _slices(keys, start, stop),
+            seeds,
             lo,
             hi,
+            ties,
+            offset + start,
             scale,
             weights,
             consensus,
@@ -163,16 +197,15 @@ def _merge_parallel(base, deltas, keys, lo, hi, scale, weights, consensus, norma
 
 
 @njit(**_compile)
-def _merge_serial(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]  # pragma: no cover
-    _span(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out)
+def _merge_serial(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    _span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out)
 
 
 def gta_merge(
     base: np.ndarray,
     deltas: tuple[np.ndarray, ...],
-    keys: tuple[np.ndarray, ...] | None,
-    lo: np.ndarray,
-    hi: np.ndarray,
+    masks: MaskArrays,
+    offset: int,
     scale: np.ndarray,
     weights: np.ndarray,
     consensus: bool,
@@ -181,45 +214,82 @@ def gta_merge(
     out: np.ndarray,
     base_scale: float = 1.0,
 ) -> None:
-    """One fused pass over a tensor (see ``_span``): ``deltas`` and ``keys`` are tuples of 1-D
-    arrays, ``lo``/``hi`` float32 (magnitudes) or int32 (keys)."""
+    """One fused pass over a chunk (see ``_span``): ``deltas`` is a tuple of 1-D fp32 arrays,
+    ``masks`` the candidate's cuts or random levels, ``offset`` the chunk's first entry."""
     kernel = _merge_parallel if base.shape[0] >= PARALLEL_FROM else _merge_serial
     coefficients = np.array([base_scale, lam], np.float32)
-    kernel(base, deltas, keys, lo, hi, scale, weights, consensus, normalize, coefficients, out)
+    seeds, lo, hi, ties = masks
+    kernel(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out)
 
 
-def keep_all(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Magnitude bounds ``(lo, hi)`` that keep every entry of ``n`` task vectors."""
-    return np.full(n, -1, np.float32), np.full(n, np.inf, np.float32)
+#: (seeds or None, lo, hi, ties): what ``gta_merge`` reads of a candidate's masks
+MaskArrays = tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]
+
+
+def keep_all(n: int) -> MaskArrays:
+    """Magnitude cuts that keep every entry of ``n`` task vectors."""
+    return None, np.full(n, -1, np.float32), np.full(n, np.inf, np.float32), np.zeros((n, 4), np.int64)
 
 
 def combine(rows: tuple[np.ndarray, ...], coefficients: list[float], out: np.ndarray) -> None:
     """``out = sum_r c_r * rows[r]`` in one pass (linear, task arithmetic, SLERP): the span
     kernel with every entry kept, no election and no normalisation."""
     c = np.asarray(coefficients[1:], np.float32)
-    gta_merge(rows[0], rows[1:], None, *keep_all(len(c)), c, c, False, False, 1.0, out, base_scale=coefficients[0])
+    gta_merge(rows[0], rows[1:], keep_all(len(c)), 0, c, c, False, False, 1.0, out, base_scale=coefficients[0])
 
 
-def _masked_l1(delta, lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """``sum |delta|`` over ``lo < |delta| < hi``, without forming the mask."""
-    size = delta.shape[0]
-    blocks = (size + _BLOCK - 1) // _BLOCK
-    partial = np.zeros(blocks, dtype=np.float64)
-    zero = np.float32(0.0)
-    for b in prange(blocks):
-        s = zero  # fp32 within a block, fp64 across blocks
-        for j in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
-            a = abs(delta[j])
-            s += a if (a > lo) & (a < hi) else zero
-        partial[b] = s
-    return partial.sum()
+# -- scans of one task vector (fp32, a chunk at a time) ---------------------------------
 
 
-# reassociation lets the block sums vectorise; they are fp32 over a block either way
-_masked_l1_parallel = njit(parallel=True, fastmath={"reassoc"}, **_compile)(_masked_l1)
-_masked_l1_serial = njit(fastmath={"reassoc"}, **_compile)(_masked_l1)
+@njit(cache=True)
+def magnitude_histogram(delta, counts):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """``counts[b] += #entries whose |delta| has top 16 bits b`` (the order of fp32 bit
+    patterns of non-negative values is their numeric order)."""
+    bits = delta.view(np.uint32)
+    for j in range(bits.shape[0]):
+        counts[(bits[j] & 0x7FFFFFFF) >> 16] += 1
 
 
-def masked_l1(delta: np.ndarray, lo: float, hi: float) -> float:
-    kernel = _masked_l1_parallel if delta.shape[0] >= PARALLEL_FROM else _masked_l1_serial
-    return float(kernel(delta, np.float32(lo), np.float32(hi)))
+@njit(cache=True)
+def bucket_histogram(delta, bucket, counts):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """``counts[low] += #entries of magnitude bucket ``bucket`` whose low 16 bits are ``low``."""
+    bits = delta.view(np.uint32)
+    for j in range(bits.shape[0]):
+        b = bits[j] & 0x7FFFFFFF
+        if (b >> 16) == bucket:
+            counts[b & 0xFFFF] += 1
+
+
+@njit(cache=True)
+def find_equal(delta, value_bits, nth):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """(position of the ``nth`` (0-based) entry with |delta| bits ``value_bits``, or -1; how
+    many such entries came before it, or in all)."""
+    bits = delta.view(np.uint32)
+    seen = 0
+    for j in range(bits.shape[0]):
+        if (bits[j] & 0x7FFFFFFF) == value_bits:
+            if seen == nth:
+                return j, seen
+            seen += 1
+    return -1, seen
+
+
+@njit(cache=True)
+def level_l1(delta, seed, offset, table):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """``table[v] += sum |delta|`` over the entries whose random level is ``v``."""
+    for j in range(delta.shape[0]):
+        table[level(offset + j, seed)] += abs(delta[j])
+
+
+@njit(cache=True)
+def cut_l1(delta, lo, hi, ties, offset):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """``sum |delta|`` over what a magnitude cut keeps (fp64 accumulation)."""
+    total = 0.0
+    for j in range(delta.shape[0]):
+        m = abs(delta[j])
+        jj = offset + j
+        if ((m > lo) | ((m == lo) & (jj >= ties[0]) & (jj <= ties[1]))) & (
+            (m < hi) | ((m == hi) & (jj >= ties[2]) & (jj <= ties[3]))
+        ):
+            total += m
+    return total

@@ -1,14 +1,19 @@
 """One merge from a mergekit YAML to an HF checkpoint: ``evomerge merge CONFIG --out DIR``.
 
 Configs with a ``models:`` list run through our engine (the same code a search runs
-per candidate). Configs with ``slices:`` or ``modules:`` reshape the layer stack
+per candidate), streamed: each tensor is read from the checkpoints, merged and
+written before the next is read (the engine's ``disk`` tier and a
+``SafetensorsStream``), so the merge needs about one tensor's memory, as
+``mergekit-yaml`` does, not a model's. Configs with ``slices:`` or ``modules:`` reshape the layer stack
 (passthrough "frankenmerges"), which a live model of fixed shape cannot hold; those
 are handed to mergekit's own ``run_merge``, so every mergekit config still works.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +21,11 @@ import torch
 
 from ..errors import MergeConfigError
 from ..models.checkpoint import resolve
-from ..models.save import model_card, write_atomically
-from .engine import Merger
+from ..models.save import SafetensorsStream, model_card, write_atomically
+from .engine import Merger, _dtype
 from .recipe import Recipe, parse_yaml
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "fp32": torch.float32}
 
 
 def merge_config(
@@ -42,10 +45,47 @@ def merge_config(
         if raw.get("slices") or raw.get("modules"):
             return _mergekit_run(raw, out, force=force, allow_pickle=allow_pickle, device=device)
         recipe = Recipe.from_mergekit(raw)
-    merger = Merger.for_recipe(recipe, allow_pickle=allow_pickle, device=device)
-    model = load_live_model(merger, out_dtype=recipe.out_dtype or recipe.dtype)
-    merger.merge_into(model, recipe)
-    return save_merged(model, recipe, merger, out, force=force)
+    merger = Merger.for_recipe(recipe, allow_pickle=allow_pickle, device=device, tier="disk", live=False)
+    return stream_merge(recipe, merger, out, force=force)
+
+
+def stream_merge(recipe: Recipe, merger: Merger, out: str | Path, *, force: bool = False) -> Path:
+    """Merge tensor by tensor straight into a checkpoint at ``out`` (see the module docstring)."""
+    out_dtype = recipe.out_dtype or recipe.dtype
+    pool = merger.pool
+    entries = []
+    for name in pool.tensor_names:
+        dtype = pool.base.dtype(name)
+        if out_dtype and dtype.is_floating_point:
+            dtype = _dtype(out_dtype)
+        entries.append((name, merger.output_shape(name), dtype))
+    merged = set(merger.merged_tensors)
+    config = json.loads((pool.base.path / "config.json").read_text())
+    if out_dtype:
+        config["dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"] = str(
+            _dtype(out_dtype)
+        ).removeprefix("torch.")
+    embeddings = next((n for n in pool.tensor_names if pool.groups[n].kind == "embeddings"), None)
+    if pool.align_vocab and embeddings is not None and "vocab_size" in config:
+        config["vocab_size"] = merger.output_rows(embeddings)
+
+    def write(tmp: Path) -> None:
+        stream = SafetensorsStream(tmp, entries)
+        with torch.no_grad():
+            for (name, shape, dtype), (_, stack) in zip(entries, merger.cache.stream(pool.tensor_names), strict=True):
+                if name in merged:
+                    tensor = torch.empty(shape, dtype=dtype, device=merger.device)
+                    merger.merge_tensor(recipe, name, tensor, stack)
+                else:  # integer buffers: the base's
+                    tensor = stack[0].view(shape)
+                stream.write(name, tensor)
+                del tensor, stack
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if (pool.base.path / "generation_config.json").exists():
+            shutil.copy(pool.base.path / "generation_config.json", tmp)
+        _write_extras(tmp, recipe, merger)
+
+    return write_atomically(out, write, force=force)
 
 
 def save_merged(
@@ -53,18 +93,22 @@ def save_merged(
 ) -> Path:
     """Save ``model``, which holds ``recipe``'s merge, as an HF checkpoint with its
     tokenizer, the mergekit YAML and a model card."""
-    tokenizer_dir = _tokenizer_source(recipe, merger)
-    config_yaml = recipe.to_yaml()
 
     def write(tmp: Path) -> None:
-        from transformers import AutoTokenizer
-
         model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
-        (tmp / "mergekit_config.yml").write_text(config_yaml)
-        (tmp / "README.md").write_text(model_card(config_yaml))
+        _write_extras(tmp, recipe, merger)
 
     return write_atomically(out, write, force=force)
+
+
+def _write_extras(tmp: Path, recipe: Recipe, merger: Merger) -> None:
+    """The tokenizer, the mergekit YAML and the model card, next to the weights."""
+    from transformers import AutoTokenizer
+
+    config_yaml = recipe.to_yaml()
+    AutoTokenizer.from_pretrained(_tokenizer_source(recipe, merger)).save_pretrained(tmp)
+    (tmp / "mergekit_config.yml").write_text(config_yaml)
+    (tmp / "README.md").write_text(model_card(config_yaml))
 
 
 def load_live_model(merger: Merger, *, out_dtype: str | None = None) -> torch.nn.Module:
@@ -99,13 +143,6 @@ def _mergekit_run(raw: dict[str, Any], out: str | Path, *, force: bool, allow_pi
     options = MergeOptions(device=device, lazy_unpickle=allow_pickle, quiet=True)
     log.info("slices/modules config: running mergekit's run_merge")
     return write_atomically(out, lambda tmp: run_merge(config, str(tmp), options), force=force)
-
-
-def _dtype(name: str) -> torch.dtype:
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise MergeConfigError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
 
 
 def _is_path(config: str | Path) -> bool:

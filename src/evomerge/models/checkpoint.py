@@ -1,13 +1,19 @@
 """One checkpoint on disk, read lazily.
 
 ``.safetensors`` files are memory-mapped, so opening a 7B checkpoint costs no RAM
-until a tensor is asked for. Pickled ``.bin`` files can execute code when loaded, so
-they are read only when the caller opts in with ``allow_pickle=True``.
+until a tensor is asked for. ``Checkpoint.read`` copies one tensor with ``pread``
+instead: the merge engine reads every tensor of every model, and mapped pages would
+stay in the process's resident memory (counted against it by the kernel and by
+cgroup limits) until the file is closed. Pickled ``.bin`` files can execute code when
+loaded, so they are read only when the caller opts in with ``allow_pickle=True``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import struct
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,19 @@ from safetensors import safe_open
 
 from ..errors import CheckpointError
 
+#: safetensors dtype names -> torch dtypes (the ones checkpoints use)
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 _HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 
 
@@ -48,6 +67,7 @@ class Checkpoint:
         self.config: dict[str, Any] = json.loads((path / "config.json").read_text())
         self._handles: dict[Path, Any] = {}
         self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
+        self._headers: dict[Path, tuple[int, dict[str, Any]]] = {}
         self._files = self._index(allow_pickle)
 
     @classmethod
@@ -103,6 +123,54 @@ class Checkpoint:
         if file.suffix != ".safetensors":
             return self._pickled_file(file)[name]
         return self._handle(file).get_tensor(name)
+
+    def dtype(self, name: str) -> torch.dtype:
+        file = self._file(name)
+        if file.suffix != ".safetensors":
+            return self._pickled_file(file)[name].dtype
+        return SAFETENSORS_DTYPES[self._header(file)[1][name]["dtype"]]
+
+    def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """A copy of one tensor, read with ``pread`` into ``out`` (CPU, contiguous, this
+        tensor's dtype and size) or a new tensor: no page of the file stays mapped."""
+        file = self._file(name)
+        if file.suffix != ".safetensors":
+            source = self._pickled_file(file)[name]
+            return source.clone() if out is None else out.view(source.shape).copy_(source)
+        start, header = self._header(file)
+        entry = header[name]
+        shape, (begin, end) = tuple(entry["shape"]), entry["data_offsets"]
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        tensor = torch.empty(shape, dtype=dtype) if out is None else out.view(shape)
+        buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        if len(buffer) != end - begin:
+            raise CheckpointError(
+                f"{self.name}: tensor {name!r} has {end - begin} bytes on disk, {len(buffer)} expected"
+            )
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            done = 0
+            while done < len(buffer):
+                got = os.preadv(fd, [buffer[done:]], start + begin + done)
+                if got <= 0:
+                    raise CheckpointError(
+                        f"{self.name}: {file.name} ends inside tensor {name!r}; the file is truncated"
+                    )
+                done += got
+        finally:
+            os.close(fd)
+        return tensor
+
+    def _header(self, file: Path) -> tuple[int, dict[str, Any]]:
+        """(where the data starts, the header) of a safetensors file."""
+        if file not in self._headers:
+            with open(file, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                self._headers[file] = (8 + size, json.loads(f.read(size)))
+        return self._headers[file]
+
+    def numel(self, name: str) -> int:
+        return math.prod(self.shape(name))
 
     def _file(self, name: str) -> Path:
         try:

@@ -8,12 +8,18 @@ only after the new checkpoint is complete.
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from ..errors import EvomergeError
+from .checkpoint import SAFETENSORS_DTYPES
 
 
 class OutputExistsError(EvomergeError):
@@ -52,3 +58,66 @@ def model_card(config_yaml: str, title: str = "merged model") -> str:
         "(mergekit-compatible semantics) from this configuration:\n\n"
         f"```yaml\n{config_yaml.rstrip()}\n```\n"
     )
+
+
+class SafetensorsStream:
+    """Writes a checkpoint's tensors one at a time, in the order they are declared, so a
+    merge streamed to disk never holds more than one merged tensor.
+
+    The safetensors header lists every tensor's dtype, shape and byte range up front;
+    those are known before any tensor is merged, so the header is written first and
+    each tensor's bytes are appended as they come. Shards of ``max_shard_bytes`` get a
+    ``model.safetensors.index.json``, as ``save_pretrained`` writes them.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        entries: list[tuple[str, tuple[int, ...], torch.dtype]],
+        *,
+        max_shard_bytes: int = 5 * 10**9,
+    ) -> None:
+        names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+        shards: list[list[tuple[str, tuple[int, ...], torch.dtype, int]]] = [[]]
+        size = 0
+        for name, shape, dtype in entries:
+            nbytes = math.prod(shape) * dtype.itemsize
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append((name, shape, dtype, nbytes))
+            size += nbytes
+        self.out_dir = out_dir
+        self._where: dict[str, tuple[Path, int]] = {}
+        self._files: list[Path] = []
+        total = len(shards)
+        for k, shard in enumerate(shards, start=1):
+            file = out_dir / ("model.safetensors" if total == 1 else f"model-{k:05d}-of-{total:05d}.safetensors")
+            header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+            offset = 0
+            for name, shape, dtype, nbytes in shard:
+                header[name] = {"dtype": names[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+                offset += nbytes
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % 8)
+            with open(file, "wb") as f:
+                f.write(struct.pack("<Q", len(raw)) + raw)
+                f.truncate(8 + len(raw) + offset)
+            start = 8 + len(raw)
+            for name, _, _, _ in shard:
+                begin = header[name]["data_offsets"][0]  # type: ignore[index]
+                self._where[name] = (file, start + begin)
+            self._files.append(file)
+        if total > 1:
+            index = {
+                "metadata": {"total_size": sum(e[3] for s in shards for e in s)},
+                "weight_map": {name: file.name for name, (file, _) in self._where.items()},
+            }
+            (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        file, offset = self._where[name]
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        with open(file, "r+b") as f:
+            f.seek(offset)
+            f.write(memoryview(data))

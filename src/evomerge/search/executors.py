@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..errors import MemoryBudgetError
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
 from .problem import Evaluation, MergeProblem
@@ -38,15 +40,31 @@ class LocalExecutor:
 
     @torch.no_grad()
     def evaluate_one(self, problem: MergeProblem, recipe: Recipe) -> Evaluation:
-        start = time.perf_counter()
-        self.merger.merge_into(self.model, recipe)
-        merged = time.perf_counter()
-        measurement = problem.measure(self.model, self.tokenizer)
+        with out_of_memory_as_error(self.merger):
+            start = time.perf_counter()
+            self.merger.merge_into(self.model, recipe)
+            merged = time.perf_counter()
+            measurement = problem.measure(self.model, self.tokenizer)
         return Evaluation(measurement, merged - start, time.perf_counter() - merged)
 
     @torch.no_grad()
     def test(self, problem: MergeProblem, recipe: Recipe) -> tuple[tuple[float, ...], float]:
         """The held-out scores of ``recipe`` and the seconds they took."""
-        start = time.perf_counter()
-        self.merger.merge_into(self.model, recipe)
-        return problem.test(self.model, self.tokenizer), time.perf_counter() - start
+        with out_of_memory_as_error(self.merger):
+            start = time.perf_counter()
+            self.merger.merge_into(self.model, recipe)
+            return problem.test(self.model, self.tokenizer), time.perf_counter() - start
+
+
+@contextmanager
+def out_of_memory_as_error(merger: Merger) -> Iterator[None]:
+    """A device out of memory mid-candidate (after generation's own batch halving) becomes a
+    ``MemoryBudgetError`` naming what to change; finished evaluations are already stored."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise MemoryBudgetError(
+            f"{merger.device} ran out of memory during a candidate (merge tier {merger.tier}): {err}. "
+            "Every finished evaluation is stored. Lower the task's batch_size, or set merge.tier: host or disk "
+            "(or a smaller merge.memory_budget), then continue with `evomerge resume RUN_DIR`."
+        ) from err

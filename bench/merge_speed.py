@@ -13,8 +13,9 @@ For ties, dare_ties, task_arithmetic, linear and slerp it measures, in the same 
 - mergekit: ``merge_tensors`` on the same inputs. On the synthetic pool only the first
   ``--mergekit-tensors`` 4096x4096 tensors are merged by mergekit (a TIES candidate costs
   it ~6 s per tensor here) and ours is timed on those same tensors for the ratio;
-- precompute: the first merge of a run (task vectors, ranks, random keys) and the
-  resident memory it adds; peak RSS of the process at the end.
+- precompute: the first merge of a run (the cache of every model's tensors, the
+  magnitude histograms, the DARE level tables) and the resident memory it adds; peak
+  RSS of the process at the end. ``bench/scale.py`` measures the tiers at 0.5B in bf16.
 
 Usage: ``python bench/merge_speed.py [--mergekit-tensors 2] [--repeat 3] [--skip-synthetic]``.
 Ends with one JSON line.
@@ -38,8 +39,8 @@ from evomerge.demo import build_demo_family
 from evomerge.merge import Merger, Recipe
 from evomerge.merge.run import load_live_model
 
-#: ``:approx`` runs the method with ``Merger(exact=False)``: magnitude thresholds, no rank keys.
-METHODS = ("ties", "ties:approx", "dare_ties", "task_arithmetic", "linear", "slerp")
+#: ``:TIER`` runs the method with the cache in that tier (default: the one ``auto`` picks).
+METHODS = ("ties", "dare_ties", "task_arithmetic", "linear", "slerp")
 
 
 def rss_mb() -> float:
@@ -165,9 +166,9 @@ def run_pool(label: str, paths: list[Path], mergekit_tensors: int | None, repeat
     floors: list[float] = []
     copies: list[float] = []
     for label_method in methods:
-        method, _, mode = label_method.partition(":")
+        method, _, tier = label_method.partition(":")
         rec = recipe(method, base, endpoints)
-        merger = Merger.for_recipe(rec, exact=mode != "approx")
+        merger = Merger.for_recipe(rec, tier=tier or "auto")
         model = load_live_model(merger)
         names = merger.pool.tensor_names
         first, steady, added = time_ours(merger, model, rec, repeat)

@@ -200,7 +200,9 @@ def test_only_equal_magnitudes_at_the_cut_differ_from_stock_mergekit(tied_family
         differ += int(changed.sum())
         total += delta.numel()
     with capsys.disabled():
-        print(f"\nties density {density}: {differ / total:.3%} of entries differ from stock mergekit (equal at the cut)")
+        print(
+            f"\nties density {density}: {differ / total:.3%} of entries differ from stock mergekit (equal at the cut)"
+        )
 
 
 def test_a_magnitude_cut_keeps_exactly_the_stably_sorted_range():

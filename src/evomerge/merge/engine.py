@@ -258,8 +258,14 @@ class Merger:
         """``(offset, reference, task vectors of rows, out)`` per chunk, fp32; what the caller
         writes into ``out`` is copied into ``target`` (in its dtype) after each chunk."""
         scratch = self._chunk_buffer(len(rows) + 2)
-        flat = target.view(-1) if target is not None and target.is_contiguous() else None
-        direct = flat is not None and flat.dtype == torch.float32
+        flat = None
+        if target is not None:  # a non-contiguous parameter is assembled, then copied once
+            flat = (
+                target.view(-1)
+                if target.is_contiguous()
+                else torch.empty(target.numel(), dtype=target.dtype, device=target.device)
+            )
+        direct = flat is not None and flat.dtype == torch.float32 and flat.device == scratch.device
         numel, size = stack.shape[1], scratch.shape[1]
         for start in range(0, numel, size):
             stop = min(numel, start + size)
@@ -271,13 +277,12 @@ class Merger:
                 delta = scratch[i, :n]
                 torch.sub(stack[r, start:stop], reference, out=delta)
                 deltas.append(delta)
-            out = flat[start:stop] if direct else scratch[len(rows) + 1, :n]
+            out = flat[start:stop] if direct else scratch[len(rows) + 1, :n]  # type: ignore[index]
             yield start, reference, deltas, out
-            if target is not None and not direct:
-                if flat is not None:
-                    flat[start:stop].copy_(out)
-                else:  # a non-contiguous parameter: assemble, then copy once
-                    target.view(-1)[start:stop] = out
+            if flat is not None and not direct:
+                flat[start:stop].copy_(out)
+        if target is not None and flat is not None and not target.is_contiguous():
+            target.copy_(flat.view(target.shape))
 
     def _scan(self, stack: torch.Tensor, row: int) -> masks.Scan:
         """Chunks of one task vector, for the mask scans."""

@@ -129,6 +129,17 @@ def footprint(pool: ModelPool, device: torch.device) -> Footprint:
                      len(pool.models), chunk)  # fmt: skip
 
 
+def tier_needs(f: Footprint, *, on_gpu: bool, live: bool = True) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes each tier needs on the merge device, and in host RAM (``host`` on a GPU)."""
+    base = (f.live + EVAL_HEADROOM if live else 0) + f.work + f.tables
+    device_needs = {
+        "device": base + f.cache,
+        "host": base + (f.largest_stack if on_gpu else f.cache),  # a GPU stages one tensor's stack
+        "disk": base + f.largest_stack,
+    }
+    return device_needs, {"device": 0, "host": f.cache if on_gpu else 0, "disk": 0}
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """The tier a Merger uses, what each tier would need (bytes on the merge device, and in
@@ -167,14 +178,8 @@ def plan(
     if tier not in ("auto", *TIERS):
         raise MergeConfigError(f"unknown merge tier {tier!r}; use auto, device, host or disk")
     f = footprint(pool, device)
-    base = (f.live + EVAL_HEADROOM if live else 0) + f.work + f.tables
     on_gpu = device.type != "cpu"
-    device_needs = {
-        "device": base + f.cache,
-        "host": base + (f.largest_stack if on_gpu else f.cache),  # a GPU stages one tensor's stack
-        "disk": base + f.largest_stack,
-    }
-    host_needs = {"device": 0, "host": f.cache if on_gpu else 0, "disk": 0}
+    device_needs, host_needs = tier_needs(f, on_gpu=on_gpu, live=live)
     limit = available(device) if budget is None else parse_size(budget)
     host_limit = available_ram() if on_gpu else limit
     source = "merge.memory_budget" if budget is not None else f"free memory on {device}"

@@ -106,7 +106,11 @@ def _write_extras(tmp: Path, recipe: Recipe, merger: Merger) -> None:
     from transformers import AutoTokenizer
 
     config_yaml = recipe.to_yaml()
-    AutoTokenizer.from_pretrained(_tokenizer_source(recipe, merger)).save_pretrained(tmp)
+    source = _tokenizer_source(recipe, merger)
+    if any(source.glob("tokenizer*")) or (source / "vocab.json").exists():
+        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+    else:  # as mergekit-yaml does: a model without a tokenizer is saved without one
+        log.warning("%s has no tokenizer; the merged model is saved without one", source)
     (tmp / "mergekit_config.yml").write_text(config_yaml)
     (tmp / "README.md").write_text(model_card(config_yaml))
 

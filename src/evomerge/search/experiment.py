@@ -148,9 +148,7 @@ def _run(
     m = config.models
     base = m.base or m.endpoints[0]
     pool = ModelPool.open(base, [e for e in m.endpoints if e != base], allow_pickle=m.allow_pickle)
-    merger = Merger(
-        pool, device=config.output.device, tier=config.merge.tier, memory_budget=config.merge.memory_budget
-    )
+    merger = Merger(pool, device=config.output.device, tier=config.merge.tier, memory_budget=config.merge.memory_budget)
     model = load_live_model(merger)
     tokenizer = AutoTokenizer.from_pretrained(pool.base.path)
     for objective in objectives:

@@ -1,0 +1,198 @@
+"""The merge engine's memory model: tiers give bit-identical candidates, ``auto`` picks as
+documented under a budget, an impossible budget fails before any tensor is read, and a
+merge streamed to disk equals the in-memory one. Real checkpoints throughout: the demo
+family (fp32 Llama), the random GPT-2 family, and a bf16 copy of the demo family."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from evomerge.errors import MemoryBudgetError, MergeConfigError
+from evomerge.merge import Merger, Recipe, merge_config
+from evomerge.merge.memory import EVAL_HEADROOM, parse_size, plan
+from evomerge.merge.run import load_live_model
+from evomerge.models import Checkpoint, ModelPool
+from evomerge.models.save import SafetensorsStream
+
+W3 = [0.7, -0.4, 1.2]
+CASES = [
+    ("task_arithmetic", [{"weight": w} for w in W3], {}),
+    ("ties", [{"weight": w, "density": d} for w, d in zip(W3, (0.1, 0.5, 0.9), strict=True)], {"rescale": True}),
+    ("breadcrumbs_ties", [{"weight": w, "density": 0.4, "gamma": 0.05} for w in W3], {}),
+    ("dare_ties", [{"weight": w, "density": 0.4} for w in W3], {}),
+    ("della", [{"weight": w, "density": 0.5, "epsilon": 0.1} for w in W3], {}),
+    ("slerp", [{}], {"t": 0.3}),
+    ("model_stock", [{}, {}], {}),
+]
+
+
+@pytest.fixture(scope="module")
+def bf16_family(tmp_path_factory, demo_family) -> Path:
+    """The demo family saved in bf16: task vectors with few distinct magnitudes."""
+    root = tmp_path_factory.mktemp("bf16")
+    for name in ("base", "add", "greek", "cyrillic"):
+        shutil.copytree(demo_family / "models" / name, root / name)
+        file = root / name / "model.safetensors"
+        save_file({k: v.to(torch.bfloat16) for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
+        config = json.loads((root / name / "config.json").read_text())
+        config["dtype"] = "bfloat16"
+        (root / name / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def _models(family: str, demo_family: Path, gpt2_family: Path, bf16_family: Path) -> tuple[Path, list[str]]:
+    if family == "demo":
+        return demo_family / "models", ["add", "greek", "cyrillic"]
+    if family == "bf16":
+        return bf16_family, ["add", "greek", "cyrillic"]
+    return gpt2_family / "models", ["a", "b", "c"]
+
+
+def _recipe(root: Path, endpoints: list[str], method: str, per_model: list[dict], params: dict) -> Recipe:
+    return Recipe.from_mergekit(
+        {
+            "merge_method": method,
+            "base_model": str(root / "base"),
+            "models": [{"model": str(root / e), "parameters": p} for e, p in zip(endpoints, per_model, strict=False)],
+            "parameters": params,
+            "evomerge": {"seed": 5},
+        }
+    )
+
+
+@pytest.mark.parametrize("family", ["demo", "gpt2", "bf16"])
+def test_every_tier_gives_the_device_tiers_candidates_bit_for_bit(family, demo_family, gpt2_family, bf16_family):
+    root, endpoints = _models(family, demo_family, gpt2_family, bf16_family)
+    first = _recipe(root, endpoints, "ties", [{"weight": 1.0}] * 3, {})
+    mergers = {tier: Merger.for_recipe(first, tier=tier) for tier in ("device", "host", "disk")}
+    assert {t: m.tier for t, m in mergers.items()} == {"device": "device", "host": "host", "disk": "disk"}
+    live = {t: load_live_model(m) for t, m in mergers.items()}
+    for method, per_model, params in CASES:
+        rec = _recipe(root, endpoints, method, per_model, params)
+        states = {}
+        for tier, merger in mergers.items():
+            merger.merge_into(live[tier], rec)
+            states[tier] = {n: p.detach().clone() for n, p in live[tier].state_dict().items()}
+        base = Checkpoint.open(root / "base")
+        changed = sum(
+            not torch.equal(states["device"][n], base.tensor(n).to(states["device"][n].dtype))
+            for n in base.tensor_names
+        )
+        assert changed > 0, method  # the merge did something
+        for tier in ("host", "disk"):
+            for name, tensor in states["device"].items():
+                assert torch.equal(states[tier][name], tensor), (method, tier, name)
+    assert mergers["device"].cache._stacks and not mergers["disk"].cache._stacks  # disk keeps no stacks
+    stack = next(iter(mergers["device"].cache._stacks.values()))
+    assert stack.dtype == (torch.bfloat16 if family == "bf16" else torch.float32)  # the checkpoints' own dtype
+
+
+def test_auto_takes_the_fastest_tier_that_fits_the_budget(demo_family):
+    pool = ModelPool.open(demo_family / "models" / "base", [demo_family / "models" / e for e in ("add", "greek")])
+    cpu = torch.device("cpu")
+    needs = plan(pool, cpu, tier="device", budget=10**12).device_needs
+    f = plan(pool, cpu, budget=10**12).footprint
+    # what each tier holds, from the checkpoints' headers (the demo family is fp32)
+    assert f.cache == 3 * 4 * sum(pool.base.numel(n) for n in pool.tensor_names)
+    assert needs["device"] - needs["disk"] == f.cache - f.largest_stack
+    assert needs["disk"] == f.live + EVAL_HEADROOM + f.work + f.tables + f.largest_stack
+    assert plan(pool, cpu, budget=needs["device"]).tier == "device"
+    chosen = plan(pool, cpu, budget=needs["device"] - 1)
+    assert chosen.tier == "disk" and "device needs" in chosen.reason
+    assert plan(pool, cpu, budget=needs["disk"]).tier == "disk"
+    with pytest.raises(MemoryBudgetError, match=r"even the disk tier needs .* merge.memory_budget"):
+        plan(pool, cpu, budget=needs["disk"] - 1)
+    with pytest.raises(MemoryBudgetError, match="merge tier device needs"):
+        plan(pool, cpu, tier="device", budget=needs["device"] - 1)
+    # a one-off merge streamed to disk plans no live model and no evaluation headroom
+    streamed = plan(pool, cpu, tier="disk", budget=10**12, live=False).device_needs["disk"]
+    assert streamed == needs["disk"] - f.live - EVAL_HEADROOM
+
+
+def test_an_impossible_budget_fails_before_any_tensor_is_read(demo_family, monkeypatch):
+    def read(*args, **kwargs):
+        raise AssertionError("a tensor was read before the budget was checked")
+
+    monkeypatch.setattr(Checkpoint, "read", read)
+    monkeypatch.setattr(Checkpoint, "tensor", read)
+    rec = _recipe(demo_family / "models", ["add"], "ties", [{"weight": 1.0, "density": 0.5}], {})
+    with pytest.raises(MemoryBudgetError, match="does not fit"):
+        Merger.for_recipe(rec, memory_budget="1MB")
+
+
+def test_a_run_over_its_budget_exits_2_with_the_numbers(demo_family, tmp_path):
+    cmd = [sys.executable, "-m", "evomerge", "run", "examples/demo.yaml", "--run-dir", str(tmp_path / "run")]
+    done = subprocess.run(
+        [*cmd, "--set", "merge.memory_budget=20MB", "--no-progress"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "does not fit" in done.stdout and "GiB" in done.stdout and "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("24GB", 24 * 10**9), ("80GiB", 80 * 2**30), ("512 MiB", 2**29), (1000, 1000)]
+)
+def test_memory_sizes_are_read_with_their_units(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["24 parsecs", "-3GB", "", 0])
+def test_a_bad_memory_size_is_refused(bad):
+    with pytest.raises(MergeConfigError, match="memory size"):
+        parse_size(bad)
+
+
+def test_checkpoint_read_copies_the_tensor_without_mapping_it(demo_family):
+    ckpt = Checkpoint.open(demo_family / "models" / "greek")
+    for name in ckpt.tensor_names:
+        read = ckpt.read(name)
+        assert torch.equal(read, ckpt.tensor(name)) and read.dtype == ckpt.dtype(name)
+    out = torch.empty(ckpt.numel(name), dtype=ckpt.dtype(name))
+    assert torch.equal(ckpt.read(name, out=out).reshape(-1), ckpt.tensor(name).reshape(-1))
+
+
+def test_a_streamed_checkpoint_in_shards_loads_as_the_live_merge(demo_family, tmp_path):
+    """SafetensorsStream in several shards, with an index: from_pretrained reads it back."""
+    root = demo_family / "models"
+    rec = _recipe(root, ["add", "greek"], "ties", [{"weight": 0.8, "density": 0.4}] * 2, {})
+    merger = Merger.for_recipe(rec)
+    live = load_live_model(merger)
+    merger.merge_into(live, rec)
+    state = {n: live.state_dict()[n] for n in merger.pool.tensor_names}
+    shutil.copy(root / "base" / "config.json", tmp_path)
+    stream = SafetensorsStream(
+        tmp_path, [(n, tuple(t.shape), t.dtype) for n, t in state.items()], max_shard_bytes=2**20
+    )
+    for name in reversed(list(state)):  # any order
+        stream.write(name, state[name])
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1 and (tmp_path / "model.safetensors.index.json").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).state_dict()
+    for name, tensor in state.items():
+        assert torch.equal(loaded[name], tensor), name
+
+
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "dare_linear"])
+def test_evomerge_merge_streams_what_the_live_merge_holds(bf16_family, tmp_path, method):
+    """The one-off merge (disk tier, written tensor by tensor) equals a live model's merge,
+    in the checkpoints' dtype when the config names none."""
+    per_model = [{"weight": 0.6, "density": 0.5}, {"weight": 0.9, "density": 0.3}]
+    rec = _recipe(bf16_family, ["add", "greek"], method, per_model, {})
+    out = merge_config(rec, tmp_path / "out")
+    merger = Merger.for_recipe(rec)
+    live = load_live_model(merger)
+    merger.merge_into(live, rec)
+    written = load_file(out / "model.safetensors")
+    assert set(written) == set(merger.pool.tensor_names)
+    for name, tensor in written.items():
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, live.state_dict()[name]), name
+    assert yaml.safe_load((out / "mergekit_config.yml").read_text())["merge_method"] == method

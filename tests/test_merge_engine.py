@@ -206,7 +206,7 @@ def test_only_equal_magnitudes_at_the_cut_differ_from_stock_mergekit(tied_family
 
 
 def test_a_magnitude_cut_keeps_exactly_the_stably_sorted_range():
-    """``masks.magnitude_cut`` against the mask it stands for (a stable sort's range), on
+    """``masks.magnitude_cuts`` against the mask it stands for (a stable sort's range), on
     vectors with many equal magnitudes, scanned in chunks; and the L1 norm it keeps."""
     from evomerge.merge import masks
 
@@ -219,14 +219,13 @@ def test_a_magnitude_cut_keeps_exactly_the_stably_sorted_range():
         histogram = np.zeros(masks.BUCKETS, np.int64)
         masks.magnitude_histogram(delta, histogram)
 
-        def scan(delta=delta):
-            return ((s, delta[s : s + 97]) for s in range(0, delta.numel(), 97))
+        def sweep(delta=delta):
+            return ((s, [delta[s : s + 97]]) for s in range(0, delta.numel(), 97))
 
         magnitude = delta.abs()
         for method in ("magnitude", "magnitude_outliers"):
             for density in (0.05, 0.3, 0.5, 0.9):
-                lo, hi, ties = masks.magnitude_cut(method, density, 0.1, n, histogram, scan)
-                cuts = masks.Cuts(np.array([lo], np.float32), np.array([hi], np.float32), np.array([ties]))
+                cuts = masks.magnitude_cuts(method, [density], [0.1], n, [histogram], sweep)
                 if method == "magnitude":
                     keep = torch.argsort(magnitude, descending=True, stable=True)[: max(1, int(density * n))]
                 else:
@@ -236,7 +235,7 @@ def test_a_magnitude_cut_keeps_exactly_the_stably_sorted_range():
                 expected = torch.zeros(n, dtype=torch.bool)
                 expected[keep] = True
                 assert torch.equal(cuts.mask(0, delta, 0), expected), (trial, method, density)
-                kept_l1 = sum(masks.cut_l1(cuts, 0, chunk, start) for start, chunk in scan())
+                kept_l1 = sum(masks.cut_l1(cuts, 0, chunk, start) for start, (chunk,) in sweep())
                 assert kept_l1 == pytest.approx(float(magnitude[expected].double().sum()), rel=1e-6, abs=1e-9)
 
 

@@ -196,3 +196,27 @@ def test_evomerge_merge_streams_what_the_live_merge_holds(bf16_family, tmp_path,
     for name, tensor in written.items():
         assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, live.state_dict()[name]), name
     assert yaml.safe_load((out / "mergekit_config.yml").read_text())["merge_method"] == method
+
+
+def test_the_torch_scans_for_gpus_find_the_compiled_ones_masks(demo_family, bf16_family, monkeypatch):
+    """The mask scans a GPU runs (torch: bincount, nonzero, int64 hashing) against the
+    compiled CPU ones, here on the CPU: the same cuts, levels and L1 tables, so the same merge."""
+    from evomerge.merge import masks
+
+    root, endpoints = bf16_family, ["add", "greek", "cyrillic"]
+    cases = [
+        ("ties", [{"weight": w, "density": d} for w, d in zip(W3, (0.1, 0.5, 0.9), strict=True)], {"rescale": True}),
+        ("breadcrumbs", [{"weight": w, "density": 0.4, "gamma": 0.05} for w in W3], {"rescale": True}),
+        ("dare_ties", [{"weight": w, "density": 0.4} for w in W3], {}),
+    ]
+    results = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(masks, "COMPILED_SCANS", compiled)
+        merger = Merger.for_recipe(_recipe(root, endpoints, "ties", [{"weight": 1.0}] * 3, {}), fused=False)
+        live = load_live_model(merger)
+        for method, per_model, params in cases:
+            merger.merge_into(live, _recipe(root, endpoints, method, per_model, params))
+            results[(compiled, method)] = {n: p.detach().clone() for n, p in live.state_dict().items()}
+    for method, _, _ in cases:
+        for name, tensor in results[(True, method)].items():
+            assert torch.equal(results[(False, method)][name], tensor), (method, name)

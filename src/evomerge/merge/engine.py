@@ -284,14 +284,14 @@ class Merger:
         if target is not None and flat is not None and not target.is_contiguous():
             target.copy_(flat.view(target.shape))
 
-    def _scan(self, stack: torch.Tensor, row: int) -> masks.Scan:
-        """Chunks of one task vector, for the mask scans."""
+    def _sweep(self, stack: torch.Tensor, rows: list[int]) -> masks.Sweep:
+        """Chunks of the task vectors of ``rows``, for the mask scans and L1 norms."""
 
-        def scan() -> Iterator[tuple[int, torch.Tensor]]:
-            for start, _, (delta,), _ in self._chunks(stack, [row]):
-                yield start, delta
+        def sweep() -> Iterator[tuple[int, list[torch.Tensor]]]:
+            for start, _, deltas, _ in self._chunks(stack, rows):
+                yield start, deltas
 
-        return scan
+        return sweep
 
     # -- once-per-run tables -------------------------------------------------------------
 
@@ -317,7 +317,7 @@ class Merger:
             for k in stale:  # one seed's tables at a time
                 del self.cache.tables[k]
             table = np.zeros(masks.LEVELS, np.float64)
-            for start, delta in self._scan(stack, row)():
+            for start, (delta,) in self._sweep(stack, [row])():
                 masks.level_l1(table, delta, seed, start)
             self.cache.tables[key] = np.cumsum(table)
         return self.cache.tables[key]  # type: ignore[return-value]
@@ -373,12 +373,9 @@ class Merger:
 
     def _magnitude_cuts(self, name, stack, method, rows, densities, entries, per_input) -> Cuts:  # type: ignore[no-untyped-def]
         histograms, _ = self._stats(name, stack)
-        cuts = Cuts.keep_all(len(rows))
-        for i, (r, d, n) in enumerate(zip(rows, densities, entries, strict=True)):
-            gamma = float(per_input[n].get("gamma", 0.0))
-            lo, hi, ties = masks.magnitude_cut(method, d, gamma, stack.shape[1], histograms[r], self._scan(stack, r))
-            cuts.lo[i], cuts.hi[i], cuts.ties[i] = lo, hi, ties
-        return cuts
+        gammas = [float(per_input[n].get("gamma", 0.0)) for n in entries]
+        mine = [histograms[r] for r in rows]
+        return masks.magnitude_cuts(method, densities, gammas, stack.shape[1], mine, self._sweep(stack, rows))
 
     def _rescale(self, name: str, stack: torch.Tensor, cuts: Cuts, rows: list[int], densities: list[float]) -> list:
         """mergekit's L1 rescale: a masked task vector keeps the L1 norm of the whole one."""
@@ -392,7 +389,7 @@ class Merger:
                 stop = int(cuts.hi[i])
                 after = float(self._level_table(name, stack, r, int(cuts.seeds[i]))[stop - 1]) if stop > 0 else 0.0
             else:
-                after = sum(masks.cut_l1(cuts, i, delta, start) for start, delta in self._scan(stack, r)())
+                after = sum(masks.cut_l1(cuts, i, delta, start) for start, (delta,) in self._sweep(stack, [r])())
             before = l1[r]
             factors.append(1.0 if before < 1e-7 or after < 1e-7 else float(np.float32(before) / np.float32(after)))
         return factors

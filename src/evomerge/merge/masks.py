@@ -15,6 +15,8 @@ tensor and endpoint):
 3. a scan finds the entry of that magnitude at the wanted rank, counting by index
    (stopping there).
 
+The two scans serve every endpoint (and both ends of a breadcrumbs cut) at once.
+
 So a mask keeps exactly ``k`` entries, the ``k`` of largest magnitude as in mergekit.
 Among entries of equal magnitude at the cut, the lower index is kept first. mergekit
 inherits the order of equal magnitudes from torch's unstable sort, which is
@@ -50,8 +52,12 @@ BUCKETS = 2**15  # magnitude histogram buckets: the top 16 bits of a non-negativ
 _M32 = 0xFFFFFFFF
 _K0, _K1, _K2 = 0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35
 
-#: ``scan()`` yields ``(offset, fp32 chunk)`` over one task vector, in index order
-Scan = Callable[[], Iterator[tuple[int, torch.Tensor]]]
+#: CPU tensors are scanned by the compiled kernels (``fused.py``); the torch versions serve
+#: other devices (tests switch this off to run those on the CPU).
+COMPILED_SCANS = True
+
+#: ``sweep()`` yields ``(offset, fp32 chunks of every task vector)``, in index order
+Sweep = Callable[[], Iterator[tuple[int, list[torch.Tensor]]]]
 
 
 @dataclass
@@ -91,9 +97,13 @@ class Cuts:
         return ((m > lo) | ((m == lo) & (j >= a) & (j <= b))) & ((m < hi) | ((m == hi) & (j >= c) & (j <= d)))
 
 
+def _compiled(t: torch.Tensor) -> bool:
+    return COMPILED_SCANS and t.device.type == "cpu"
+
+
 def magnitude_histogram(delta: torch.Tensor, counts: np.ndarray) -> None:
     """Add one chunk to a task vector's histogram of magnitude buckets."""
-    if delta.device.type == "cpu":
+    if _compiled(delta):
         fused.magnitude_histogram(delta.numpy(), counts)
     else:
         bits = (delta.view(torch.int32) & 0x7FFFFFFF) >> 16
@@ -101,7 +111,7 @@ def magnitude_histogram(delta: torch.Tensor, counts: np.ndarray) -> None:
 
 
 def _bucket_histogram(delta: torch.Tensor, bucket: int, counts: np.ndarray) -> None:
-    if delta.device.type == "cpu":
+    if _compiled(delta):
         fused.bucket_histogram(delta.numpy(), bucket, counts)
     else:
         bits = delta.view(torch.int32) & 0x7FFFFFFF
@@ -109,7 +119,7 @@ def _bucket_histogram(delta: torch.Tensor, bucket: int, counts: np.ndarray) -> N
 
 
 def _find_equal(delta: torch.Tensor, value_bits: int, nth: int) -> tuple[int, int]:
-    if delta.device.type == "cpu":
+    if _compiled(delta):
         return fused.find_equal(delta.numpy(), np.uint32(value_bits), nth)
     at = torch.nonzero((delta.view(torch.int32) & 0x7FFFFFFF) == value_bits).view(-1)
     return (int(at[nth]), nth) if nth < at.numel() else (-1, at.numel())
@@ -123,43 +133,73 @@ def _pick(counts: np.ndarray, rank: int, descending: bool) -> tuple[int, int]:
     return (len(counts) - 1 - k if descending else k), (int(total[k - 1]) if k else 0)
 
 
-def select(histogram: np.ndarray, rank: int, descending: bool, scan: Scan) -> tuple[float, int]:
-    """``(magnitude, index)`` of the entry at ``rank`` when entries are ordered by magnitude
-    (decreasing or increasing), equal magnitudes by index."""
-    bucket, before = _pick(histogram, rank, descending)
-    low = np.zeros(1 << 16, np.int64)
-    for _, chunk in scan():
-        _bucket_histogram(chunk, bucket, low)
-    bits, inside = _pick(low, rank - before, descending)
-    value_bits = (bucket << 16) | bits
-    nth = rank - before - inside
-    for offset, chunk in scan():
-        found, seen = _find_equal(chunk, value_bits, nth)
-        if found >= 0:
-            return float(np.array([value_bits], np.uint32).view(np.float32)[0]), offset + found
-        nth -= seen
-    raise AssertionError("the histogram and the scans disagree")  # pragma: no cover
+def select(histograms: list[np.ndarray], wanted: list[tuple[int, int, bool]], sweep: Sweep) -> list[tuple[float, int]]:
+    """``(magnitude, index)`` of the entry at each wanted ``(vector, rank, descending)``, entries
+    ordered by magnitude (decreasing or increasing), equal magnitudes by index. Two sweeps
+    over the task vectors serve every request, whatever their number."""
+    buckets = [_pick(histograms[v], rank, down) for v, rank, down in wanted]
+    low = [np.zeros(1 << 16, np.int64) for _ in wanted]
+    for _, deltas in sweep():
+        for (v, _, _), (bucket, _), counts in zip(wanted, buckets, low, strict=True):
+            _bucket_histogram(deltas[v], bucket, counts)
+    targets, nth = [], []
+    for (_, rank, down), (bucket, before), counts in zip(wanted, buckets, low, strict=True):
+        bits, inside = _pick(counts, rank - before, down)
+        targets.append((bucket << 16) | bits)
+        nth.append(rank - before - inside)
+    found: list[tuple[float, int] | None] = [None] * len(wanted)
+    for offset, deltas in sweep():
+        for k, (v, _, _) in enumerate(wanted):
+            if found[k] is None:
+                at, seen = _find_equal(deltas[v], targets[k], nth[k])
+                if at >= 0:
+                    found[k] = (float(np.array([targets[k]], np.uint32).view(np.float32)[0]), offset + at)
+                else:
+                    nth[k] -= seen
+        if all(f is not None for f in found):
+            break
+    if any(f is None for f in found):  # pragma: no cover
+        raise AssertionError("the histogram and the scans disagree")
+    return found  # type: ignore[return-value]
 
 
-def magnitude_cut(
-    kind: str, density: float, gamma: float, numel: int, histogram: np.ndarray, scan: Scan
-) -> tuple[float, float, tuple[int, int, int, int]]:
-    """``(lo, hi, ties)`` of what mergekit's ``sparsify(kind, density)`` keeps (see ``Cuts``)."""
-    inf, none = float(np.inf), (0, -1)
-    if density >= 1:
-        return -1.0, inf, (*none, *none)
-    if kind == "magnitude":
-        v, i = select(histogram, max(1, int(density * numel)) - 1, True, scan)
-        return v, inf, (0, i, *none)
-    if kind == "magnitude_outliers":
-        target = int(density * numel)
-        if target == 0:
-            return inf, inf, (*none, *none)
-        bottom = max(0, numel - target - int(gamma * numel))
-        v1, i1 = select(histogram, bottom, False, scan)
-        v2, i2 = select(histogram, bottom + target - 1, False, scan)
-        return v1, v2, (i1, numel, 0, i2)
-    raise ValueError(f"no magnitude cut for sparsification {kind!r}")
+def magnitude_cuts(
+    kind: str,
+    densities: list[float],
+    gammas: list[float],
+    numel: int,
+    histograms: list[np.ndarray],
+    sweep: Sweep,
+) -> Cuts:
+    """The cuts of what mergekit's ``sparsify(kind, density)`` keeps of each task vector
+    (``histograms[i]`` and ``sweep``'s ``deltas[i]`` are vector ``i``'s)."""
+    cuts = Cuts.keep_all(len(densities))
+    wanted: list[tuple[int, int, bool]] = []
+    for i, (density, gamma) in enumerate(zip(densities, gammas, strict=True)):
+        if density >= 1:
+            continue
+        if kind == "magnitude":
+            wanted.append((i, max(1, int(density * numel)) - 1, True))
+        elif kind == "magnitude_outliers":
+            target = int(density * numel)
+            if target == 0:
+                cuts.lo[i] = cuts.hi[i] = np.inf
+                continue
+            bottom = max(0, numel - target - int(gamma * numel))
+            wanted += [(i, bottom, False), (i, bottom + target - 1, False)]
+        else:
+            raise ValueError(f"no magnitude cut for sparsification {kind!r}")
+    positions = iter(select(histograms, wanted, sweep) if wanted else [])
+    for i, (density, _) in enumerate(zip(densities, gammas, strict=True)):
+        if density >= 1 or cuts.lo[i] == np.inf:
+            continue
+        v, at = next(positions)
+        if kind == "magnitude":  # the first k by decreasing magnitude
+            cuts.lo[i], cuts.ties[i] = v, (0, at, 0, -1)
+        else:  # ranks [bottom, bottom + k) by increasing magnitude
+            v2, at2 = next(positions)
+            cuts.lo[i], cuts.hi[i], cuts.ties[i] = v, v2, (at, numel, 0, at2)
+    return cuts
 
 
 def seed_of(seed: int, tensor: str, model: int) -> int:
@@ -186,7 +226,7 @@ def random_levels(j: torch.Tensor, seed: int) -> torch.Tensor:
 
 def level_l1(table: np.ndarray, delta: torch.Tensor, seed: int, offset: int) -> None:
     """Add one chunk to ``table[v] = sum |delta|`` over the entries of level ``v``."""
-    if delta.device.type == "cpu":
+    if _compiled(delta):
         fused.level_l1(delta.numpy(), np.uint64(seed), offset, table)
     else:
         j = torch.arange(offset, offset + delta.numel(), device=delta.device)
@@ -198,7 +238,7 @@ def level_l1(table: np.ndarray, delta: torch.Tensor, seed: int, offset: int) -> 
 
 def cut_l1(cuts: Cuts, i: int, delta: torch.Tensor, offset: int) -> float:
     """``sum |delta|`` over what magnitude cut ``i`` keeps in one chunk."""
-    if delta.device.type == "cpu":
+    if _compiled(delta):
         return float(fused.cut_l1(delta.numpy(), cuts.lo[i], cuts.hi[i], cuts.ties[i], offset))
     return float((delta.abs() * cuts.mask(i, delta, offset)).sum(dtype=torch.float64))
 

@@ -49,7 +49,25 @@ SHAPES = {
 
 
 def peak_rss() -> int:
+    """This process's peak RSS: VmHWM, which starts afresh at exec (``ru_maxrss`` does not: a
+    child's counts the RSS of the process it was forked from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+#: Runs a command and prints its peak RSS and seconds: a small interpreter in between, so the
+#: command is forked from a process of a few MB, not from this one (see ``peak_rss``).
+_LAUNCHER = (
+    "import os, subprocess, sys, time\n"
+    "t = time.perf_counter()\n"
+    "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)\n"
+    "out = p.stdout.read()\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "sys.stdout.buffer.write(out)\n"
+    "print('\\nMEASURED', os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024, time.perf_counter() - t)\n"
+)
 
 
 def build_family(root: Path, shape: str) -> Path:
@@ -133,16 +151,14 @@ def worker_tier(args: dict) -> dict:
     }
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
-    """(seconds, peak RSS of the child, its output) of one command."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+def run_measured(cmd: list[str]) -> tuple[float, int, str]:
+    """(seconds, peak RSS, output) of one command, run through ``_LAUNCHER``."""
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True, check=True)
+    out, _, last = done.stdout.rstrip().rpartition("\nMEASURED ")
+    code, peak, seconds = last.split()
+    if int(code) != 0:
         raise RuntimeError(f"{cmd[:3]} failed:\n{out[-3000:]}")
-    return seconds, usage.ru_maxrss * 1024, out
+    return float(seconds), int(peak), out
 
 
 def worker(spec: dict) -> dict:

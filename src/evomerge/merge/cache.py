@@ -9,7 +9,7 @@ bytes). A tier only decides where stacks are kept:
   the device as a candidate reaches each tensor, the next tensor's copy overlapping the
   current tensor's merge on a second CUDA stream;
 - ``disk``: read from the checkpoints for every candidate, with ``pread`` (no mapped
-  pages left resident), and freed after use.
+  pages left resident), into one buffer the size of the largest stack.
 
 Every tier checks each tensor for NaN/Inf once per run. Vocabulary-aligned embeddings
 (``models/vocab.py``) are stacked in fp32, as the alignment averages rows.
@@ -47,6 +47,17 @@ class TensorCache:
         self._checked: set[str] = set()
         self.tables: dict[tuple, object] = {}  # per-run values derived from stacks (see Merger)
         self._pin = tier == "host" and device.type == "cuda"
+        self._buffer: torch.Tensor | None = None  # the disk tier reads every stack into it
+
+    def _empty(self, rows: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """Room for a stack: in the disk tier a view of one reused buffer (no allocation, no
+        page faults per tensor; a stack is valid until the next one is read)."""
+        if self.tier != "disk":
+            return torch.empty((rows, numel), dtype=dtype)
+        nbytes = rows * numel * dtype.itemsize
+        if self._buffer is None or self._buffer.numel() < nbytes:
+            self._buffer = torch.empty(nbytes, dtype=torch.uint8)
+        return self._buffer[:nbytes].view(dtype).view(rows, numel)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """A merged tensor's shape: the base's, unless vocabulary alignment changes its rows."""
@@ -113,7 +124,7 @@ class TensorCache:
         dtype = dtypes[0]
         for d in dtypes[1:]:
             dtype = torch.promote_types(dtype, d)
-        stack = torch.empty((len(models), models[0].numel(name)), dtype=dtype)
+        stack = self._empty(len(models), models[0].numel(name), dtype)
         for row, (m, d) in enumerate(zip(models, dtypes, strict=True)):
             if d == dtype:
                 m.read(name, out=stack[row])

@@ -173,6 +173,7 @@ class Merger:
                 )
         for name, stack in self.cache.stream(names):
             self.merge_tensor(recipe, name, targets[name], stack)
+            del stack  # before the next is read: one stack at a time
         return model
 
     @torch.no_grad()
@@ -519,7 +520,7 @@ class Merger:
                 parameters.setdefault(key, {})[model] = value
         stack = self.cache.stack(name) if stack is None else stack
         shape = self.output_shape(name)
-        tensors = [stack[self._model(n)].view(shape).to(dtype or torch.float32) for n in inputs]
+        tensors = [stack[self._model(n)].view(shape).to(dtype or torch.float32, copy=True) for n in inputs]
         base_index = inputs.index(recipe.base_model) if recipe.base_model else None
         return tensors, {"parameters": parameters, "ids": inputs, "base_index": base_index}
 

@@ -140,6 +140,7 @@ def worker_tier(args: dict) -> dict:
     return {
         "tier": merger.tier,
         "method": args["method"],
+        "predicted": merger.plan.device_needs[merger.tier],
         "live_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "params": sum(p.numel() for p in model.parameters()),
         "load_s": round(load_s, 2),
@@ -214,7 +215,7 @@ def main() -> None:
             print(
                 f"{method:16s} {tier:6s} first {r['first_merge_s']:7.2f} s  per candidate {r['merge_s']:6.2f} s  "
                 f"({r['merge_s'] / r['copy_s']:.1f}x a copy of the live model, {r['copy_s']:.2f} s)  "
-                f"peak RSS {r['peak_rss'] / GiB:5.2f} GiB",
+                f"peak RSS {r['peak_rss'] / GiB:5.2f} GiB (planned {r['predicted'] / GiB:.2f})",
                 flush=True,
             )
     paths = []
@@ -240,6 +241,7 @@ def main() -> None:
             "vs_copy": round(r["merge_s"] / r["copy_s"], 2),
             "peak_gib": round(r["peak_rss"] / GiB, 2),
             "speedup_vs_mergenetic": round(p["mergenetic_s"] / r["merge_s"], 1),
+            "planned_gib": round(r["predicted"] / GiB, 2),  # the memory model's figure, headroom included
         }
     for p in paths:
         summary["one_off"][p["method"]] = {

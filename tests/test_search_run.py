@@ -192,6 +192,34 @@ def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished
     ]
 
 
+def test_a_gpu_out_of_memory_mid_run_stops_with_a_clear_error_and_resumes(finished, demo_family, tmp_path):
+    """A CUDA out-of-memory error in the 9th candidate (simulated: no GPU here; the error is
+    the one torch raises) stops the run with a MemoryBudgetError naming what to change; the
+    8 finished evaluations are stored, and resume gives the uninterrupted run."""
+    from evomerge.errors import MemoryBudgetError
+    from evomerge.search.problem import MergeProblem
+
+    measure, calls = MergeProblem.measure, []
+
+    def out_of_memory_once(self, model, tokenizer):
+        calls.append(1)
+        if len(calls) == 9:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return measure(self, model, tokenizer)
+
+    run_dir = tmp_path / "oom"
+    MergeProblem.measure = out_of_memory_once
+    try:
+        with pytest.raises(MemoryBudgetError, match=r"ran out of memory.*merge.tier.*evomerge resume"):
+            run_experiment(load_config(small_config(demo_family)), run_dir, progress=False)
+    finally:
+        MergeProblem.measure = measure
+    assert len(list(RunStore.in_dir(run_dir).evaluations())) == 8
+    resumed = resume_run(run_dir, progress=False)
+    assert resumed.evaluations == 18
+    assert csv_without_times(run_dir / "evaluations.csv") == csv_without_times(finished.run_dir / "evaluations.csv")
+
+
 def test_evolve_returns_the_winner_ready_to_use(demo_family, tmp_path):
     result = evomerge.evolve(
         ["demo:models/base", "demo:models/greek", "demo:models/cyrillic"],

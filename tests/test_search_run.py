@@ -168,6 +168,7 @@ def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert POP < killed_at < 2 * POP, f"killed after {killed_at} evaluations, not mid generation 1"
     assert not (run_dir / "results.json").exists()
+    assert f"process {proc.pid} " in (run_dir / ".lock").read_text()  # the killed holder: the kernel freed its lock
 
     out = subprocess.run(
         [sys.executable, "-m", "evomerge", "resume", str(run_dir), "--no-progress"],
@@ -190,6 +191,61 @@ def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished
     assert [(r["name"], r["recipe"], r["test"]) for r in resumed] == [
         (r["name"], r["recipe"], r["test"]) for r in uninterrupted
     ]
+
+
+def test_a_second_process_on_a_running_run_refuses_at_once(finished, demo_family, tmp_path):
+    """While `evomerge run` works on a run directory, a `resume` and a `run` of it refuse
+    within seconds (exit 2, naming the holder's PID); the first run finishes as if alone."""
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(small_config(demo_family)))
+    run_dir = tmp_path / "shared"
+    cli = [sys.executable, "-m", "evomerge"]
+    first = subprocess.Popen([*cli, "run", str(config), "--run-dir", str(run_dir), "--no-progress"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and first.poll() is None:
+            try:
+                if sqlite3.connect(run_dir / "run.sqlite").execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]:
+                    break
+            except sqlite3.OperationalError:  # not created yet
+                pass
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before a second could start"
+        for second in (["resume", str(run_dir)], ["run", str(config), "--run-dir", str(run_dir)]):
+            started = time.time()
+            out = subprocess.run([*cli, *second, "--no-progress"], capture_output=True, text=True, timeout=120)
+            assert out.returncode == 2 and time.time() - started < 60, out.stdout + out.stderr
+            assert f"in use by process {first.pid}" in out.stdout and "Traceback" not in out.stdout + out.stderr
+    finally:
+        first.wait(timeout=300)
+    assert first.returncode == 0
+    assert csv_without_times(run_dir / "evaluations.csv") == csv_without_times(finished.run_dir / "evaluations.csv")
+
+
+def test_a_run_that_fails_on_its_models_leaves_nothing_and_the_fixed_config_runs(demo_family, tmp_path):
+    """NaN weights are found at the first merge, after the run directory was made: it is
+    removed again, so the same command with the model fixed starts afresh."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from evomerge.errors import CheckpointError
+
+    broken = tmp_path / "greek-nan"
+    shutil.copytree(demo_family / "models" / "greek", broken)
+    state = load_file(broken / "model.safetensors")
+    state["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    config = small_config(demo_family)
+    config["models"]["endpoints"] = ["demo:models/add", str(broken)]
+    config["search"]["generations"] = 1
+    run_dir = tmp_path / "run"
+    with pytest.raises(CheckpointError, match=r"greek-nan: tensor 'model\.layers\.0\.mlp\.up_proj\.weight' holds 1 NaN"):
+        run_experiment(load_config(config), run_dir)
+    assert not run_dir.exists()
+    config["models"]["endpoints"] = ["demo:models/add", "demo:models/greek"]
+    assert run_experiment(load_config(config), run_dir).evaluations == POP
 
 
 def test_a_gpu_out_of_memory_mid_run_stops_with_a_clear_error_and_resumes(finished, demo_family, tmp_path):

@@ -28,6 +28,7 @@ from ..models.pool import ModelPool
 from .algorithms import make_algorithm
 from .executors import LocalExecutor
 from .heldout import candidates, run_tests, write_results
+from .lock import LOCK_FILE, run_lock
 from .loop import Searcher, Termination, winners
 from .objectives import Objective, task_objectives
 from .problem import MergeProblem
@@ -88,12 +89,20 @@ def run_experiment(
     objectives = list(objectives) if objectives is not None else task_objectives(config)
     if not objectives:
         raise ConfigError("tasks: give at least one task (each task is an objective)")
-    store = RunStore.in_dir(run_dir)
-    try:
-        _check_store(store, run_dir, config, objectives, resume)
-        return _run(config, run_dir, store, objectives, progress, search)
-    finally:
-        store.close()
+    fresh = not (run_dir / RunStore.FILE).exists()
+    merger = _open_models(config)  # before the run directory exists: a model or memory error leaves nothing
+    with run_lock(run_dir):
+        store = RunStore.in_dir(run_dir)
+        try:
+            _check_store(store, run_dir, config, objectives, resume)
+            return _run(config, run_dir, store, objectives, progress, search, merger)
+        except EvomergeError:  # bad models or data: a fresh run leaves nothing behind
+            if fresh and not resume:
+                store.close()
+                _remove_if_empty(run_dir)
+            raise
+        finally:
+            store.close()
 
 
 def resume_run(run_dir: Path | str, *, progress: bool = False, search: bool = True) -> RunResult:
@@ -135,6 +144,33 @@ def _check_store(
         raise ResumeError(f"the run's objectives were {store.get('objectives')}, now {names}")
 
 
+def _open_models(config: ExperimentConfig) -> Merger:
+    """The pool, checked, and the merger's memory plan: all from the checkpoints' headers."""
+    m = config.models
+    base = m.base or m.endpoints[0]
+    pool = ModelPool.open(base, [e for e in m.endpoints if e != base], allow_pickle=m.allow_pickle)
+    return Merger(pool, device=config.output.device, tier=config.merge.tier, memory_budget=config.merge.memory_budget)
+
+
+#: What a run writes into its directory before its first evaluation
+_FIRST_FILES = ("config.yaml", RunStore.FILE, RunStore.FILE + "-wal", RunStore.FILE + "-shm", LOCK_FILE)
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A new run that failed before its first evaluation leaves nothing behind, so the same
+    command with the config fixed starts afresh (files the run did not write are kept)."""
+    store = RunStore.in_dir(run_dir)
+    try:
+        if next(iter(store.evaluations()), None) is not None:
+            return
+    finally:
+        store.close()
+    for name in [*_FIRST_FILES, *(p.name for p in run_dir.glob("respondents-*.json"))]:
+        (run_dir / name).unlink(missing_ok=True)
+    if not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def _run(
     config: ExperimentConfig,
     run_dir: Path,
@@ -142,13 +178,12 @@ def _run(
     objectives: list[Objective],
     progress: bool,
     search: bool,
+    merger: Merger,
 ) -> RunResult:
     from transformers import AutoTokenizer
 
     m = config.models
-    base = m.base or m.endpoints[0]
-    pool = ModelPool.open(base, [e for e in m.endpoints if e != base], allow_pickle=m.allow_pickle)
-    merger = Merger(pool, device=config.output.device, tier=config.merge.tier, memory_budget=config.merge.memory_budget)
+    pool = merger.pool
     model = load_live_model(merger)
     tokenizer = AutoTokenizer.from_pretrained(pool.base.path)
     for objective in objectives:

@@ -4,6 +4,8 @@ demo family (Llama) and a random-weight GPT-2 family built here (tied embeddings
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -245,3 +247,46 @@ def test_dtype_bfloat16_computes_in_bf16_as_mergekit_yaml_does(method, demo_fami
     assert all(t.dtype == torch.bfloat16 for t in a.values())
     assert differ == 0
     assert rounded > 0  # the dtype matters: computing in fp32 would not rebuild the same model
+
+
+@pytest.fixture(scope="module")
+def pickled_model(tmp_path_factory, demo_family) -> Path:
+    """The `add` model with pickled weights only: a .bin shard behind a safetensors-style index."""
+    out = tmp_path_factory.mktemp("pickled") / "add_bin"
+    shutil.copytree(demo_family / "models" / "add", out)
+    state = load_file(out / "model.safetensors")
+    (out / "model.safetensors").unlink()
+    torch.save(state, out / "pytorch_model-00001-of-00001.bin")
+    index = {"metadata": {}, "weight_map": dict.fromkeys(state, "pytorch_model-00001-of-00001.bin")}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    return out
+
+
+def test_an_index_of_pickled_shards_needs_the_opt_in(pickled_model):
+    from evomerge.errors import CheckpointError
+    from evomerge.models import Checkpoint
+
+    with pytest.raises(CheckpointError, match=r"points at pickled shards \(pytorch_model-00001-of-00001.bin\)"):
+        Checkpoint.open(pickled_model)
+    ckpt = Checkpoint.open(pickled_model, allow_pickle=True)
+    assert torch.equal(ckpt.read("lm_head.weight"), ckpt.tensor("lm_head.weight"))
+
+
+def test_a_slices_config_over_pickled_models_needs_the_opt_in(pickled_model, demo_family, tmp_path):
+    from evomerge.errors import CheckpointError
+
+    config = {
+        "merge_method": "passthrough",
+        "slices": [
+            {"sources": [{"model": str(demo_family / "models" / "greek"), "layer_range": [0, 1]}]},
+            {"sources": [{"model": str(pickled_model), "layer_range": [1, 2]}]},
+        ],
+        "dtype": "float32",
+    }
+    path = write_config(tmp_path / "s.yml", config)
+    with pytest.raises(CheckpointError, match="pickled shards"):
+        merge_config(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    cmd = [sys.executable, "-m", "evomerge", "merge", str(path), "--out", str(tmp_path / "out")]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "allow_pickle" in refused.stdout and "Traceback" not in refused.stderr

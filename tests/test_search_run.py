@@ -241,7 +241,8 @@ def test_a_run_that_fails_on_its_models_leaves_nothing_and_the_fixed_config_runs
     config["models"]["endpoints"] = ["demo:models/add", str(broken)]
     config["search"]["generations"] = 1
     run_dir = tmp_path / "run"
-    with pytest.raises(CheckpointError, match=r"greek-nan: tensor 'model\.layers\.0\.mlp\.up_proj\.weight' holds 1 NaN"):
+    nan = r"greek-nan: tensor 'model\.layers\.0\.mlp\.up_proj\.weight' holds 1 NaN"
+    with pytest.raises(CheckpointError, match=nan):
         run_experiment(load_config(config), run_dir)
     assert not run_dir.exists()
     config["models"]["endpoints"] = ["demo:models/add", "demo:models/greek"]
@@ -393,3 +394,22 @@ def test_the_report_is_self_contained_with_the_test_table_and_figures(finished):
         assert (finished.run_dir / png).stat().st_size > 5000
     results = json.loads((finished.run_dir / "results.json").read_text())
     assert all(r["search_estimate"] is not None for r in results["rows"])  # baselines are estimated too
+
+
+def test_task_names_are_not_paths_and_any_text_draws(demo_family, tmp_path):
+    """A name that would leave the run directory is refused by the config (exit 2, nothing
+    written); a name with "$" (matplotlib's math marker) runs and its report is drawn."""
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(small_config(demo_family)))
+    out = subprocess.run(
+        [sys.executable, "-m", "evomerge", "run", str(config), "--run-dir", str(tmp_path / "r"),
+         "--set", "tasks.0.name=/../../x/pwned"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "may not contain /" in out.stdout and "Traceback" not in out.stdout + out.stderr
+    assert not (tmp_path / "r").exists() and not list(tmp_path.parent.rglob("pwned*"))
+    dollars = small_config(demo_family, generations=1)
+    dollars["tasks"][0]["name"] = "mix $5 $"
+    result = run_experiment(load_config(dollars), tmp_path / "d")
+    assert (result.run_dir / "respondents-mix $5 $.json").exists()
+    assert "mix $5 $" in (result.run_dir / "report.html").read_text() and (result.run_dir / "fitness.png").exists()

@@ -113,6 +113,17 @@ class TaskConfig(_Section):
     seed: int = Field(0, description="Seeds the split of data into search and test.")
     fitness: FitnessConfig | None = Field(None, description="This objective's estimator; default: the fitness section.")
 
+    @field_validator("name")
+    @classmethod
+    def _not_a_path(cls, name: str) -> str:
+        """A task's name names files in the run directory (its respondents' scores)."""
+        if not re.fullmatch(r"[^/\\\x00-\x1f]+", name) or name.startswith(".") or name.strip() != name:
+            raise ValueError(
+                f"{name!r}: a task name names files in the run directory, so it may not contain / or \\, "
+                "control characters, start with '.', or begin or end with a space; e.g. gsm8k-ja"
+            )
+        return name
+
     @model_validator(mode="after")
     def _one_source(self) -> TaskConfig:
         given = [self.data is not None, self.search is not None or self.test is not None, self.lm_eval is not None]

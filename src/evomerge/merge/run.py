@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import MergeConfigError
-from ..models.checkpoint import resolve
+from ..models.checkpoint import Checkpoint, resolve
 from ..models.save import SafetensorsStream, model_card, write_atomically
 from .engine import Merger, _dtype
 from .recipe import Recipe, parse_yaml
@@ -144,6 +144,8 @@ def _mergekit_run(raw: dict[str, Any], out: str | Path, *, force: bool, allow_pi
         config = MergeConfiguration.model_validate(raw)
     except Exception as err:  # pydantic's ValidationError and mergekit's RuntimeErrors
         raise MergeConfigError(f"invalid mergekit config: {err}") from err
+    for model in {str(m.model.path) for m in config.referenced_models()}:
+        Checkpoint.open(model, allow_pickle=allow_pickle)  # refuses pickle-only models without the opt-in
     options = MergeOptions(device=device, lazy_unpickle=allow_pickle, quiet=True)
     log.info("slices/modules config: running mergekit's run_merge")
     return write_atomically(out, lambda tmp: run_merge(config, str(tmp), options), force=force)

@@ -79,7 +79,15 @@ class Checkpoint:
         index = self.path / "model.safetensors.index.json"
         if index.exists():
             weight_map = json.loads(index.read_text())["weight_map"]
-            return {name: self.path / file for name, file in weight_map.items()}
+            files = {name: self.path / file for name, file in weight_map.items()}
+            pickled = sorted({f.name for f in files.values() if f.suffix != ".safetensors"})
+            if pickled and not allow_pickle:
+                raise CheckpointError(
+                    f"{self.name}: {index.name} points at pickled shards ({pickled[0]}); loading them can run "
+                    "arbitrary code. Convert the model to .safetensors, or opt in with allow_pickle=True "
+                    "(--allow-pickle) if you trust its source."
+                )
+            return files
         shards = sorted(self.path.glob("*.safetensors"))
         if shards:
             files: dict[str, Path] = {}

@@ -39,12 +39,15 @@ def write_report(run_dir: Path | str) -> Path:
     finally:
         store.close()
     front = winners(rows, maximize)
-    figures = {
-        "Fitness per generation": plots.fitness_per_generation(generations, names, maximize, run_dir / "fitness.png"),
-        "Pareto front": plots.pareto_front(rows, front, names, run_dir / "pareto.png"),
-        "Evolved genes": plots.genes_heatmap(front[0], run_dir / "genes.png") if front else None,
-        "Estimated vs held-out score": plots.estimates_vs_test(tests, names, run_dir / "estimates.png"),
-    }
+    with plots.literal_text():  # names are the user's text: "$" is a dollar, not mathtext
+        figures = {
+            "Fitness per generation": plots.fitness_per_generation(
+                generations, names, maximize, run_dir / "fitness.png"
+            ),
+            "Pareto front": plots.pareto_front(rows, front, names, run_dir / "pareto.png"),
+            "Evolved genes": plots.genes_heatmap(front[0], run_dir / "genes.png") if front else None,
+            "Estimated vs held-out score": plots.estimates_vs_test(tests, names, run_dir / "estimates.png"),
+        }
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
     method = (yaml.safe_load(config) or {}).get("merge", {}).get("method", "?") if config else "?"
     parts = [

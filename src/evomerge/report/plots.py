@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,12 @@ import numpy as np
 from ..search.store import EvaluationRow, GenerationRow, TestRow
 
 _GENE = re.compile(r"^(?P<row>.+?)@(?P<group>.+)$")
+
+
+def literal_text() -> AbstractContextManager:
+    """Draw every string as written: matplotlib would read "$...$" in a task name as math
+    (and fail on a lone "$")."""
+    return plt.rc_context({"text.parse_math": False})
 
 
 def fitness_per_generation(

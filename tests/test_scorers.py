@@ -122,7 +122,7 @@ def test_answer_loss_scores_only_the_answer_and_favours_the_specialist(members, 
     n = len(tok(item.answer, add_special_tokens=False)["input_ids"])
     expected = -continuation_logprobs(model, tok, [(scorer.prompt.render(item, (), tok), item.answer)])[0] / n
     assert own[0] == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ValueError, match="no answer"):
+    with pytest.raises(TaskDataError, match="no answer"):
         scorer.score(model, tok, [Item("q", "1+1=", None)])
 
 

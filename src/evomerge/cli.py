@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -48,7 +49,10 @@ def _announce_build(target: Path) -> None:
 
 
 def _fail(err: EvomergeError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {err}")
+    """The error as the library wrote it: not wrapped, and brackets (gene names) kept."""
+    console.print("[red]error:[/red]", escape(str(err)), soft_wrap=True)
+    if logging.getLogger("evomerge").isEnabledFor(logging.INFO):  # -v: where it came from
+        console.print_exception()
     return typer.Exit(code=2)
 
 
@@ -288,10 +292,16 @@ def test_run(
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Draw the run's figures again and write RUN_DIR/report.html (opens offline)."""
     from .report import write_report
+    from .search.store import storage_errors
 
     if not (run_dir / "run.sqlite").is_file():
         raise _fail(EvomergeError(f"{run_dir} holds no run (run.sqlite is missing)"))
-    console.print(f"report: {write_report(run_dir)}")
+    try:
+        with storage_errors(run_dir):
+            path = write_report(run_dir)
+    except EvomergeError as err:
+        raise _fail(err) from err
+    console.print(f"report: {path}")
 
 
 @app.command()

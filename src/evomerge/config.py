@@ -226,6 +226,13 @@ class OutputConfig(_Section):
     save_best: bool = Field(True, description="Write the best merge as an HF checkpoint to RUN_DIR/best.")
     device: str = Field("cpu", description="cpu, cuda or cuda:N: where candidates are merged and evaluated.")
 
+    @field_validator("device")
+    @classmethod
+    def _a_device(cls, device: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+            raise ValueError(f"device {device!r}: use cpu, cuda or cuda:N (the GPU's index), or mps")
+        return device
+
 
 TaskConfig.model_rebuild()
 
@@ -244,6 +251,16 @@ class ExperimentConfig(_Section):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must differ (they name the objectives): {names}")
+        from .fitness.build import needs_respondents
+
+        for i, task in enumerate(self.tasks):
+            fitness = self.fitness_for(task)
+            if task.scorer in ("loss", "perplexity") and needs_respondents(fitness, has_strata=True):
+                raise ValueError(
+                    f"tasks.{i} ({task.name}): scorer {task.scorer} gives a loss per item, not a right/wrong score; "
+                    f"estimator {fitness.estimator} with {fitness.chosen_selection} anchors fits IRT on right/wrong "
+                    "scores. Use estimator full, or mean with random anchors, for this task."
+                )
         return self
 
     def fitness_for(self, task: TaskConfig) -> FitnessConfig:

@@ -23,3 +23,7 @@ class MergeConfigError(EvomergeError):
 
 class MemoryBudgetError(EvomergeError):
     """A merge does not fit the memory it may use, or ran out of it."""
+
+
+class StorageError(EvomergeError):
+    """A run's files could not be written or read: a full disk, no permission, a corrupt store."""

@@ -123,7 +123,25 @@ def evaluator_for(task: TaskConfig) -> Evaluator:
         scorer = AnswerLossScorer(prompt=prompt, batch_size=64 if task.batch_size == "auto" else task.batch_size)
     else:
         scorer = PerplexityScorer()
+    _check_items(task, splits)
     return Evaluator(task.name, splits, scorer)
+
+
+def _check_items(task: TaskConfig, splits: Splits) -> None:
+    """What the scorer needs of every item, checked when the task is loaded, not mid-run."""
+    items = [*splits.fewshot, *splits.search, *splits.test]
+    source = task.data or f"{task.search} / {task.test}"
+    answer = ("an answer", lambda it: bool(it.answer))
+    choices = ("choices and a label", lambda it: it.choices is not None and it.label is not None)
+    needs = {"loss": answer, "choice": choices, "generation": choices if task.extractor == "choice" else answer}
+    if task.scorer in needs:
+        what, ok = needs[task.scorer]
+        bad = [it.id for it in items if not ok(it)]
+        if bad:
+            scorer = f"scorer {task.scorer}" + (f" (extractor {task.extractor})" if task.scorer == "generation" else "")
+            raise TaskDataError(
+                f"task {task.name} ({source}): {len(bad)} item(s) without {what}, e.g. {bad[:3]}; {scorer} needs it"
+            )
 
 
 def _lmeval_evaluator(task: TaskConfig) -> Evaluator:

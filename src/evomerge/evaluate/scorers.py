@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from . import extract
 from .generation import generate
 from .prompts import PromptTemplate
-from .tasks import Item
+from .tasks import Item, TaskDataError
 
 Extractor = Literal["number", "exact", "regex", "choice"]
 
@@ -62,7 +62,7 @@ class GenerationScorer:
         """1.0 if ``completion`` answers ``item``, else 0.0."""
         if self.extractor == "choice":
             if item.choices is None or item.label is None:
-                raise ValueError(f"item {item.id}: the choice extractor needs choices and a label")
+                raise TaskDataError(f"item {item.id}: the choice extractor needs choices and a label")
             return float(extract.choice_letter(completion, len(item.choices)) == chr(ord("A") + item.label))
         reference = item.answer if item.answer is not None else ""
         if self.extractor == "number":
@@ -94,7 +94,7 @@ class LoglikelihoodChoiceScorer:
         pairs, starts = [], []
         for it in items:
             if it.choices is None or it.label is None:
-                raise ValueError(f"item {it.id}: log-likelihood multiple choice needs choices and a label")
+                raise TaskDataError(f"item {it.id}: log-likelihood multiple choice needs choices and a label")
             context = self.prompt.render(it, self.fewshot, tokenizer)
             starts.append(len(pairs))
             pairs.extend((context, self.continuation.format(choice=c)) for c in it.choices)
@@ -149,7 +149,7 @@ class AnswerLossScorer:
     def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
         missing = [it.id for it in items if not it.answer]
         if missing:
-            raise ValueError(f"items {missing[:5]} have no answer; the loss scorer scores the answer's tokens")
+            raise TaskDataError(f"items {missing[:5]} have no answer; the loss scorer scores the answer's tokens")
         answers = [str(it.answer) for it in items]
         pairs = [(self.prompt.render(it, self.fewshot, tokenizer), a) for it, a in zip(items, answers, strict=True)]
         counts = _token_counts(tokenizer, answers)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from ..evaluate.evaluator import Evaluator
 from ..merge.engine import Merger
 from ..merge.methods import get_method, search_range, searched_params
 from ..merge.recipe import Recipe
+from ..models.save import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,4 @@ def _write_cache(cache: Path | None, task: str, item_ids: tuple[str, ...], store
     if cache is None:
         return
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"task": task, "item_ids": list(item_ids), "respondents": stored}))
-    os.replace(tmp, cache)
+    write_text_atomically(cache, json.dumps({"task": task, "item_ids": list(item_ids), "respondents": stored}))

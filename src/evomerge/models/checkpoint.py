@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError
 
@@ -92,7 +92,7 @@ class Checkpoint:
         if shards:
             files: dict[str, Path] = {}
             for shard in shards:
-                with safe_open(shard, framework="pt") as f:
+                with self._opened(shard) as f:
                     files.update(dict.fromkeys(f.keys(), shard))
             return files
         pickled = sorted(self.path.glob("*.bin")) + sorted(self.path.glob("*.pt"))
@@ -172,6 +172,7 @@ class Checkpoint:
     def _header(self, file: Path) -> tuple[int, dict[str, Any]]:
         """(where the data starts, the header) of a safetensors file."""
         if file not in self._headers:
+            self._opened(file)  # checks the file as a whole
             with open(file, "rb") as f:
                 (size,) = struct.unpack("<Q", f.read(8))
                 self._headers[file] = (8 + size, json.loads(f.read(size)))
@@ -188,8 +189,18 @@ class Checkpoint:
 
     def _handle(self, file: Path) -> Any:
         if file not in self._handles:
-            self._handles[file] = safe_open(file, framework="pt")
+            self._handles[file] = self._opened(file)
         return self._handles[file]
+
+    def _opened(self, file: Path) -> Any:
+        """``safe_open``, its errors (a truncated or corrupt file) as a ``CheckpointError``."""
+        try:
+            return safe_open(file, framework="pt")
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(
+                f"{self.name}: {file.name} is not a readable safetensors file ({err}); it may be truncated "
+                "(an interrupted download or copy): fetch or copy it again"
+            ) from None
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.name!r}, {len(self._files)} tensors)"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from ..models.save import write_text_atomically
 from ..search.loop import winners
 from ..search.store import RunStore, TestRow
 from . import plots
@@ -73,7 +74,7 @@ def write_report(run_dir: Path | str) -> Path:
         + "</body></html>"
     )
     out = run_dir / "report.html"
-    out.write_text(page, encoding="utf-8")
+    write_text_atomically(out, page)
     return out
 
 

@@ -33,7 +33,7 @@ from .loop import Searcher, Termination, winners
 from .objectives import Objective, task_objectives
 from .problem import MergeProblem
 from .space import SearchSpace
-from .store import EvaluationRow, RunStore, TestRow
+from .store import EvaluationRow, RunStore, TestRow, storage_errors
 
 log = logging.getLogger(__name__)
 DEFAULT_RUN_DIR = Path("runs/run")
@@ -91,7 +91,7 @@ def run_experiment(
         raise ConfigError("tasks: give at least one task (each task is an objective)")
     fresh = not (run_dir / RunStore.FILE).exists()
     merger = _open_models(config)  # before the run directory exists: a model or memory error leaves nothing
-    with run_lock(run_dir):
+    with storage_errors(run_dir), run_lock(run_dir):
         store = RunStore.in_dir(run_dir)
         try:
             _check_store(store, run_dir, config, objectives, resume)

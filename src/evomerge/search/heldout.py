@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from ..errors import EvomergeError
 from ..fitness.respondents import single_model
 from ..merge.methods import get_method
 from ..merge.recipe import Recipe
+from ..models.save import write_text_atomically
 from .executors import LocalExecutor
 from .problem import MergeProblem
 from .store import EvaluationRow, RunStore, TestRow
@@ -114,7 +114,5 @@ def write_results(path: Path, rows: Sequence[TestRow], problem: MergeProblem, ex
             for r in rows
         ],
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, indent=2))
     return path

@@ -15,14 +15,17 @@ exported from here.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import EvomergeError
+from ..errors import EvomergeError, StorageError
+from ..models.save import atomic_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -236,8 +239,7 @@ class RunStore:
     def export_csv(self, path: Path | str, gene_names: Sequence[str], objective_names: Sequence[str]) -> Path:
         """One row per evaluation: genes and objective values by name, then times."""
         path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_file(path, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["id", "generation", "digest", *gene_names, *objective_names, *TIME_COLUMNS])
             for e in self.evaluations():
@@ -252,5 +254,30 @@ class RunStore:
                         f"{e.eval_s:.4f}",
                     ]
                 )
-        tmp.replace(path)
         return path
+
+
+@contextmanager
+def storage_errors(run_dir: Path) -> Iterator[None]:
+    """A run directory that cannot be written (a full disk, no permission) or read (a damaged
+    store) as a ``StorageError`` saying what to do; SQLite commits each evaluation in a
+    transaction, so what was stored before stays whole."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (sqlite3.Error, SafetensorError, OSError) as err:
+        code = getattr(err, "errno", None)
+        full = code in (errno.ENOSPC, errno.EDQUOT) or "full" in str(err) or "No space" in str(err)
+        denied = code in (errno.EACCES, errno.EPERM, errno.EROFS) or "readonly" in str(err)
+        if isinstance(err, OSError) and not (full or denied):
+            raise
+        if full:
+            advice = (
+                f"free some space, then continue with `evomerge resume {run_dir}`: every finished evaluation is stored"
+            )
+        elif denied:
+            advice = "make it writable or choose another run directory (--run-dir / output.run_dir)"
+        else:
+            advice = f"{RunStore.FILE} is damaged; the run cannot be read (start a new run in another directory)"
+        raise StorageError(f"{run_dir}: {err}. {advice.capitalize()}") from err

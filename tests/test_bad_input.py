@@ -158,3 +158,25 @@ def test_a_run_directory_under_a_read_only_parent_is_a_clear_error(demo_family, 
     parent.chmod(0o500)
     done = _run(small_config(demo_family), tmp_path, parent / "run")
     assert done.returncode == 2 and "writable" in done.stdout and "Traceback" not in done.stdout + done.stderr
+
+
+def test_report_on_a_damaged_store_is_a_clear_error(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.sqlite").write_bytes(b"this is not a database" * 100)
+    done = subprocess.run([sys.executable, "-m", "evomerge", "report", str(run_dir)], capture_output=True, text=True)
+    assert done.returncode == 2 and "run.sqlite is not a readable run store" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_concurrent_atomic_writes_of_one_file_never_collide(tmp_path):
+    """Each writer has its own temp file: the last rename wins, whole; no writer fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evomerge.models.save import write_text_atomically
+
+    target = tmp_path / "results.json"
+    texts = [json.dumps({"writer": i, "pad": "x" * 100_000}) for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda text: write_text_atomically(target, text), texts))
+    assert target.read_text() in texts and [p.name for p in tmp_path.iterdir()] == ["results.json"]

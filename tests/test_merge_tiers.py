@@ -137,6 +137,7 @@ def test_a_run_over_its_budget_exits_2_with_the_numbers(demo_family, tmp_path):
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "does not fit" in done.stdout and "GiB" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
 @pytest.mark.parametrize(

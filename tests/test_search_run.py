@@ -413,3 +413,38 @@ def test_task_names_are_not_paths_and_any_text_draws(demo_family, tmp_path):
     result = run_experiment(load_config(dollars), tmp_path / "d")
     assert (result.run_dir / "respondents-mix $5 $.json").exists()
     assert "mix $5 $" in (result.run_dir / "report.html").read_text() and (result.run_dir / "fitness.png").exists()
+
+
+def test_a_full_disk_is_a_clear_error_and_resume_completes_once_there_is_space(finished, demo_family, tmp_path):
+    """The run directory on a 1 MB tmpfs (mounted here; needs root): the run stops with a
+    StorageError that says to free space and resume (exit 2, no traceback). With the
+    filesystem grown, `evomerge resume` finishes, and nothing was lost or repeated."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this machine refuses to mount a tmpfs")
+    try:
+        config = tmp_path / "exp.yaml"
+        config.write_text(yaml.safe_dump(small_config(demo_family)))
+        run_dir = disk / "run"
+        cli = [sys.executable, "-m", "evomerge"]
+        full = subprocess.run([*cli, "run", str(config), "--run-dir", str(run_dir), "--no-progress"],
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert full.returncode == 2, full.stdout + full.stderr
+        assert "Traceback" not in full.stdout + full.stderr
+        assert "No space left" in full.stdout or "full" in full.stdout, full.stdout
+        assert f"evomerge resume {run_dir}" in full.stdout
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        done = subprocess.run([*cli, "resume", str(run_dir), "--no-progress"], capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        rows = csv_without_times(run_dir / "evaluations.csv")
+        assert rows == csv_without_times(finished.run_dir / "evaluations.csv")
+        assert (run_dir / "best" / "model.safetensors").exists() and (run_dir / "report.html").exists()
+        assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

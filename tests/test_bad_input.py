@@ -151,13 +151,25 @@ def test_an_unknown_device_is_refused_by_the_config(demo_family, tmp_path):
 
 
 def test_a_run_directory_under_a_read_only_parent_is_a_clear_error(demo_family, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes through read-only permissions; the full-disk test covers storage errors")
+    """As root (CI), a read-only tmpfs (root writes through permission bits); otherwise a
+    directory without write permission."""
     parent = tmp_path / "locked"
     parent.mkdir()
-    parent.chmod(0o500)
-    done = _run(small_config(demo_family), tmp_path, parent / "run")
-    assert done.returncode == 2 and "writable" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    mounted = False
+    if os.geteuid() == 0:
+        command = ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(parent)]
+        if shutil.which("mount") is None or subprocess.run(command, capture_output=True).returncode:
+            pytest.skip("as root, a read-only directory needs a read-only mount, and none could be made")
+        mounted = True
+    else:
+        parent.chmod(0o500)
+    try:
+        done = _run(small_config(demo_family), tmp_path, parent / "run")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(parent)], check=False)
+    assert done.returncode == 2 and "writable" in done.stdout, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr and len(done.stdout.strip().splitlines()) == 1
 
 
 def test_report_on_a_damaged_store_is_a_clear_error(tmp_path):

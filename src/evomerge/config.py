@@ -337,6 +337,8 @@ def format_errors(err: ValidationError) -> str:
             lines.append(f"{where}: unknown key{hint} (valid: {', '.join(valid)})")
         else:
             lines.append(f"{where}: {e['msg']}")
+    if len(lines) == 1:  # one mistake, one line
+        return f"invalid config: {lines[0]}"
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

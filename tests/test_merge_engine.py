@@ -422,3 +422,15 @@ def test_recipes_from_flat_parameters(demo_family):
         Recipe.from_params("ties", models, {"weight": [1.0, 2.0]}, base_model=base)
     with pytest.raises(MergeConfigError, match="needs parameter 'weight'"):
         Recipe.from_params("ties", models, {"density": 0.5}, base_model=base)
+
+
+@pytest.mark.parametrize("name", ["base", "add", "greek"])
+def test_a_recipe_of_one_whole_model_gives_that_model_bit_for_bit(demo_family, demo_merger, live, name):
+    """The test phase's endpoint rows merge one model at weight 1: that must be the checkpoint
+    itself, not ``base + (endpoint - base)`` rounded in fp32."""
+    from evomerge.fitness.respondents import single_model
+
+    demo_merger[True].merge_into(live, single_model(str(demo_family / "models" / name)))
+    checkpoint = Checkpoint.open(demo_family / "models" / name)
+    for tensor in checkpoint.tensor_names:
+        assert torch.equal(live.state_dict()[tensor], checkpoint.tensor(tensor)), tensor

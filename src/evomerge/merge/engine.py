@@ -476,8 +476,11 @@ class Merger:
     def _combine(self, stack: torch.Tensor, target: torch.Tensor, coefficients: dict[int, float]) -> None:
         """``target = sum_r c_r * input_r``, with ``input_0`` the reference and ``input_r`` task
         vector ``r``: one fused pass on CPU, a matrix-vector product elsewhere."""
-        rows = sorted(r for r in coefficients if r)
+        rows = sorted(r for r in coefficients if r and coefficients[r] != 0)
         c = [coefficients.get(0, 0.0)] + [coefficients[r] for r in rows]
+        if c[0] == 1 and (not rows or (len(rows) == 1 and c[1] == 1)):  # one model, whole: its own bytes
+            target.copy_(stack[rows[0] if rows else 0].view(target.shape))
+            return
         vector = torch.tensor(c, dtype=torch.float32, device=self.device)
         for _, reference, deltas, out in self._chunks(stack, rows, target):
             if self.fused and rows:

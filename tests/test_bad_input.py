@@ -140,7 +140,7 @@ def test_a_loss_task_with_an_irt_estimator_is_refused_by_the_config(demo_family,
     config = small_config(demo_family)
     config["tasks"][0]["scorer"] = "loss"
     done = _run(config, tmp_path)
-    assert done.returncode == 2 and "scorer loss gives a loss per item" in done.stdout
+    assert done.returncode == 2 and "scorer loss gives a value per item" in done.stdout
     assert not (tmp_path / "run").exists()
 
 

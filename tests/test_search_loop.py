@@ -12,7 +12,7 @@ from evomerge.merge.run import load_live_model
 from evomerge.models.pool import ModelPool
 from evomerge.search import ALGORITHMS, SearchSpace, make_algorithm
 from evomerge.search.executors import LocalExecutor
-from evomerge.search.loop import Searcher, Termination, winners
+from evomerge.search.loop import Callback, CandidateFailedError, Searcher, Termination, winners
 from evomerge.search.objectives import FunctionObjective, ObjectiveError
 from evomerge.search.problem import MergeProblem
 from evomerge.search.store import RunStore
@@ -45,13 +45,17 @@ def endpoint_states(live):
     return [dict(AutoModelForCausalLM.from_pretrained(e).named_parameters()) for e in eps]
 
 
-def searcher(live, tmp_path, objective, algorithm="GA", n_obj=1, method="task_arithmetic", pop=6, **termination):
+def searcher(
+    live, tmp_path, objective, algorithm="GA", n_obj=1, method="task_arithmetic", pop=6, on_error="stop", callbacks=(),
+    **termination,
+):  # fmt: skip
     base, eps, merger, model, tokenizer = live
     space = SearchSpace(method, eps, base, num_layers=merger.pool.num_layers)
     problem = MergeProblem(space, [objective])
     store = RunStore(tmp_path / "run.sqlite")
     algo = make_algorithm(algorithm, n_obj, population_size=pop, seed=0)
-    return Searcher(problem, algo, LocalExecutor(merger, model, tokenizer), store, Termination(**termination))
+    executor = LocalExecutor(merger, model, tokenizer)
+    return Searcher(problem, algo, executor, store, Termination(**termination), on_error=on_error, callbacks=callbacks)
 
 
 @pytest.mark.parametrize("name", list(ALGORITHMS))
@@ -132,9 +136,59 @@ def test_a_fitness_function_with_the_wrong_arity_or_nan_is_refused(live, tmp_pat
     with pytest.raises(ObjectiveError, match="2 values for 1 objectives"):
         two.run()
     nan = searcher(live, tmp_path / "b", FunctionObjective(lambda m, t: float("nan")), generations=1)
-    with pytest.raises(ObjectiveError, match="finite"):
+    with pytest.raises(CandidateFailedError, match=r"finite.*resume` tries it again"):
         nan.run()
-    assert nan.store.count() == 0
+    rows = list(nan.store.evaluations(failed=True))  # the failure is stored, with its error
+    assert len(rows) == 1 and rows[0].state == "fail" and "finite" in rows[0].error
+    assert list(nan.store.evaluations()) == []  # and is no result
+
+
+def test_skip_goes_on_without_failed_candidates_and_resume_keeps_them(live, tmp_path):
+    """on_error=skip: a candidate that raises is stored as FAIL, told to the algorithm as the
+    worst, and never a winner; a resumed run replays it from the store, not again."""
+    calls = []
+
+    def flaky(m, t):
+        calls.append(1)
+        if len(calls) % 3 == 0:
+            raise RuntimeError("boom")
+        return float(len(calls))
+
+    s = searcher(live, tmp_path, FunctionObjective(flaky), on_error="skip", generations=2, pop=6)
+    assert s.run() == "2 generations"
+    rows = list(s.store.evaluations(failed=True))
+    failed = [r for r in rows if not r.ok]
+    assert len(failed) == 4 and all(r.error == "RuntimeError: boom" for r in failed)
+    assert winners(list(s.store.evaluations()), [True])[0].ok
+    s.store.export_csv(tmp_path / "e.csv", [g.name for g in s.problem.space.all_genes], s.problem.names)
+    lines = (tmp_path / "e.csv").read_text().splitlines()
+    assert lines[0].endswith(",state,error") and sum(line.endswith(",fail,RuntimeError: boom") for line in lines) == 4
+    s.store.db.execute("DELETE FROM run WHERE key = 'stop_reason'")
+    n = len(calls)
+    again = searcher(live, tmp_path, FunctionObjective(flaky), on_error="skip", generations=2, pop=6)
+    assert again.run() == "2 generations" and len(calls) == n  # replayed: nothing evaluated again
+
+
+def test_callbacks_see_every_evaluation_and_generation(live, tmp_path):
+    """A callback attaches without editing the loop: it sees what the store stores."""
+    seen = []
+
+    class Watch(Callback):
+        def on_evaluation(self, searcher, done):
+            seen.append(("eval", done.generation, done.digest))
+
+        def on_generation(self, searcher, row, replayed):
+            seen.append(("gen", row.generation, row.evaluations))
+
+        def on_end(self, searcher, reason):
+            seen.append(("end", reason))
+
+    s = searcher(live, tmp_path, FunctionObjective(lambda m, t: 1.0), callbacks=[Watch()], generations=2, pop=4)
+    s.run()
+    stored = [r.digest for r in s.store.evaluations()]
+    assert [d for kind, _, d in (x for x in seen if x[0] == "eval")] == stored
+    assert [x for x in seen if x[0] == "gen"] == [("gen", 0, 4), ("gen", 1, len(stored))]
+    assert seen[-1] == ("end", "2 generations")
 
 
 def test_the_live_model_holds_each_candidate(live, tmp_path):

@@ -20,7 +20,7 @@ import yaml
 
 import evomerge
 from evomerge.config import ConfigError, load_config
-from evomerge.search.experiment import ResumeError, RunExistsError, resume_run, run_experiment
+from evomerge.search.experiment import ResumeError, RunExistsError, export_run, resume_run, run_experiment
 from evomerge.search.store import TIME_COLUMNS, RunStore
 
 POP = 6
@@ -448,3 +448,88 @@ def test_a_full_disk_is_a_clear_error_and_resume_completes_once_there_is_space(f
         assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def _downgrade_to_version_0(run_dir: Path) -> None:
+    """Make a finished run look as the last release wrote it: no store version, evaluations
+    without state and error, a config without the keys added since."""
+    db = sqlite3.connect(run_dir / "run.sqlite")
+    cols = "id, generation, digest, x, genes, recipe, objectives, items, merge_s, eval_s"
+    db.executescript(
+        f"CREATE TABLE old AS SELECT {cols} FROM evaluations; DROP TABLE evaluations; "
+        "ALTER TABLE old RENAME TO evaluations; PRAGMA user_version = 0;"
+    )
+    raw = yaml.safe_load(json.loads(db.execute("SELECT value FROM run WHERE key = 'config'").fetchone()[0]))
+    for task in raw["tasks"]:
+        task.pop("language")
+    raw["search"].pop("on_error")
+    raw["output"].pop("executor")
+    text = yaml.safe_dump(raw, sort_keys=False)
+    db.execute("UPDATE run SET value = ? WHERE key = 'config'", (json.dumps(text),))
+    db.commit()
+    db.close()
+    (run_dir / "config.yaml").write_text(text)
+
+
+def test_a_run_written_before_store_versions_resumes_and_is_migrated(finished, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(finished.run_dir, old)
+    _downgrade_to_version_0(old)
+    before = csv_without_times(finished.run_dir / "evaluations.csv")
+    again = resume_run(old)
+    assert again.evaluations == 18 and csv_without_times(old / "evaluations.csv") == before
+    db = sqlite3.connect(old / "run.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert {r[1] for r in db.execute("PRAGMA table_info(evaluations)")} >= {"state", "error"}
+
+
+def test_a_store_from_a_newer_evomerge_is_refused(finished, tmp_path):
+    import shutil
+
+    from evomerge.search.store import RunStoreError
+
+    new = tmp_path / "new"
+    shutil.copytree(finished.run_dir, new)
+    db = sqlite3.connect(new / "run.sqlite")
+    db.execute("PRAGMA user_version = 7")
+    db.commit()
+    db.close()
+    with pytest.raises(RunStoreError, match=r"newer evomerge \(store version 7; this one reads up to 1\)\. Upgrade"):
+        resume_run(new)
+    with pytest.raises(RunStoreError, match="newer evomerge"):
+        export_run(new, tmp_path / "out")
+
+
+def test_a_candidate_that_raises_is_stored_as_fail_and_resume_retries_it(finished, demo_family, tmp_path):
+    """search.on_error stop (the default): the 9th candidate raises; the run stops naming it,
+    evaluations.csv and the report show it as FAIL with its error, and resume retries it
+    and ends where the uninterrupted run ended."""
+    from evomerge.search.loop import CandidateFailedError
+    from evomerge.search.problem import MergeProblem
+
+    measure, calls = MergeProblem.measure, []
+
+    def fails_once(self, model, tokenizer):
+        calls.append(1)
+        if len(calls) == 9:
+            raise ValueError("a broken candidate")
+        return measure(self, model, tokenizer)
+
+    run_dir = tmp_path / "fail"
+    MergeProblem.measure = fails_once
+    try:
+        with pytest.raises(CandidateFailedError, match=r"failed: ValueError: a broken candidate.*FAIL"):
+            run_experiment(load_config(small_config(demo_family)), run_dir)
+    finally:
+        MergeProblem.measure = measure
+    rows = list(csv.DictReader((run_dir / "evaluations.csv").open()))
+    assert [r["state"] for r in rows] == ["ok"] * 8 + ["fail"] and rows[-1]["mix"] == ""
+    assert rows[-1]["error"] == "ValueError: a broken candidate"
+    from evomerge.report import write_report
+
+    assert "a broken candidate" in write_report(run_dir).read_text()
+    resumed = resume_run(run_dir)
+    assert resumed.evaluations == 18
+    assert csv_without_times(run_dir / "evaluations.csv") == csv_without_times(finished.run_dir / "evaluations.csv")

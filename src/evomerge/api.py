@@ -7,7 +7,6 @@ its genes, its score, and the live model holding its merge.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +15,18 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .config import ConfigError, load_config
+from .config import ConfigError, TaskConfig, load_config
+from .evaluate.scorers import SCORERS
+from .fitness.estimators import ESTIMATORS
 from .merge.recipe import Recipe
 from .merge.run import save_merged
 from .search.experiment import RunResult, run_experiment
 from .search.objectives import FunctionObjective, Objective
+from .search.rundir import RunDir
 
-#: ``fitness`` names that pick a scorer (each is one objective on the task's data).
-SCORER_FITNESS = {"accuracy": "generation", "loss": "loss", "perplexity": "perplexity", "choice": "choice"}
-#: ``fitness`` names that pick an estimator for accuracy.
-ESTIMATOR_FITNESS = ("full", "mean", "weighted", "pirt", "gpirt", "mpirt", "gmpirt")
+#: ``fitness="accuracy"``: the default scorer's accuracy. Any other registered scorer is
+#: named as itself; a registered estimator's name means accuracy estimated by it.
+ACCURACY = "accuracy"
 FitnessFn = Callable[[torch.nn.Module, PreTrainedTokenizerBase], float | Sequence[float]]
 
 
@@ -118,17 +119,18 @@ def evolve(
         if task is None:
             raise ConfigError("give task= (a data file or a (search, test) pair), or a fitness function")
         data = {"data": task} if isinstance(task, str) else {"search": task[0], "test": task[1]}
+        default_scorer = TaskConfig.model_fields["scorer"].default
         for name in names:
-            if name in ESTIMATOR_FITNESS:
+            if name in ESTIMATORS:
                 fitness_section["estimator"] = name
-                scorer = "generation"
-            elif name in SCORER_FITNESS:
-                scorer = SCORER_FITNESS[name]
+                scorer = default_scorer
+            elif name == ACCURACY or name in SCORERS:
+                scorer = default_scorer if name == ACCURACY else name
             else:
-                valid = [*SCORER_FITNESS, *ESTIMATOR_FITNESS]
+                valid = [ACCURACY, *SCORERS.names(), *ESTIMATORS.names()]
                 raise ConfigError(f"fitness {name!r}: use one of {valid}, or a function (model, tokenizer) -> float")
             entry = {"name": name, **data, "scorer": scorer, **(task_options or {})}
-            if scorer in ("loss", "perplexity"):  # not in [0, 1]: no IRT; a plain (sub)sample mean
+            if not SCORERS[scorer].binary:  # not right/wrong: no IRT; a plain (sub)sample mean
                 entry["fitness"] = {"estimator": "mean", "anchors": eval_samples} if eval_samples else {}
             tasks.append(entry)
     if fitness_section["estimator"] == "full":
@@ -150,5 +152,5 @@ def evolve(
             "seed": seed,
         }
     )
-    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / time.strftime("evolve-%Y%m%d-%H%M%S")
-    return EvolveResult(run_experiment(config, run_dir, objectives=objectives, resume=resume, progress=progress))
+    path = RunDir.default(run_dir=run_dir).path
+    return EvolveResult(run_experiment(config, path, objectives=objectives, resume=resume, progress=progress))

@@ -207,7 +207,9 @@ def run(
 
 def _default_run_dir(experiment: ExperimentConfig, config: Path) -> Path:
     """output.run_dir, else runs/<the config file's name>."""
-    return Path(experiment.output.run_dir) if experiment.output.run_dir else Path("runs") / config.stem
+    from .search.rundir import RunDir
+
+    return RunDir.default(config_file=config, run_dir=experiment.output.run_dir).path
 
 
 @app.command()
@@ -292,10 +294,11 @@ def test_run(
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Draw the run's figures again and write RUN_DIR/report.html (opens offline)."""
     from .report import write_report
+    from .search.rundir import RunDir
     from .search.store import storage_errors
 
-    if not (run_dir / "run.sqlite").is_file():
-        raise _fail(EvomergeError(f"{run_dir} holds no run (run.sqlite is missing)"))
+    if not RunDir(run_dir).holds_run():
+        raise _fail(EvomergeError(f"{run_dir} holds no run ({RunDir(run_dir).store_file.name} is missing)"))
     try:
         with storage_errors(run_dir):
             path = write_report(run_dir)

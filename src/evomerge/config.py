@@ -17,16 +17,48 @@ import difflib
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import EvomergeError, MergeConfigError
 
+if TYPE_CHECKING:
+    from .registry import Registry
+
 DEMO_PREFIX = "demo:"
-EstimatorName = Literal["full", "mean", "weighted", "pirt", "gpirt", "mpirt", "gmpirt"]
-SelectionName = Literal["random", "stratified", "kmeans_irt", "kmeans_correct"]
+
+
+def _registries() -> dict[str, Registry[Any]]:
+    """The registries config names are looked up in (imported late: they import torch)."""
+    from .evaluate.scorers import SCORERS
+    from .fitness.anchors import SELECTIONS
+    from .fitness.estimators import ESTIMATORS
+    from .search.executors import EXECUTORS
+
+    return {"scorer": SCORERS, "estimator": ESTIMATORS, "selection": SELECTIONS, "executor": EXECUTORS}
+
+
+def _registered(kind: str, name: str | None) -> str | None:
+    """``name`` if the ``kind`` registry has it; else an error with "did you mean"."""
+    if name is not None:
+        try:
+            _registries()[kind].get(name)
+        except EvomergeError as err:
+            raise ValueError(str(err)) from None
+    return name
+
+
+def _names_of(kind: str) -> Any:
+    """A JSON-schema hook listing what the ``kind`` registry holds when the schema is made."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        names = _registries()[kind].names()
+        target = next((s for s in schema.get("anyOf", []) if s.get("type") == "string"), schema)
+        target["enum"] = names
+
+    return extra
 
 
 class ConfigError(EvomergeError):
@@ -97,10 +129,10 @@ class TaskConfig(_Section):
     metric: str | None = Field(None, description="The lm-eval metric to score by; default: the task's first.")
     test_fraction: float = Field(0.5, gt=0, lt=1, description="Share of data (or lm_eval documents) held out.")
     fewshot: int = Field(0, ge=0, description="Search items put into every prompt as examples (never scored).")
-    scorer: Literal["generation", "choice", "loss", "perplexity"] = Field(
+    scorer: str = Field(
         "generation",
-        description="generation: accuracy of a greedy answer; choice: log-likelihood multiple choice; "
-        "loss: mean NLL of the answer's tokens (minimised); perplexity: NLL of the whole text (minimised).",
+        description="How each item is scored: a registered scorer (listed below).",
+        json_schema_extra=_names_of("scorer"),
     )
     extractor: Literal["number", "exact", "regex", "choice"] = Field(
         "number", description="How a generated answer is read: the last number, the text, a regex group, a letter."
@@ -110,6 +142,11 @@ class TaskConfig(_Section):
     template: str = Field("{question}", description="The prompt; fields of the item in braces.")
     max_new_tokens: int = Field(32, ge=1, description="Generation length.")
     batch_size: int | Literal["auto"] = Field(64, description="Items per forward pass; auto backs off on OOM.")
+    language: str | None = Field(
+        None,
+        description="generation: count an answer right only if it is also in this language (ISO code, e.g. ja); "
+        "needs evomerge[lang].",
+    )
     seed: int = Field(0, description="Seeds the split of data into search and test.")
     fitness: FitnessConfig | None = Field(None, description="This objective's estimator; default: the fitness section.")
 
@@ -124,6 +161,21 @@ class TaskConfig(_Section):
             )
         return name
 
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, name: str) -> str:
+        return _registered("scorer", name) or name
+
+    @field_validator("language")
+    @classmethod
+    def _language_code(cls, code: str | None) -> str | None:
+        from .evaluate.language import LanguageCheckError, check_language_code
+
+        try:
+            return None if code is None else check_language_code(code)
+        except LanguageCheckError as err:
+            raise ValueError(str(err)) from None
+
     @model_validator(mode="after")
     def _one_source(self) -> TaskConfig:
         given = [self.data is not None, self.search is not None or self.test is not None, self.lm_eval is not None]
@@ -135,18 +187,27 @@ class TaskConfig(_Section):
             raise ValueError("search and test go together; give both files")
         if self.metric is not None and self.lm_eval is None:
             raise ValueError("metric is for lm_eval tasks; other tasks are scored by their scorer")
+        if self.extractor == "regex" and not self.pattern:
+            raise ValueError("extractor regex needs a pattern: a regex whose first group is the answer")
+        if self.language is not None and (self.scorer != "generation" or self.lm_eval is not None):
+            raise ValueError("language checks generated answers: use it with scorer generation (not lm_eval)")
         return self
 
 
 class FitnessConfig(_Section):
     """How a candidate's score is estimated from few items (``fitness`` package)."""
 
-    estimator: EstimatorName = Field("full", description="full: every search item; the others: anchors only.")
+    estimator: str = Field(
+        "full",
+        description="A registered estimator (listed below); full: every search item, the others: anchors only.",
+        json_schema_extra=_names_of("estimator"),
+    )
     anchors: int | None = Field(None, ge=1, description="Items evaluated per candidate (not for full).")
-    selection: SelectionName | None = Field(
+    selection: str | None = Field(
         None,
-        description="How anchors are picked. Default: random for mean, pirt and mpirt; kmeans_irt for "
-        "weighted, gpirt and gmpirt (their weighted part needs clusters). evomerge calibrate compares them.",
+        description="How anchors are picked (listed below); default: the estimator's own (random, or kmeans_irt "
+        "for estimators with a weighted part). evomerge calibrate compares them.",
+        json_schema_extra=_names_of("selection"),
     )
     respondents: int = Field(12, ge=0, description="Random merges scored in full to fit the IRT model.")
     checkpoints: list[str] = Field(default_factory=list, description="Extra respondent checkpoints.")
@@ -159,6 +220,16 @@ class FitnessConfig(_Section):
     )
     seed: int = Field(0, description="Seeds the respondents and the anchors.")
 
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, name: str) -> str:
+        return _registered("estimator", name) or name
+
+    @field_validator("selection")
+    @classmethod
+    def _known_selection(cls, name: str | None) -> str | None:
+        return _registered("selection", name)
+
     @field_validator("dim")
     @classmethod
     def _positive(cls, dim: int | str) -> int | str:
@@ -168,13 +239,18 @@ class FitnessConfig(_Section):
 
     @model_validator(mode="after")
     def _anchors_given(self) -> FitnessConfig:
-        if self.estimator != "full" and self.anchors is None:
+        from .fitness.estimators import ESTIMATORS
+
+        if ESTIMATORS[self.estimator].default_selection != "all" and self.anchors is None:
             raise ValueError(f"estimator {self.estimator} needs anchors: the number of items per candidate")
         return self
 
     @property
     def chosen_selection(self) -> str:
-        return self.selection or ("random" if self.estimator in ("full", "mean", "pirt", "mpirt") else "kmeans_irt")
+        from .fitness.estimators import ESTIMATORS
+
+        default = ESTIMATORS[self.estimator].default_selection
+        return default if default == "all" else self.selection or default
 
 
 class SearchConfig(_Section):
@@ -200,6 +276,11 @@ class SearchConfig(_Section):
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict, description="Search range per parameter.")
     allow_negative_weights: bool = Field(False, description="Weights range over [-1, 1] instead of [0, 1].")
     frozen: dict[str, float] = Field(default_factory=dict, description="Gene name -> value, not searched.")
+    on_error: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A candidate whose merge or scoring raises: stop the run (resume retries it) or skip it "
+        "(stored as FAIL, told to the algorithm as the worst score). Out-of-memory and storage errors always stop.",
+    )
 
     @field_validator("algorithm")
     @classmethod
@@ -225,6 +306,16 @@ class OutputConfig(_Section):
     run_dir: str | None = Field(None, description="Where the run is stored; default runs/<the config file's name>.")
     save_best: bool = Field(True, description="Write the best merge as an HF checkpoint to RUN_DIR/best.")
     device: str = Field("cpu", description="cpu, cuda or cuda:N: where candidates are merged and evaluated.")
+    executor: str = Field(
+        "local",
+        description="What evaluates candidates: a registered executor (listed below).",
+        json_schema_extra=_names_of("executor"),
+    )
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, name: str) -> str:
+        return _registered("executor", name) or name
 
     @field_validator("device")
     @classmethod
@@ -239,11 +330,11 @@ TaskConfig.model_rebuild()
 
 class ExperimentConfig(_Section):
     models: ModelsConfig
-    merge: MergeConfig = MergeConfig()
+    merge: MergeConfig = Field(default_factory=MergeConfig)
     tasks: list[TaskConfig] = Field(default_factory=list, description="One objective each.")
-    fitness: FitnessConfig = FitnessConfig()
-    search: SearchConfig = SearchConfig()
-    output: OutputConfig = OutputConfig()
+    fitness: FitnessConfig = Field(default_factory=FitnessConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
     seed: int = Field(0, description="Seeds the algorithm and the merges' random parts (DARE).")
 
     @model_validator(mode="after")
@@ -251,13 +342,15 @@ class ExperimentConfig(_Section):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must differ (they name the objectives): {names}")
+        from .evaluate.scorers import SCORERS
         from .fitness.build import needs_respondents
 
         for i, task in enumerate(self.tasks):
             fitness = self.fitness_for(task)
-            if task.scorer in ("loss", "perplexity") and needs_respondents(fitness, has_strata=True):
+            binary = task.lm_eval is not None or SCORERS[task.scorer].binary
+            if not binary and needs_respondents(fitness, has_strata=True):
                 raise ValueError(
-                    f"tasks.{i} ({task.name}): scorer {task.scorer} gives a loss per item, not a right/wrong score; "
+                    f"tasks.{i} ({task.name}): scorer {task.scorer} gives a value per item, not a right/wrong score; "
                     f"estimator {fitness.estimator} with {fitness.chosen_selection} anchors fits IRT on right/wrong "
                     "scores. Use estimator full, or mean with random anchors, for this task."
                 )
@@ -336,7 +429,7 @@ def format_errors(err: ValidationError) -> str:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             lines.append(f"{where}: unknown key{hint} (valid: {', '.join(valid)})")
         else:
-            lines.append(f"{where}: {e['msg']}")
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
     if len(lines) == 1:  # one mistake, one line
         return f"invalid config: {lines[0]}"
     return "invalid config:\n  " + "\n  ".join(lines)
@@ -407,6 +500,12 @@ def config_reference() -> str:
         for name, f in model.model_fields.items():
             default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
             lines.append(f"| `{f.alias or name}` | {_type_name(f.annotation)} | {default} | {f.description or ''} |")
+    from .registry import summary
+
+    lines += ["", "## Registered names", "", "What `scorer`, `estimator`, `selection` and `executor` accept."]
+    for kind, registry in _registries().items():
+        lines += ["", f"### {kind}", ""]
+        lines += [f"- `{name}`: {summary(entry)}" for name, entry in registry.items()]
     return "\n".join(lines) + "\n"
 
 

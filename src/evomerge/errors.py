@@ -27,3 +27,8 @@ class MemoryBudgetError(EvomergeError):
 
 class StorageError(EvomergeError):
     """A run's files could not be written or read: a full disk, no permission, a corrupt store."""
+
+
+class CandidateError(EvomergeError):
+    """One candidate could not be evaluated (its fitness is not a number, say); the run's
+    ``search.on_error`` decides whether the run stops or goes on without it."""

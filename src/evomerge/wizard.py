@@ -87,9 +87,11 @@ def build_config(answers: Answers, ask: Ask) -> dict[str, Any]:
             tasks.append(entry)
     method = get(answers.method, "Merge method", "task_arithmetic")
     algorithm = get(answers.algorithm, "Search algorithm (pymoo name)", "GA" if mode == "single" else "NSGA2")
-    estimator = get(answers.estimator, "Fitness estimator: full, mean, mpirt, gmpirt, ...", "mpirt")
+    from .fitness.estimators import ESTIMATORS
+
+    estimator = get(answers.estimator, f"Fitness estimator ({', '.join(ESTIMATORS)})", "mpirt")
     fitness: dict[str, Any] = {"estimator": estimator}
-    if estimator != "full":
+    if estimator in ESTIMATORS and ESTIMATORS[estimator].default_selection != "all":
         fitness["anchors"] = int(get(answers.anchors, "Items scored per candidate (anchors)", "60"))
     config = {
         "models": {"base": base, "endpoints": endpoints},

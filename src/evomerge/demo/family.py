@@ -213,20 +213,20 @@ def _build(out: Path, spec: FamilySpec) -> None:
     t0 = time.perf_counter()
     merger = Merger.for_recipe(task_arithmetic_recipe(out, dict.fromkeys(SKILLS, 1.0)))
     grid = []
-    for weights in itertools.product(spec.grid, repeat=len(endpoints)):
-        merger.merge_into(model, task_arithmetic_recipe(out, dict(zip(SKILLS, weights, strict=True))))
-        grid.append((score_skills(model, tokenizer, search, spec.max_new_tokens)["average"], weights))
+    for point in itertools.product(spec.grid, repeat=len(endpoints)):
+        merger.merge_into(model, task_arithmetic_recipe(out, dict(zip(SKILLS, point, strict=True))))
+        grid.append((score_skills(model, tokenizer, search, spec.max_new_tokens)["average"], point))
     best_weights = max(grid, key=lambda g: g[0])[1]
     timings["grid"] = time.perf_counter() - t0
 
     merges: dict[str, Any] = {}
     uniform = [1.0 / len(endpoints)] * len(endpoints)
-    for name, weights in [("uniform_merge", uniform), ("best_merge", list(best_weights))]:
-        merger.merge_into(model, task_arithmetic_recipe(out, dict(zip(SKILLS, weights, strict=True))))
+    for name, chosen in [("uniform_merge", uniform), ("best_merge", list(best_weights))]:
+        merger.merge_into(model, task_arithmetic_recipe(out, dict(zip(SKILLS, chosen, strict=True))))
         merges[name] = {
             "method": "task_arithmetic",
             "base": "base",
-            "weights": dict(zip(SKILLS, weights, strict=True)),
+            "weights": dict(zip(SKILLS, chosen, strict=True)),
             "scores": scores(),
         }
     merges["best_merge"]["found_on"] = f"search split, grid {list(spec.grid)} per specialist"

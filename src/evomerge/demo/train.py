@@ -64,7 +64,8 @@ class Mixture:
         self.rng = random.Random(seed)
 
     def _ids(self, text: str) -> list[int]:
-        return self.tok.convert_tokens_to_ids(list(text))
+        ids = self.tok.convert_tokens_to_ids(list(text))
+        return ids if isinstance(ids, list) else [ids]
 
     def example(self) -> tuple[list[int], list[int]]:
         kind = self.rng.choices(self.names, self.weights)[0]

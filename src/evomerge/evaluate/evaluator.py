@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import EvomergeError
 from .prompts import PromptTemplate
-from .scorers import AnswerLossScorer, GenerationScorer, LoglikelihoodChoiceScorer, PerplexityScorer
+from .scorers import SCORERS, Scorer
 from .tasks import Item, Splits, TaskDataError, load_items, split_items
 
 if TYPE_CHECKING:
@@ -28,20 +29,12 @@ class HeldOutError(EvomergeError):
     """A search asked for a score on items it must not see."""
 
 
-class Scorer(Protocol):
-    higher_is_better: bool
-
-    def score(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]
-    ) -> list[float]: ...
-
-
 class Evaluator:
     def __init__(self, name: str, splits: Splits, scorer: Scorer) -> None:
         self.name = name
         self.splits = splits
         if splits.fewshot and dataclasses.is_dataclass(scorer) and hasattr(scorer, "fewshot"):
-            scorer = dataclasses.replace(scorer, fewshot=tuple(splits.fewshot))  # type: ignore[type-var]
+            scorer = dataclasses.replace(scorer, fewshot=tuple(splits.fewshot))
         self.scorer = scorer
         self._search = {it.id: it for it in splits.search}
 
@@ -58,7 +51,7 @@ class Evaluator:
 
     def score(
         self,
-        model: PreTrainedModel,
+        model: PreTrainedModel | torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         ids: Sequence[str] | None = None,
     ) -> dict[str, float]:
@@ -71,16 +64,23 @@ class Evaluator:
                 "scored during a search)"
             )
         items = [self._search[i] for i in wanted]
-        return dict(zip(wanted, self.scorer.score(model, tokenizer, items), strict=True))
+        return dict(zip(wanted, self.scorer.score(_causal_lm(model), tokenizer, items), strict=True))
 
-    def score_test(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+    def score_test(
+        self, model: PreTrainedModel | torch.nn.Module, tokenizer: PreTrainedTokenizerBase
+    ) -> dict[str, float]:
         """Per-item scores on the held-out test items: once, for the final model."""
         items = list(self.splits.test)
-        return dict(zip([it.id for it in items], self.scorer.score(model, tokenizer, items), strict=True))
+        return dict(zip([it.id for it in items], self.scorer.score(_causal_lm(model), tokenizer, items), strict=True))
 
     def __repr__(self) -> str:
         s = self.splits
         return f"Evaluator({self.name!r}, fewshot={len(s.fewshot)}, search={len(s.search)}, test={len(s.test)})"
+
+
+def _causal_lm(model: PreTrainedModel | torch.nn.Module) -> PreTrainedModel:
+    """The live model, which ``load_live_model`` made with ``AutoModelForCausalLM``, as such."""
+    return cast(PreTrainedModel, model)
 
 
 def evaluator_for(task: TaskConfig) -> Evaluator:
@@ -106,42 +106,21 @@ def evaluator_for(task: TaskConfig) -> Evaluator:
         shot_ids = {it.id for it in shots}
         rest = [it for it in search if it.id not in shot_ids]
         splits = Splits(tuple(shots), tuple(rest), tuple(test))
-    prompt = PromptTemplate(task.template)
-    scorer: Scorer
-    if task.scorer == "generation":
-        scorer = GenerationScorer(
-            task.extractor,
-            prompt=prompt,
-            max_new_tokens=task.max_new_tokens,
-            batch_size=task.batch_size,
-            pattern=task.pattern,
-            strict=task.strict,
-        )
-    elif task.scorer == "choice":
-        scorer = LoglikelihoodChoiceScorer(prompt=prompt)
-    elif task.scorer == "loss":
-        scorer = AnswerLossScorer(prompt=prompt, batch_size=64 if task.batch_size == "auto" else task.batch_size)
-    else:
-        scorer = PerplexityScorer()
-    _check_items(task, splits)
-    return Evaluator(task.name, splits, scorer)
+    scorer_class = SCORERS.get(task.scorer)
+    _check_items(task, splits, scorer_class.missing)
+    return Evaluator(task.name, splits, scorer_class.from_task(task, PromptTemplate(task.template)))
 
 
-def _check_items(task: TaskConfig, splits: Splits) -> None:
+def _check_items(task: TaskConfig, splits: Splits, missing: Callable[[Item, TaskConfig], str | None]) -> None:
     """What the scorer needs of every item, checked when the task is loaded, not mid-run."""
     items = [*splits.fewshot, *splits.search, *splits.test]
-    source = task.data or f"{task.search} / {task.test}"
-    answer = ("an answer", lambda it: bool(it.answer))
-    choices = ("choices and a label", lambda it: it.choices is not None and it.label is not None)
-    needs = {"loss": answer, "choice": choices, "generation": choices if task.extractor == "choice" else answer}
-    if task.scorer in needs:
-        what, ok = needs[task.scorer]
-        bad = [it.id for it in items if not ok(it)]
-        if bad:
-            scorer = f"scorer {task.scorer}" + (f" (extractor {task.extractor})" if task.scorer == "generation" else "")
-            raise TaskDataError(
-                f"task {task.name} ({source}): {len(bad)} item(s) without {what}, e.g. {bad[:3]}; {scorer} needs it"
-            )
+    lacking = [(it.id, what) for it in items if (what := missing(it, task)) is not None]
+    if lacking:
+        source = task.data or f"{task.search} / {task.test}"
+        raise TaskDataError(
+            f"task {task.name} ({source}): {len(lacking)} item(s) without {lacking[0][1]}, "
+            f"e.g. {[i for i, _ in lacking[:3]]}; scorer {task.scorer} (extractor {task.extractor}) needs it"
+        )
 
 
 def _lmeval_evaluator(task: TaskConfig) -> Evaluator:

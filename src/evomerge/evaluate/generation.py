@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -93,7 +93,7 @@ def _generate_batch(
     device: torch.device,
 ) -> list[str]:
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-    gen = model.generate(
+    gen = cast(Any, model).generate(  # transformers' annotations type generate() as a tensor
         **enc,
         max_new_tokens=max_new_tokens,
         do_sample=False,

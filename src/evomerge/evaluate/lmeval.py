@@ -74,9 +74,10 @@ class LMEvalScorer:
                     raise LMEvalError(f"lm-eval task file {path} not found")
                 import yaml
 
-                name = (yaml.safe_load(path.read_text()) or {}).get("task")
-                if not name:
+                named = (yaml.safe_load(path.read_text()) or {}).get("task")
+                if not named:
                     raise LMEvalError(f"{path}: an lm-eval task YAML needs a 'task:' name")
+                name = str(named)
                 include = str(path.parent)
             manager = TaskManager(include_path=include, verbosity="ERROR")
             try:

@@ -33,8 +33,10 @@ class PromptTemplate:
             return text
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise PromptError("chat=True needs a tokenizer with a chat template; this one has none")
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        return str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
         )
 
     def _one(self, item: Item) -> str:

@@ -9,28 +9,73 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..registry import Registry
 from . import extract
 from .generation import generate
 from .prompts import PromptTemplate
 from .tasks import Item, TaskDataError
 
+if TYPE_CHECKING:
+    from ..config import TaskConfig
+
 Extractor = Literal["number", "exact", "regex", "choice"]
 
 
+class Scorer(Protocol):
+    """What the evaluator needs of a scorer: per-item scores, and which way is better."""
+
+    @property
+    def higher_is_better(self) -> bool: ...
+
+    def score(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]
+    ) -> list[float]: ...
+
+
+class ScorerClass(Protocol):
+    """A registered scorer: built from a ``tasks:`` entry, and able to say what an item lacks
+    before a run starts. ``binary``: scores are right/wrong (0 or 1), which IRT estimators need."""
+
+    binary: ClassVar[bool]
+
+    @classmethod
+    def from_task(cls, task: TaskConfig, prompt: PromptTemplate) -> Scorer: ...
+
+    @staticmethod
+    def missing(item: Item, task: TaskConfig) -> str | None: ...
+
+
+#: The scorers a task can name (``tasks[].scorer``).
+SCORERS: Registry[type[ScorerClass]] = Registry("scorer")
+
+
+def _needs_answer(item: Item) -> str | None:
+    return None if item.answer else "an answer"
+
+
+def _needs_choices(item: Item) -> str | None:
+    return None if item.choices is not None and item.label is not None else "choices and a label"
+
+
+@SCORERS.register("generation")
 @dataclass(frozen=True)
 class GenerationScorer:
-    """Greedy generation, then answer extraction and comparison with the reference.
+    """Accuracy of a greedy answer: generation, then answer extraction and comparison with
+    the reference.
 
     ``number``: the last number, compared by value; ``exact``: normalised exact match
     (``strict`` compares the raw stripped text); ``regex``: the first group of
-    ``pattern``; ``choice``: a choice letter against the item's label.
+    ``pattern``; ``choice``: a choice letter against the item's label. With ``language``
+    (an ISO 639-1 code), a right answer also has to be in that language.
     """
+
+    binary: ClassVar[bool] = True
 
     extractor: Extractor = "exact"
     prompt: PromptTemplate = field(default_factory=PromptTemplate)
@@ -41,11 +86,32 @@ class GenerationScorer:
     pattern: str | None = None
     digit_map: Mapping[str, str] | None = None
     strict: bool = False
+    language: str | None = None
     higher_is_better: bool = True
 
     def __post_init__(self) -> None:
         if self.extractor == "regex" and not self.pattern:
-            raise ValueError("the regex extractor needs a pattern")
+            raise TaskDataError("the regex extractor needs a pattern (tasks[].pattern)")
+        if self.language is not None:
+            from .language import check_language_code
+
+            check_language_code(self.language)
+
+    @classmethod
+    def from_task(cls, task: TaskConfig, prompt: PromptTemplate) -> GenerationScorer:
+        return cls(
+            task.extractor,
+            prompt=prompt,
+            max_new_tokens=task.max_new_tokens,
+            batch_size=task.batch_size,
+            pattern=task.pattern,
+            strict=task.strict,
+            language=task.language,
+        )
+
+    @staticmethod
+    def missing(item: Item, task: TaskConfig) -> str | None:
+        return _needs_choices(item) if task.extractor == "choice" else _needs_answer(item)
 
     def completions(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]
@@ -59,7 +125,15 @@ class GenerationScorer:
         return [self.judge(c, it) for c, it in zip(self.completions(model, tokenizer, items), items, strict=True)]
 
     def judge(self, completion: str, item: Item) -> float:
-        """1.0 if ``completion`` answers ``item``, else 0.0."""
+        """1.0 if ``completion`` answers ``item`` (in ``language``, when set), else 0.0."""
+        right = self._right(completion, item)
+        if right and self.language is not None:
+            from .language import detect_language
+
+            return float(detect_language(completion) == self.language)
+        return right
+
+    def _right(self, completion: str, item: Item) -> float:
         if self.extractor == "choice":
             if item.choices is None or item.label is None:
                 raise TaskDataError(f"item {item.id}: the choice extractor needs choices and a label")
@@ -77,10 +151,13 @@ class GenerationScorer:
         return float(extract.normalize_text(completion) == extract.normalize_text(reference))
 
 
+@SCORERS.register("choice")
 @dataclass(frozen=True)
 class LoglikelihoodChoiceScorer:
-    """Multiple choice by the log-likelihood of each choice after the prompt (lm-eval's
+    """Log-likelihood multiple choice: the choice most likely after the prompt (lm-eval's
     ``acc``); ``length_normalized`` divides by the choice's length in bytes (``acc_norm``)."""
+
+    binary: ClassVar[bool] = True
 
     prompt: PromptTemplate = field(default_factory=lambda: PromptTemplate("{question}", separator="\n"))
     fewshot: tuple[Item, ...] = ()
@@ -89,9 +166,18 @@ class LoglikelihoodChoiceScorer:
     batch_size: int = 32
     higher_is_better: bool = True
 
+    @classmethod
+    def from_task(cls, task: TaskConfig, prompt: PromptTemplate) -> LoglikelihoodChoiceScorer:
+        return cls(prompt=prompt)
+
+    @staticmethod
+    def missing(item: Item, task: TaskConfig) -> str | None:
+        return _needs_choices(item)
+
     @torch.inference_mode()
     def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
-        pairs, starts = [], []
+        pairs: list[tuple[str, str]] = []
+        starts: list[int] = []
         for it in items:
             if it.choices is None or it.label is None:
                 raise TaskDataError(f"item {it.id}: log-likelihood multiple choice needs choices and a label")
@@ -112,14 +198,24 @@ class LoglikelihoodChoiceScorer:
         return scores
 
 
+@SCORERS.register("perplexity")
 @dataclass(frozen=True)
 class PerplexityScorer:
-    """Mean negative log-likelihood per token of each item's text (``question``, plus
-    ``answer`` when present). Lower is better: ``higher_is_better`` is False, and a fitness
-    built on it minimises."""
+    """Perplexity: the mean negative log-likelihood per token of each item's text
+    (``question``, plus ``answer`` when present). Lower is better: ``higher_is_better`` is
+    False, and a fitness built on it minimises."""
 
+    binary: ClassVar[bool] = False
     batch_size: int = 16
     higher_is_better: bool = False
+
+    @classmethod
+    def from_task(cls, task: TaskConfig, prompt: PromptTemplate) -> PerplexityScorer:
+        return cls()
+
+    @staticmethod
+    def missing(item: Item, task: TaskConfig) -> str | None:
+        return None
 
     @torch.inference_mode()
     def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
@@ -135,16 +231,26 @@ class PerplexityScorer:
         ]
 
 
+@SCORERS.register("loss")
 @dataclass(frozen=True)
 class AnswerLossScorer:
-    """Mean negative log-likelihood per token of each item's ``answer`` after its prompt:
-    the loss a fine-tune minimised, a smooth companion to accuracy on the same items
-    (lower is better)."""
+    """Answer loss: the mean negative log-likelihood per token of each item's ``answer``
+    after its prompt, the loss a fine-tune minimised, a smooth companion to accuracy on
+    the same items (lower is better)."""
 
+    binary: ClassVar[bool] = False
     prompt: PromptTemplate = field(default_factory=PromptTemplate)
     fewshot: tuple[Item, ...] = ()
     batch_size: int = 32
     higher_is_better: bool = False
+
+    @classmethod
+    def from_task(cls, task: TaskConfig, prompt: PromptTemplate) -> AnswerLossScorer:
+        return cls(prompt=prompt, batch_size=64 if task.batch_size == "auto" else task.batch_size)
+
+    @staticmethod
+    def missing(item: Item, task: TaskConfig) -> str | None:
+        return _needs_answer(item)
 
     def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
         missing = [it.id for it in items if not it.answer]

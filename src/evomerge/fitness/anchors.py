@@ -1,8 +1,10 @@
 """Anchor items: the few search items a candidate is actually evaluated on.
 
-Four ways to pick ``k`` of them, each returning positions into the search split and
-a weight per anchor (the share of the split it stands for; the weights sum to 1):
+Ways to pick ``k`` of them (the ``SELECTIONS`` registry), each returning positions into
+the search split and a weight per anchor (the share of the split it stands for; the
+weights sum to 1):
 
+- ``all``: every item (the ``full`` estimator's);
 - ``random``: a uniform sample, equal weights;
 - ``stratified``: a proportional sample from each stratum (an item field such as a
   subject or language, or else difficulty bands measured on the respondents), each
@@ -17,18 +19,15 @@ a weight per anchor (the share of the split it stands for; the weights sum to 1)
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from sklearn.cluster import KMeans
 
 from ..errors import EvomergeError
+from ..registry import Registry
 from .irt import IRTModel
-
-Selection = Literal["random", "stratified", "kmeans_irt", "kmeans_correct"]
-SELECTIONS: tuple[str, ...] = ("random", "stratified", "kmeans_irt", "kmeans_correct")
 
 
 class AnchorError(EvomergeError):
@@ -56,37 +55,101 @@ class Anchors:
         return np.setdiff1d(np.arange(self.n_items), self.index)
 
 
+@dataclass(frozen=True)
+class Pool:
+    """What a selection may draw on: the items, and what the respondents told of them."""
+
+    n_items: int
+    seed: int = 0
+    irt: IRTModel | Callable[[], IRTModel] | None = None  # a callable: fitted only when a selection asks
+    responses: np.ndarray | None = None
+    strata: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A registered way to pick anchors. ``pick(k, pool)``; ``needs_respondents(has_strata)``:
+    whether it needs the respondents' scores (an IRT fit or their per-item scores)."""
+
+    pick: Callable[[int, Pool], Anchors]
+    needs_respondents: Callable[[bool], bool]
+    doc: str = ""
+
+
+#: The anchor selections a config can name (``fitness.selection``).
+SELECTIONS: Registry[Selection] = Registry("anchor selection", AnchorError)
+
+
 def select_anchors(
-    selection: Selection,
-    k: int,
+    selection: str,
+    k: int | None,
     n_items: int,
     *,
     seed: int = 0,
-    irt: IRTModel | None = None,
+    irt: IRTModel | Callable[[], IRTModel] | None = None,
     responses: np.ndarray | None = None,
     strata: Sequence[str] | None = None,
 ) -> Anchors:
-    """``k`` anchors out of ``n_items``, reproducibly from ``seed``."""
+    """``k`` anchors out of ``n_items``, reproducibly from ``seed`` (``k=None``: every item
+    for ``all``)."""
+    chosen = SELECTIONS.get(selection)
+    k = n_items if k is None else k
     if not 0 < k <= n_items:
         raise AnchorError(f"cannot pick {k} anchors from {n_items} search items; choose 1..{n_items}")
-    rng = np.random.default_rng(seed)
-    if selection == "random":
-        index = np.sort(rng.choice(n_items, size=k, replace=False))
-        return Anchors(index, np.full(k, 1.0 / k), n_items)
-    if selection == "stratified":
-        labels = list(strata) if strata is not None else _difficulty_bands(responses, k)
-        if len(labels) != n_items:
-            raise AnchorError(f"{len(labels)} strata labels for {n_items} items")
-        return _stratified(labels, k, rng)
-    if selection == "kmeans_irt":
-        if irt is None:
-            raise AnchorError("kmeans_irt anchors need a fitted IRT model")
-        return _kmeans(np.column_stack([irt.a, irt.b]), k, seed)
-    if selection == "kmeans_correct":
-        if responses is None:
-            raise AnchorError("kmeans_correct anchors need the respondents' per-item scores")
-        return _kmeans(np.asarray(responses, dtype=float).T, k, seed)
-    raise AnchorError(f"unknown anchor selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
+    return chosen.pick(k, Pool(n_items, seed, irt, responses, strata))
+
+
+def _all(k: int, pool: Pool) -> Anchors:
+    n = pool.n_items
+    return Anchors(np.arange(n), np.full(n, 1.0 / n), n)
+
+
+def _random(k: int, pool: Pool) -> Anchors:
+    rng = np.random.default_rng(pool.seed)
+    index = np.sort(rng.choice(pool.n_items, size=k, replace=False))
+    return Anchors(index, np.full(k, 1.0 / k), pool.n_items)
+
+
+def _by_strata(k: int, pool: Pool) -> Anchors:
+    labels = list(pool.strata) if pool.strata is not None else _difficulty_bands(pool.responses, k)
+    if len(labels) != pool.n_items:
+        raise AnchorError(f"{len(labels)} strata labels for {pool.n_items} items")
+    return _stratified(labels, k, np.random.default_rng(pool.seed))
+
+
+def _kmeans_irt(k: int, pool: Pool) -> Anchors:
+    irt = pool.irt() if callable(pool.irt) else pool.irt
+    if irt is None:
+        raise AnchorError("kmeans_irt anchors need a fitted IRT model")
+    return _kmeans(np.column_stack([irt.a, irt.b]), k, pool.seed)
+
+
+def _kmeans_correct(k: int, pool: Pool) -> Anchors:
+    if pool.responses is None:
+        raise AnchorError("kmeans_correct anchors need the respondents' per-item scores")
+    return _kmeans(np.asarray(pool.responses, dtype=float).T, k, pool.seed)
+
+
+SELECTIONS.register("all", Selection(_all, lambda has_strata: False, "Every search item, equal weights"))
+SELECTIONS.register("random", Selection(_random, lambda has_strata: False, "A uniform sample, equal weights"))
+SELECTIONS.register(
+    "stratified",
+    Selection(
+        _by_strata,
+        lambda has_strata: not has_strata,
+        "A proportional sample per stratum (fitness.strata, else difficulty bands from the respondents)",
+    ),
+)
+SELECTIONS.register(
+    "kmeans_irt",
+    Selection(_kmeans_irt, lambda has_strata: True, "The items nearest k-means centroids of the IRT item embeddings"),
+)
+SELECTIONS.register(
+    "kmeans_correct",
+    Selection(
+        _kmeans_correct, lambda has_strata: True, "The items nearest k-means centroids of the respondents' scores"
+    ),
+)
 
 
 def _difficulty_bands(responses: np.ndarray | None, k: int) -> list[str]:

@@ -25,8 +25,8 @@ from ..errors import EvomergeError
 from ..evaluate.evaluator import Evaluator
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
-from .anchors import Anchors, select_anchors
-from .estimators import ESTIMATORS, GMPIRT, GPIRT, MPIRT, PIRT, Estimator, Full, blend
+from .anchors import SELECTIONS, Anchors, select_anchors
+from .estimators import ESTIMATORS, Estimator, blend
 from .irt import IRTModel, fit_irt
 from .respondents import Respondent, Responses, collect_responses, random_recipe, respondent_set
 
@@ -108,6 +108,24 @@ class IRTFits:
     def train(self) -> IRTModel:
         return self._train_fit(self.chosen_dim)
 
+    def choose_lambda(self, name: str, anchors: Anchors, inner: Estimator) -> float:
+        """The grid value of lambda with the least MAE on the validation respondents, for a
+        blend of the weighted anchors and ``inner`` (fitted without those respondents)."""
+        val = self.validation_rows
+        if len(val) < 2:
+            log.warning(
+                "%s: %d validation respondents are too few to choose lambda; using %.1f (add fitness.respondents)",
+                name,
+                len(val),
+                DEFAULT_LAMBDA,
+            )
+            return DEFAULT_LAMBDA
+        scores = self.responses.scores[val]
+        truth = scores.mean(axis=1)
+        parts = [(anchors.weights @ row[anchors.index], inner.estimate(row[anchors.index])) for row in scores]
+        errors = [np.abs([blend(lam, w, p) for w, p in parts] - truth).mean() for lam in LAMBDA_GRID]
+        return float(LAMBDA_GRID[int(np.argmin(errors))])
+
     def basis(self, model: IRTModel, fitted_rows: np.ndarray | None = None) -> np.ndarray:
         """The endpoints' abilities in ``model`` (fitted on ``fitted_rows``, default all)."""
         rows = np.arange(len(self.responses.respondents)) if fitted_rows is None else fitted_rows
@@ -125,67 +143,27 @@ def build_estimator(
     strata: Sequence[str] | None = None,
 ) -> Estimator:
     """The estimator ``config`` names, with its anchors drawn from ``n_items`` search items."""
-    name = config.estimator
-    if name == "full":
-        return Full(Anchors(np.arange(n_items), np.full(n_items, 1.0 / n_items), n_items))
-    assert config.anchors is not None  # FitnessConfig checks it
-    selection = config.chosen_selection
-    cls = ESTIMATORS[name]
+    cls, selection = ESTIMATORS[config.estimator], config.chosen_selection
     if fits is None and needs_respondents(config, has_strata=strata is not None):
         raise EvomergeError(
-            f"estimator {name} with {selection} anchors needs respondents' scores (an IRT fit); "
+            f"estimator {config.estimator} with {selection} anchors needs respondents' scores (an IRT fit); "
             "use estimator mean with random anchors to do without"
         )
     anchors = select_anchors(
-        selection,  # type: ignore[arg-type]
+        selection,
         config.anchors,
         n_items,
         seed=config.seed,
-        irt=fits.full if fits is not None and selection == "kmeans_irt" else None,
+        irt=(lambda: fits.full) if fits is not None else None,
         responses=fits.responses.scores if fits is not None else None,
         strata=strata,
     )
-    if not cls.uses_irt:
-        return cls(anchors)
-    assert fits is not None
-    if name == "pirt":
-        return PIRT(anchors, fits.full)
-    if name == "mpirt":
-        return MPIRT(anchors, fits.full, fits.basis(fits.full))
-    lam = config.lam if config.lam is not None else choose_lambda(name, anchors, fits)
-    if name == "gpirt":
-        return GPIRT(anchors, fits.full, lam)
-    return GMPIRT(anchors, fits.full, fits.basis(fits.full), lam)
+    return cls.build(anchors, fits, config.lam)
 
 
 def needs_respondents(config: FitnessConfig, *, has_strata: bool) -> bool:
     """Whether the estimator or its anchor selection needs respondents' scores."""
-    selection = config.chosen_selection
-    return (
-        ESTIMATORS[config.estimator].uses_irt
-        or selection in ("kmeans_irt", "kmeans_correct")
-        or (selection == "stratified" and not has_strata)
-    )
-
-
-def choose_lambda(name: str, anchors: Anchors, fits: IRTFits) -> float:
-    """The grid value of lambda with the least MAE on the validation respondents."""
-    val = fits.validation_rows
-    if len(val) < 2:
-        log.warning(
-            "%s: %d validation respondents are too few to choose lambda; using %.1f (add fitness.respondents)",
-            name,
-            len(val),
-            DEFAULT_LAMBDA,
-        )
-        return DEFAULT_LAMBDA
-    irt = fits.train
-    inner: PIRT = PIRT(anchors, irt) if name == "gpirt" else MPIRT(anchors, irt, fits.basis(irt, fits.train_rows))
-    scores = fits.responses.scores[val]
-    truth = scores.mean(axis=1)
-    parts = np.array([(anchors.weights @ row[anchors.index], inner.estimate(row[anchors.index])) for row in scores])
-    errors = [np.abs([blend(lam, w, p) for w, p in parts] - truth).mean() for lam in LAMBDA_GRID]
-    return float(LAMBDA_GRID[int(np.argmin(errors))])
+    return ESTIMATORS[config.estimator].uses_irt or SELECTIONS[config.chosen_selection].needs_respondents(has_strata)
 
 
 def prepare_estimator(

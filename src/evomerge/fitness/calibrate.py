@@ -79,6 +79,8 @@ def calibrate(
     """Write ``calibration.csv``, ``calibration.json`` and ``calibration.png`` to ``out``."""
     from transformers import AutoTokenizer
 
+    from ..search.rundir import RunDir  # the respondents' file is named as in a run directory
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -106,7 +108,7 @@ def calibrate(
         evaluator = evaluator_for(task)
         n = len(evaluator.splits.search)
         responses = collect_responses(
-            evaluator, model, tokenizer, merger, respondents, cache=out / f"respondents-{task.name}.json"
+            evaluator, model, tokenizer, merger, respondents, cache=RunDir(out).respondents(task.name)
         )
         truth_rows = collect_responses(
             evaluator, model, tokenizer, merger, trials, cache=out / f"calibration-merges-{task.name}.json"

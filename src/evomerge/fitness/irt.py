@@ -65,7 +65,7 @@ class IRTModel:
         """P(right) on every item for one ability (dim,) or several (n, dim)."""
         return expit(np.clip(np.asarray(theta) @ self.a.T - self.b, -30, 30))
 
-    def ability(self, scores: Sequence[float], items: Sequence[int]) -> np.ndarray:
+    def ability(self, scores: Sequence[float] | np.ndarray, items: Sequence[int] | np.ndarray) -> np.ndarray:
         """MAP ability of a new respondent from its scores on ``items`` (the p-IRT step).
 
         tinyBenchmarks fits this by maximum likelihood; the prior here keeps it finite
@@ -82,7 +82,9 @@ class IRTModel:
 
         return minimize(loss, np.zeros(self.dim), jac=True, method="L-BFGS-B").x
 
-    def combination(self, scores: Sequence[float], items: Sequence[int], basis: np.ndarray) -> np.ndarray:
+    def combination(
+        self, scores: Sequence[float] | np.ndarray, items: Sequence[int] | np.ndarray, basis: np.ndarray
+    ) -> np.ndarray:
         """MERGE3's mp-IRT ability: the combination ``w @ basis`` of the endpoints' abilities
         (rows of ``basis``) that best explains the scores on ``items``.
 
@@ -161,7 +163,9 @@ def fit_irt(responses: np.ndarray, dim: int = 2, *, priors: Priors | None = None
     return IRTModel(a * flip, b.copy(), theta * flip, priors)
 
 
-def _check_scores(scores: Sequence[float], items: Sequence[int], n_items: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_scores(
+    scores: Sequence[float] | np.ndarray, items: Sequence[int] | np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(scores, dtype=float)
     idx = np.asarray(items, dtype=int)
     if y.shape != idx.shape or y.ndim != 1 or len(y) == 0:

@@ -152,4 +152,4 @@ class TensorCache:
         vocabs = [vocab.read_vocab(m.path) for m in self.pool.models]
         if out_vocab is None or any(v is None for v in vocabs):
             raise CheckpointError("aligning vocabularies needs every model's tokenizer, and one is missing")
-        return vocab.align_rows(tensors, vocab.row_maps(vocabs, out_vocab), base=0)
+        return vocab.align_rows(tensors, vocab.row_maps([v for v in vocabs if v is not None], out_vocab), base=0)

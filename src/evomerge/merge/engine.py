@@ -372,7 +372,7 @@ class Merger:
                     )
                 )
 
-    def _magnitude_cuts(self, name, stack, method, rows, densities, entries, per_input) -> Cuts:  # type: ignore[no-untyped-def]
+    def _magnitude_cuts(self, name, stack, method, rows, densities, entries, per_input) -> Cuts:
         histograms, _ = self._stats(name, stack)
         gammas = [float(per_input[n].get("gamma", 0.0)) for n in entries]
         mine = [histograms[r] for r in rows]
@@ -395,7 +395,7 @@ class Merger:
             factors.append(1.0 if before < 1e-7 or after < 1e-7 else float(np.float32(before) / np.float32(after)))
         return factors
 
-    def _della(self, recipe, name, stack, rows, entries, per_input, shared, consensus, target) -> None:  # type: ignore[no-untyped-def]
+    def _della(self, recipe, name, stack, rows, entries, per_input, shared, consensus, target) -> None:
         """DELLA (per tensor, eagerly: its per-row ranks need whole rows)."""
         shape = self.output_shape(name)
         reference = stack[0].float()
@@ -571,7 +571,7 @@ def layer_source(recipe: Recipe, name: str, num_layers: int) -> int:
         return 0
     if len(setting) != num_layers:
         raise MergeConfigError(f"layer_select.source has {len(setting)} entries; give one per layer ({num_layers})")
-    return int(setting[layer])
+    return int(setting[layer])  # type: ignore[arg-type]  # a tuple of per-layer ints here
 
 
 @lru_cache(maxsize=8)
@@ -582,6 +582,6 @@ def _settings(recipe: Recipe) -> tuple[dict[str, Any], dict[str, dict[str, Any]]
 
 def _targets(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Parameters and buffers by checkpoint name (tied weights appear under every name)."""
-    found = dict(model.named_parameters(remove_duplicate=False))
+    found: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     found.update(dict(model.named_buffers(remove_duplicate=False)))
     return found

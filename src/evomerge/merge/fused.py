@@ -38,7 +38,7 @@ _S13, _S16, _S17 = np.uint64(13), np.uint64(16), np.uint64(17)
 
 
 @njit(cache=True, inline="always")
-def level(j, seed):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def level(j, seed):  # pragma: no cover - compiled
     """Entry ``j``'s random level in [0, 2**15): murmur3's 32-bit finaliser of ``j * K0 + seed``
     (``masks.random_levels`` computes the same with torch)."""
     h = (np.uint64(j) * _K0 + seed) & _M32
@@ -54,7 +54,7 @@ def level(j, seed):  # type: ignore[no-untyped-def]  # pragma: no cover - compil
 PARALLEL_FROM = 1 << 20
 
 
-def _span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]
+def _span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):
     """``out[j] = base[j] * c[0] + c[1] * combine_i(mask_ij * delta_ij * scale_i)`` over one span,
     ``c = coefficients``: (1, lambda) for the task-arithmetic family.
 
@@ -107,7 +107,7 @@ def _indent(text: str, spaces: int) -> str:
 
 
 @overload(_span, jit_options={"boundscheck": False})
-def _span_overload(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]
+def _span_overload(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):
     each = range(len(deltas))
     if isinstance(seeds, types.NoneType):
         keep = (
@@ -155,12 +155,12 @@ def _span_overload(base, deltas, seeds, lo, hi, ties, offset, scale, weights, co
     return namespace["span"]
 
 
-def _slices(arrays, start, stop):  # type: ignore[no-untyped-def]
+def _slices(arrays, start, stop):
     raise NotImplementedError  # pragma: no cover - replaced by the overload below
 
 
 @overload(_slices)
-def _slices_overload(arrays, start, stop):  # type: ignore[no-untyped-def]
+def _slices_overload(arrays, start, stop):
     if isinstance(arrays, types.NoneType):
         return lambda arrays, start, stop: None
     items = "".join(f"arrays[{i}][start:stop], " for i in range(len(arrays)))
@@ -173,7 +173,9 @@ _compile = {"cache": True, "boundscheck": False}
 
 
 @njit(parallel=True, **_compile)
-def _merge_parallel(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _merge_parallel(
+    base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out
+):  # pragma: no cover
     size = base.shape[0]
     blocks = (size + _BLOCK - 1) // _BLOCK
     for b in prange(blocks):
@@ -197,7 +199,9 @@ def _merge_parallel(base, deltas, seeds, lo, hi, ties, offset, scale, weights, c
 
 
 @njit(**_compile)
-def _merge_serial(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _merge_serial(
+    base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out
+):  # pragma: no cover
     _span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out)
 
 
@@ -242,7 +246,7 @@ def combine(rows: tuple[np.ndarray, ...], coefficients: list[float], out: np.nda
 
 
 @njit(cache=True)
-def magnitude_histogram(delta, counts):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def magnitude_histogram(delta, counts):  # pragma: no cover - compiled
     """``counts[b] += #entries whose |delta| has top 16 bits b`` (the order of fp32 bit
     patterns of non-negative values is their numeric order)."""
     bits = delta.view(np.uint32)
@@ -251,7 +255,7 @@ def magnitude_histogram(delta, counts):  # type: ignore[no-untyped-def]  # pragm
 
 
 @njit(cache=True)
-def bucket_histogram(delta, bucket, counts):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def bucket_histogram(delta, bucket, counts):  # pragma: no cover - compiled
     """``counts[low] += #entries of magnitude bucket ``bucket`` whose low 16 bits are ``low``."""
     bits = delta.view(np.uint32)
     for j in range(bits.shape[0]):
@@ -261,7 +265,7 @@ def bucket_histogram(delta, bucket, counts):  # type: ignore[no-untyped-def]  # 
 
 
 @njit(cache=True)
-def find_equal(delta, value_bits, nth):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def find_equal(delta, value_bits, nth):  # pragma: no cover - compiled
     """(position of the ``nth`` (0-based) entry with |delta| bits ``value_bits``, or -1; how
     many such entries came before it, or in all)."""
     bits = delta.view(np.uint32)
@@ -275,14 +279,14 @@ def find_equal(delta, value_bits, nth):  # type: ignore[no-untyped-def]  # pragm
 
 
 @njit(cache=True)
-def level_l1(delta, seed, offset, table):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def level_l1(delta, seed, offset, table):  # pragma: no cover - compiled
     """``table[v] += sum |delta|`` over the entries whose random level is ``v``."""
     for j in range(delta.shape[0]):
         table[level(offset + j, seed)] += abs(delta[j])
 
 
 @njit(cache=True)
-def cut_l1(delta, lo, hi, ties, offset):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def cut_l1(delta, lo, hi, ties, offset):  # pragma: no cover - compiled
     """``sum |delta|`` over what a magnitude cut keeps (fp64 accumulation)."""
     total = 0.0
     for j in range(delta.shape[0]):

@@ -82,7 +82,8 @@ class Recipe:
         single value. Checked against the method's declaration (``resolve_params``)."""
         spec = get_method(method)
         resolve_params(spec, params, n_endpoints=len(models))
-        shared, per_model = [], [[] for _ in models]
+        shared: list[Any] = []
+        per_model: list[list[Any]] = [[] for _ in models]
         for name, value in params.items():
             if not spec.param(name).per_model:
                 shared.append((name, value))

@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -95,7 +95,7 @@ def save_merged(
     tokenizer, the mergekit YAML and a model card."""
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        cast(Any, model).save_pretrained(tmp)
         _write_extras(tmp, recipe, merger)
 
     return write_atomically(out, write, force=force)
@@ -120,8 +120,8 @@ def load_live_model(merger: Merger, *, out_dtype: str | None = None) -> torch.nn
     from transformers import AutoModelForCausalLM
 
     dtype = _dtype(out_dtype) if out_dtype else "auto"
-    model = AutoModelForCausalLM.from_pretrained(merger.pool.base.path, dtype=dtype)
-    embeddings = model.get_input_embeddings()
+    model: Any = AutoModelForCausalLM.from_pretrained(merger.pool.base.path, dtype=dtype)
+    embeddings: Any = model.get_input_embeddings()
     name = next((n for n, p in model.named_parameters() if p is embeddings.weight), None)
     if merger.pool.align_vocab and name is not None:  # the output vocabulary may differ from the base's
         rows = merger.output_rows(name)

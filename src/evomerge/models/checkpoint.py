@@ -90,11 +90,11 @@ class Checkpoint:
             return files
         shards = sorted(self.path.glob("*.safetensors"))
         if shards:
-            files: dict[str, Path] = {}
+            found: dict[str, Path] = {}
             for shard in shards:
                 with self._opened(shard) as f:
-                    files.update(dict.fromkeys(f.keys(), shard))
-            return files
+                    found.update(dict.fromkeys(f.keys(), shard))
+            return found
         pickled = sorted(self.path.glob("*.bin")) + sorted(self.path.glob("*.pt"))
         if not pickled:
             raise CheckpointError(f"{self.name}: no .safetensors or .bin weights in {self.path}")
@@ -150,7 +150,7 @@ class Checkpoint:
         shape, (begin, end) = tuple(entry["shape"]), entry["data_offsets"]
         dtype = SAFETENSORS_DTYPES[entry["dtype"]]
         tensor = torch.empty(shape, dtype=dtype) if out is None else out.view(shape)
-        buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        buffer = tensor.reshape(-1).view(torch.uint8).numpy().data
         if len(buffer) != end - begin:
             raise CheckpointError(
                 f"{self.name}: tensor {name!r} has {end - begin} bytes on disk, {len(buffer)} expected"

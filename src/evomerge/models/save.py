@@ -142,4 +142,4 @@ class SafetensorsStream:
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
         with open(file, "r+b") as f:
             f.seek(offset)
-            f.write(memoryview(data))
+            f.write(data.data)

@@ -12,7 +12,8 @@ import yaml
 
 from ..models.save import write_text_atomically
 from ..search.loop import winners
-from ..search.store import RunStore, TestRow
+from ..search.rundir import RunDir
+from ..search.store import TestRow
 from . import plots
 
 STYLE = """
@@ -28,13 +29,14 @@ pre { background: #f7f7f7; padding: 0.7rem; overflow-x: auto; font-size: 0.85rem
 
 def write_report(run_dir: Path | str) -> Path:
     """Draw the figures (PNGs in ``run_dir``) and write ``run_dir/report.html``."""
-    run_dir = Path(run_dir)
-    store = RunStore.in_dir(run_dir)
+    rd = RunDir(Path(run_dir))
+    store = rd.open_store()
     try:
         names: list[str] = store.get("objectives") or []
         maximize: list[bool] = store.get("maximize") or [True] * len(names)
         generations = store.generations()
         rows = list(store.evaluations())
+        failed = [r for r in store.evaluations(failed=True) if not r.ok]
         tests = store.tests()
         stop = store.get("stop_reason")
     finally:
@@ -42,17 +44,15 @@ def write_report(run_dir: Path | str) -> Path:
     front = winners(rows, maximize)
     with plots.literal_text():  # names are the user's text: "$" is a dollar, not mathtext
         figures = {
-            "Fitness per generation": plots.fitness_per_generation(
-                generations, names, maximize, run_dir / "fitness.png"
-            ),
-            "Pareto front": plots.pareto_front(rows, front, names, run_dir / "pareto.png"),
-            "Evolved genes": plots.genes_heatmap(front[0], run_dir / "genes.png") if front else None,
-            "Estimated vs held-out score": plots.estimates_vs_test(tests, names, run_dir / "estimates.png"),
+            "Fitness per generation": plots.fitness_per_generation(generations, names, maximize, rd.figure("fitness")),
+            "Pareto front": plots.pareto_front(rows, front, names, rd.figure("pareto")),
+            "Evolved genes": plots.genes_heatmap(front[0], rd.figure("genes")) if front else None,
+            "Estimated vs held-out score": plots.estimates_vs_test(tests, names, rd.figure("estimates")),
         }
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    config = rd.config.read_text() if rd.config.exists() else ""
     method = (yaml.safe_load(config) or {}).get("merge", {}).get("method", "?") if config else "?"
     parts = [
-        f"<h1>evomerge run: {html.escape(run_dir.name)}</h1>",
+        f"<h1>evomerge run: {html.escape(rd.path.name)}</h1>",
         f"<p class='facts'>{html.escape(method)} merge; objectives: "
         + ", ".join(f"{html.escape(n)} ({'max' if up else 'min'})" for n, up in zip(names, maximize, strict=True))
         + f"; {len(rows)} evaluations in {len(generations)} generations; stopped: {html.escape(str(stop))}</p>",
@@ -63,17 +63,25 @@ def write_report(run_dir: Path | str) -> Path:
         if path is not None:
             data = base64.b64encode(path.read_bytes()).decode()
             parts.append(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{data}'>")
+    if failed:
+        parts.append(
+            f"<h2>Failed candidates ({len(failed)})</h2><table><tr><th>id</th><th>generation</th><th>error</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{r.id}</td><td>{r.generation}</td><td>{html.escape(r.error or '')}</td></tr>" for r in failed
+        ]
+        parts.append("</table>")
     if front:
         parts.append("<h2>The winner's recipe (mergekit YAML)</h2>")
         parts.append(f"<pre>{html.escape(front[0].recipe)}</pre>")
     parts.append(f"<h2>Config</h2><pre>{html.escape(config)}</pre>")
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>evomerge: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body>"
+        f"<title>evomerge: {html.escape(rd.path.name)}</title><style>{STYLE}</style></head><body>"
         + "\n".join(parts)
         + "</body></html>"
     )
-    out = run_dir / "report.html"
+    out = rd.report
     write_text_atomically(out, page)
     return out
 

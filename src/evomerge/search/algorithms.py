@@ -91,7 +91,7 @@ def make_algorithm(
         options.setdefault("n_mutants", max(1, round(0.1 * pop)))
         options.setdefault("n_offsprings", max(1, pop - options["n_elites"] - options["n_mutants"]))
         accepted.discard("pop_size")
-    elif "pop_size" not in inspect.signature(cls.__init__).parameters and name not in _POP_VIA_KWARGS:
+    elif "pop_size" not in inspect.signature(cls.__init__).parameters and name not in _POP_VIA_KWARGS:  # type: ignore[misc]
         accepted.discard("pop_size")  # derived from other options (reference directions, a simplex, ...)
     elif population_size is not None and "pop_size" not in options:
         options["pop_size"] = population_size

@@ -11,32 +11,76 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..errors import MemoryBudgetError
+from ..errors import CandidateError, EvomergeError, MemoryBudgetError
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
+from ..registry import Registry
 from .problem import Evaluation, MergeProblem
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
 
 
 class Executor(Protocol):
+    """Merges and scores candidates for the search loop and the test phase."""
+
     def evaluate(self, problem: MergeProblem, recipes: Sequence[Recipe]) -> Iterator[tuple[int, Evaluation]]:
-        """Merge and score each recipe; yield ``(its index, result)`` as each finishes."""
+        """Merge and score each recipe; yield ``(its index, result)`` as each finishes. A
+        candidate that raises (other than ``RUN_ERRORS``) yields an ``Evaluation.failed``."""
+        ...
+
+    def evaluate_one(self, problem: MergeProblem, recipe: Recipe) -> Evaluation:
+        """Merge and score one recipe here and now."""
+        ...
+
+    def test(self, problem: MergeProblem, recipe: Recipe) -> tuple[tuple[float, ...], float]:
+        """The held-out scores of ``recipe`` and the seconds they took."""
         ...
 
 
+class ExecutorClass(Protocol):
+    """A registered executor: made from the run's merger, live model, tokenizer and config."""
+
+    @classmethod
+    def create(
+        cls, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: ExperimentConfig
+    ) -> Executor: ...
+
+
+#: The executors a config can name (``output.executor``).
+EXECUTORS: Registry[type[ExecutorClass]] = Registry("executor")
+
+
+@EXECUTORS.register("local")
 class LocalExecutor:
     """One live model in this process: each candidate is merged into it in place."""
 
     def __init__(self, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         self.merger, self.model, self.tokenizer = merger, model, tokenizer
 
+    @classmethod
+    def create(
+        cls, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: ExperimentConfig
+    ) -> LocalExecutor:
+        return cls(merger, model, tokenizer)
+
     def evaluate(self, problem: MergeProblem, recipes: Sequence[Recipe]) -> Iterator[tuple[int, Evaluation]]:
         for i, recipe in enumerate(recipes):
-            yield i, self.evaluate_one(problem, recipe)
+            start = time.perf_counter()
+            try:
+                evaluation = self.evaluate_one(problem, recipe)
+            except CandidateError as err:
+                evaluation = Evaluation.failed(err, time.perf_counter() - start)
+            except RUN_ERRORS:
+                raise
+            except Exception as err:  # this candidate's own failure; the loop applies search.on_error
+                evaluation = Evaluation.failed(err, time.perf_counter() - start)
+            yield i, evaluation
 
     @torch.no_grad()
     def evaluate_one(self, problem: MergeProblem, recipe: Recipe) -> Evaluation:
@@ -54,6 +98,11 @@ class LocalExecutor:
             start = time.perf_counter()
             self.merger.merge_into(self.model, recipe)
             return problem.test(self.model, self.tokenizer), time.perf_counter() - start
+
+
+#: Errors of the run, not of one candidate: bad data or settings (every candidate would
+#: fail alike), out of memory, a full disk. They stop the run whatever search.on_error says.
+RUN_ERRORS: tuple[type[BaseException], ...] = (EvomergeError, OSError, MemoryError)
 
 
 @contextmanager

@@ -26,17 +26,16 @@ from ..merge.recipe import Recipe
 from ..merge.run import load_live_model, merge_config, save_merged
 from ..models.pool import ModelPool
 from .algorithms import make_algorithm
-from .executors import LocalExecutor
+from .executors import EXECUTORS
 from .heldout import candidates, run_tests, write_results
-from .lock import LOCK_FILE, run_lock
 from .loop import Searcher, Termination, winners
 from .objectives import Objective, task_objectives
 from .problem import MergeProblem
+from .rundir import RUNS, RunDir
 from .space import SearchSpace
 from .store import EvaluationRow, RunStore, TestRow, storage_errors
 
 log = logging.getLogger(__name__)
-DEFAULT_RUN_DIR = Path("runs/run")
 
 
 class RunExistsError(EvomergeError):
@@ -85,21 +84,21 @@ def run_experiment(
     """Evolve, test and save as ``config`` says. ``objectives`` replace the config's tasks
     (custom fitness functions); ``resume`` continues the run stored in ``run_dir``;
     ``search=False`` (with ``resume``) tests the best so far without searching on."""
-    run_dir = Path(run_dir or config.output.run_dir or DEFAULT_RUN_DIR)
+    rd = RunDir(Path(run_dir or config.output.run_dir or RUNS / "run"))
     objectives = list(objectives) if objectives is not None else task_objectives(config)
     if not objectives:
         raise ConfigError("tasks: give at least one task (each task is an objective)")
-    fresh = not (run_dir / RunStore.FILE).exists()
+    fresh = not rd.holds_run()
     merger = _open_models(config)  # before the run directory exists: a model or memory error leaves nothing
-    with storage_errors(run_dir), run_lock(run_dir):
-        store = RunStore.in_dir(run_dir)
+    with storage_errors(rd.path), rd.lock():
+        store = rd.open_store()
         try:
-            _check_store(store, run_dir, config, objectives, resume)
-            return _run(config, run_dir, store, objectives, progress, search, merger)
+            _check_store(store, rd, config, objectives, resume)
+            return _run(config, rd, store, objectives, progress, search, merger)
         except EvomergeError:  # bad models or data: a fresh run leaves nothing behind
             if fresh and not resume:
                 store.close()
-                _remove_if_empty(run_dir)
+                _remove_if_empty(rd)
             raise
         finally:
             store.close()
@@ -108,23 +107,35 @@ def run_experiment(
 def resume_run(run_dir: Path | str, *, progress: bool = False, search: bool = True) -> RunResult:
     """Continue the run in ``run_dir`` from its ``config.yaml`` (``search=False``: only
     test what it has found so far)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / RunStore.FILE).is_file():
-        raise ResumeError(f"{run_dir} holds no run ({RunStore.FILE} is missing); start one with evomerge run")
-    config = load_config(run_dir / "config.yaml")
-    return run_experiment(config, run_dir, resume=True, progress=progress, search=search)
+    rd = RunDir(Path(run_dir))
+    if not rd.holds_run():
+        raise ResumeError(f"{rd} holds no run ({rd.store_file.name} is missing); start one with evomerge run")
+    config = load_config(rd.config)
+    return run_experiment(config, rd.path, resume=True, progress=progress, search=search)
+
+
+def _same_config(stored: str, now: str) -> bool:
+    """Whether a stored config is ``now``'s. The stored text is read through today's schema
+    first, so keys added since (with their defaults) do not tell an older run apart."""
+    if stored == now:
+        return True
+    try:
+        return config_yaml(load_config(stored, resolve_demo=False)) == now
+    except EvomergeError:
+        return False
 
 
 def _check_store(
-    store: RunStore, run_dir: Path, config: ExperimentConfig, objectives: Sequence[Objective], resume: bool
+    store: RunStore, rd: RunDir, config: ExperimentConfig, objectives: Sequence[Objective], resume: bool
 ) -> None:
     stored = store.get("config")
     text = config_yaml(config)
     names = [n for o in objectives for n in o.names]
+    run_dir = rd.path
     if stored is None:
         if resume:
             raise ResumeError(f"{run_dir} holds no run to resume; start one with evomerge run")
-        (run_dir / "config.yaml").write_text(text)  # first: a store with a config always has its file
+        rd.config.write_text(text)  # first: a store with a config always has its file
         store.set("objectives", names)
         store.set("maximize", [up for o in objectives for up in o.maximize])
         store.set("config", text)  # last: what marks the directory as holding a run
@@ -134,7 +145,7 @@ def _check_store(
             f"{run_dir} already holds a run; continue it with `evomerge resume {run_dir}`, "
             "or give another output.run_dir"
         )
-    if stored != text:
+    if not _same_config(stored, text):
         diff = "".join(difflib.unified_diff(stored.splitlines(True), text.splitlines(True), "stored", "now", n=1))
         raise ResumeError(
             f"the config differs from the one {run_dir} was run with, so resuming would mix two runs. "
@@ -152,28 +163,24 @@ def _open_models(config: ExperimentConfig) -> Merger:
     return Merger(pool, device=config.output.device, tier=config.merge.tier, memory_budget=config.merge.memory_budget)
 
 
-#: What a run writes into its directory before its first evaluation
-_FIRST_FILES = ("config.yaml", RunStore.FILE, RunStore.FILE + "-wal", RunStore.FILE + "-shm", LOCK_FILE)
-
-
-def _remove_if_empty(run_dir: Path) -> None:
+def _remove_if_empty(rd: RunDir) -> None:
     """A new run that failed before its first evaluation leaves nothing behind, so the same
     command with the config fixed starts afresh (files the run did not write are kept)."""
-    store = RunStore.in_dir(run_dir)
+    store = rd.open_store()
     try:
-        if next(iter(store.evaluations()), None) is not None:
+        if next(iter(store.evaluations(failed=True)), None) is not None:
             return
     finally:
         store.close()
-    for name in [*_FIRST_FILES, *(p.name for p in run_dir.glob("respondents-*.json"))]:
-        (run_dir / name).unlink(missing_ok=True)
-    if not any(run_dir.iterdir()):
-        run_dir.rmdir()
+    for path in rd.first_files():
+        path.unlink(missing_ok=True)
+    if not any(rd.path.iterdir()):
+        rd.path.rmdir()
 
 
 def _run(
     config: ExperimentConfig,
-    run_dir: Path,
+    rd: RunDir,
     store: RunStore,
     objectives: list[Objective],
     progress: bool,
@@ -187,55 +194,57 @@ def _run(
     model = load_live_model(merger)
     tokenizer = AutoTokenizer.from_pretrained(pool.base.path)
     for objective in objectives:
-        objective.prepare(merger, model, tokenizer, run_dir)
+        objective.prepare(merger, model, tokenizer, rd.path)
     problem = MergeProblem(search_space(config, pool.num_layers), objectives)
-    executor = LocalExecutor(merger, model, tokenizer)
+    executor = EXECUTORS[config.output.executor].create(merger, model, tokenizer, config)
 
     reason = store.get("stop_reason") or ("" if search else "not finished: tested the best so far")
-    if not reason:
-        s = config.search
-        algorithm = make_algorithm(
-            s.algorithm, problem.n_obj, s.options, population_size=s.population_size, seed=config.seed
-        )
-        termination = Termination(s.generations, s.max_evaluations, s.max_seconds, s.patience)
-        reason = Searcher(problem, algorithm, executor, store, termination, seed=config.seed, progress=progress).run()
-    gene_names = [g.name for g in problem.space.all_genes]
-    store.export_csv(run_dir / "evaluations.csv", gene_names, problem.names)
+    try:
+        if not reason:
+            s = config.search
+            algorithm = make_algorithm(
+                s.algorithm, problem.n_obj, s.options, population_size=s.population_size, seed=config.seed
+            )
+            termination = Termination(s.generations, s.max_evaluations, s.max_seconds, s.patience)
+            reason = Searcher(
+                problem, algorithm, executor, store, termination, seed=config.seed, progress=progress,
+                on_error=s.on_error,
+            ).run()  # fmt: skip
+    finally:  # also when a candidate failed: evaluations.csv shows it
+        store.export_csv(rd.evaluations_csv, [g.name for g in problem.space.all_genes], problem.names)
 
     rows = list(store.evaluations())
     best = winners(rows, problem.maximize)
     tests = run_tests(store, executor, problem, candidates(best, problem, config.merge.method, m.endpoints, m.base))
-    write_results(
-        run_dir / "results.json", tests, problem, {"stop_reason": reason, "evaluations": len(rows), "seed": config.seed}
-    )
+    write_results(rd.results, tests, problem, {"stop_reason": reason, "evaluations": len(rows), "seed": config.seed})
     if config.output.save_best and problem.n_obj > 1:
         log.info("%d Pareto members: none is saved as best/; their recipes are in results.json", len(best))
     finished = store.get("stop_reason") is not None  # an unfinished run's best may still change
-    if config.output.save_best and finished and problem.n_obj == 1 and best and not (run_dir / "best").exists():
+    if config.output.save_best and finished and problem.n_obj == 1 and best and not rd.best.exists():
         recipe = Recipe.from_yaml(best[0].recipe)
         merger.merge_into(model, recipe)
-        save_merged(model, recipe, merger, run_dir / "best")
+        save_merged(model, recipe, merger, rd.best)
     from ..report import write_report  # the report reads the store; it sits above the search
 
-    write_report(run_dir)
-    return RunResult(run_dir, reason, len(rows), problem, best, tests, merger, model, tokenizer)
+    write_report(rd.path)
+    return RunResult(rd.path, reason, len(rows), problem, best, tests, merger, model, tokenizer)
 
 
 def export_run(run_dir: Path | str, out: Path | str, *, member: str | None = None, force: bool = False) -> Path:
     """Save a run's winner as an HF checkpoint with its mergekit YAML. ``member``: a
     Pareto member (``pareto:K``) or any evaluation (``id:N``, as in evaluations.csv)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / RunStore.FILE).is_file():
-        raise ResumeError(f"{run_dir} holds no run ({RunStore.FILE} is missing)")
-    config = load_config(run_dir / "config.yaml")
-    store = RunStore.in_dir(run_dir)
+    rd = RunDir(Path(run_dir))
+    if not rd.holds_run():
+        raise ResumeError(f"{rd} holds no run ({rd.store_file.name} is missing)")
+    config = load_config(rd.config)
+    store = rd.open_store()
     try:
         rows = list(store.evaluations())
         front = winners(rows, store.get("maximize"))
     finally:
         store.close()
     if not rows:
-        raise EvomergeError(f"{run_dir} has no evaluations yet; resume it first")
+        raise EvomergeError(f"{rd} has no evaluations yet; resume it first")
     kind, _, number = (member or "pareto:0").partition(":")
     pool = {"pareto": front, "best": front, "id": rows}.get(kind)
     index = (int(number) - (1 if kind == "id" else 0)) if number.isdigit() else 0

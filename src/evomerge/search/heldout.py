@@ -20,7 +20,7 @@ from ..fitness.respondents import single_model
 from ..merge.methods import get_method
 from ..merge.recipe import Recipe
 from ..models.save import write_text_atomically
-from .executors import LocalExecutor
+from .executors import Executor
 from .problem import MergeProblem
 from .store import EvaluationRow, RunStore, TestRow
 
@@ -74,9 +74,7 @@ def candidates(
     return unique
 
 
-def run_tests(
-    store: RunStore, executor: LocalExecutor, problem: MergeProblem, todo: Sequence[Candidate]
-) -> list[TestRow]:
+def run_tests(store: RunStore, executor: Executor, problem: MergeProblem, todo: Sequence[Candidate]) -> list[TestRow]:
     """Score every candidate on the test split, skipping those the store already holds."""
     done = {t.name: t for t in store.tests()}
     for position, c in enumerate(todo):
@@ -88,8 +86,9 @@ def run_tests(
         scores = dict(zip(problem.names, values, strict=True))
         estimate = c.search_scores
         if estimate is None:  # a baseline: what the search would have estimated for it
-            measured = executor.evaluate_one(problem, c.recipe).measurement.values
-            estimate = dict(zip(problem.names, measured, strict=True))
+            measured = executor.evaluate_one(problem, c.recipe).measurement
+            assert measured is not None  # evaluate_one raises rather than fail quietly
+            estimate = dict(zip(problem.names, measured.values, strict=True))
         store.add_test(TestRow(c.name, c.kind, recipe_yaml, scores, estimate, seconds), position)
     wanted = {c.name for c in todo}
     return [t for t in store.tests() if t.name in wanted]

@@ -21,11 +21,12 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..config import ExperimentConfig, TaskConfig
-from ..errors import EvomergeError
+from ..errors import CandidateError, EvomergeError
 from ..evaluate.evaluator import Evaluator, evaluator_for
 from ..fitness.build import prepare_estimator
 from ..fitness.estimators import Estimator
 from ..merge.engine import Merger
+from .rundir import RunDir
 
 
 class ObjectiveError(EvomergeError):
@@ -69,7 +70,7 @@ class TaskObjective(Objective):
     def prepare(
         self, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path | None
     ) -> None:
-        cache = run_dir / f"respondents-{self.task.name}.json" if run_dir is not None else None
+        cache = RunDir(run_dir).respondents(self.task.name) if run_dir is not None else None
         self.estimator = prepare_estimator(self.config, self.evaluator, model, tokenizer, merger, cache=cache)
 
     @property
@@ -121,7 +122,7 @@ class FunctionObjective(Objective):
                 f"{list(self.names)}; return one float per name"
             )
         if not all(np.isfinite(values)):
-            raise ObjectiveError(f"the fitness function returned {values}; every value must be finite")
+            raise CandidateError(f"the fitness function returned {values}; every value must be finite")
         return values
 
     def measure(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> Measurement:

@@ -22,11 +22,16 @@ from .space import SearchSpace
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One candidate's measurement and what it cost."""
+    """One candidate's measurement and what it cost; a failed one has its error instead."""
 
-    measurement: Measurement
+    measurement: Measurement | None
     merge_s: float
     eval_s: float
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, err: BaseException, seconds: float) -> Evaluation:
+        return cls(None, 0.0, seconds, f"{type(err).__name__}: {err}")
 
 
 class MergeProblem:

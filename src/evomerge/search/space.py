@@ -99,7 +99,10 @@ class SearchSpace:
                 raise SearchSpaceError(f"{name} has no search range; give one under bounds")
             low, high = ranges[name]
             for model in self.endpoints if p.per_model else [None]:
-                genes += [Gene(name, model, g, low, high, label=self.labels.get(model)) for g in self.groups]
+                genes += [
+                    Gene(name, model, g, low, high, label=self.labels.get(model) if model else None)
+                    for g in self.groups
+                ]
         if self.spec.name == "layer_select":
             n_sources = len(self.endpoints) + (1 if base else 0)
             genes += [Gene("source", None, g, choices=tuple(range(n_sources))) for g in self.groups]
@@ -126,13 +129,13 @@ class SearchSpace:
     def n_var(self) -> int:
         return len(self.genes)
 
-    def values(self, x: Sequence[float]) -> dict[str, float | int]:
+    def values(self, x: Sequence[float] | np.ndarray) -> dict[str, float | int]:
         """Gene name -> value, frozen genes included."""
-        x = np.asarray(x, dtype=float)
-        if x.shape != (self.n_var,) or not np.isfinite(x).all():
-            raise SearchSpaceError(f"x must be {self.n_var} finite numbers in [0, 1], got shape {x.shape}")
-        x = np.clip(x, 0.0, 1.0)
-        free = {g.name: g.value(float(v)) for g, v in zip(self.genes, x, strict=True)}
+        arr = np.asarray(x, dtype=float)
+        if arr.shape != (self.n_var,) or not np.isfinite(arr).all():
+            raise SearchSpaceError(f"x must be {self.n_var} finite numbers in [0, 1], got shape {arr.shape}")
+        arr = np.clip(arr, 0.0, 1.0)
+        free = {g.name: g.value(float(v)) for g, v in zip(self.genes, arr, strict=True)}
         return {g.name: self.frozen.get(g.name, free.get(g.name)) for g in self.all_genes}  # type: ignore[misc]
 
     def decode(self, x: Sequence[float]) -> Recipe:

@@ -10,6 +10,11 @@
 Each evaluation is committed as soon as it finishes (SQLite's journal makes a commit
 atomic, so a SIGKILL loses at most the evaluation in flight). ``evaluations.csv`` is
 exported from here.
+
+The layout's version is SQLite's ``user_version`` (``SCHEMA_VERSION``). A store of a
+newer version is refused; a store of an older one is brought up to date when opened
+(version 0, before versions: evaluations gain ``state`` and ``error``). Rows are read
+by column name, so adding a column never shifts what a reader sees.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import EvomergeError, StorageError
 from ..models.save import atomic_file
@@ -39,7 +46,9 @@ CREATE TABLE IF NOT EXISTS evaluations (
     objectives TEXT NOT NULL,
     items TEXT NOT NULL,
     merge_s REAL NOT NULL,
-    eval_s REAL NOT NULL
+    eval_s REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'ok',
+    error TEXT
 );
 CREATE TABLE IF NOT EXISTS generations (
     generation INTEGER PRIMARY KEY,
@@ -60,8 +69,13 @@ CREATE TABLE IF NOT EXISTS tests (
     seconds REAL NOT NULL
 );
 """
+SCHEMA_VERSION = 1
+#: Columns added since version 0, with their definitions (the migration adds them).
+_ADDED_COLUMNS = {"evaluations": {"state": "TEXT NOT NULL DEFAULT 'ok'", "error": "TEXT"}}
 #: Columns of evaluations.csv that hold times, which differ between identical runs.
 TIME_COLUMNS = ("merge_s", "eval_s")
+#: A candidate's state: evaluated, or raised (its error stored, search.on_error applied).
+OK, FAIL = "ok", "fail"
 
 
 class RunStoreError(EvomergeError):
@@ -80,6 +94,12 @@ class EvaluationRow:
     items: dict[str, dict[str, float]]
     merge_s: float
     eval_s: float
+    state: str = OK
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == OK
 
 
 @dataclass(frozen=True)
@@ -111,10 +131,31 @@ class RunStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                self.db.close()
+                raise RunStoreError(
+                    f"{self.path} was written by a newer evomerge (store version {version}; this one reads up to "
+                    f"{SCHEMA_VERSION}). Upgrade evomerge (pip install -U evomerge) to open this run."
+                )
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(SCHEMA)
+            if version < SCHEMA_VERSION:
+                self._migrate()
         except sqlite3.DatabaseError as err:
             raise RunStoreError(f"{self.path} is not a readable run store ({err})") from err
+
+    def _migrate(self) -> None:
+        """Bring a store written before ``SCHEMA_VERSION`` up to date, in one transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, definition in columns.items():
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.db.execute("COMMIT")
 
     @classmethod
     def in_dir(cls, run_dir: Path | str) -> RunStore:
@@ -138,17 +179,22 @@ class RunStore:
         self,
         generation: int,
         digest: str,
-        x: Sequence[float],
+        x: Sequence[float] | np.ndarray,
         genes: dict[str, float],
         recipe: str,
         objectives: Sequence[float],
         items: dict[str, dict[str, float]],
         merge_s: float,
         eval_s: float,
+        *,
+        error: str | None = None,
     ) -> None:
+        """Store one evaluation; with ``error``, a FAIL row (no objective values) that a
+        later evaluation of the same recipe replaces."""
         self.db.execute(
-            "INSERT INTO evaluations (generation, digest, x, genes, recipe, objectives, items, merge_s, eval_s) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO evaluations "
+            "(generation, digest, x, genes, recipe, objectives, items, merge_s, eval_s, state, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 generation,
                 digest,
@@ -159,31 +205,46 @@ class RunStore:
                 json.dumps(items),
                 merge_s,
                 eval_s,
+                OK if error is None else FAIL,
+                error,
             ),
         )
 
-    def objectives_of(self, digests: Sequence[str]) -> dict[str, list[float]]:
-        """The stored objective values of those ``digests`` that were evaluated."""
-        found: dict[str, list[float]] = {}
+    def objectives_of(self, digests: Sequence[str], *, failed: bool = False) -> dict[str, list[float] | None]:
+        """The stored objective values of those ``digests`` that were evaluated (``failed``:
+        and of those that failed, as None)."""
+        found: dict[str, list[float] | None] = {}
         for start in range(0, len(digests), 500):
             chunk = list(digests[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            for digest, values in self.db.execute(
-                f"SELECT digest, objectives FROM evaluations WHERE digest IN ({marks})", chunk
+            for row in self.db.execute(
+                f"SELECT digest, objectives, state FROM evaluations WHERE digest IN ({marks})", chunk
             ):
-                found[digest] = json.loads(values)
+                if row["state"] == OK:
+                    found[row["digest"]] = json.loads(row["objectives"])
+                elif failed:
+                    found[row["digest"]] = None
         return found
 
-    def evaluations(self) -> Iterator[EvaluationRow]:
-        for row in self.db.execute(
-            "SELECT id, generation, digest, x, genes, recipe, objectives, items, merge_s, eval_s "
-            "FROM evaluations ORDER BY id"
-        ):
-            i, gen, digest, x, genes, recipe, objectives, items, merge_s, eval_s = row
+    def evaluations(self, *, failed: bool = False) -> Iterator[EvaluationRow]:
+        """Every evaluation in the order stored (``failed``: FAIL rows too)."""
+        for row in self.db.execute("SELECT * FROM evaluations ORDER BY id"):
+            if row["state"] != OK and not failed:
+                continue
             yield EvaluationRow(
-                i, gen, digest, json.loads(x), json.loads(genes), recipe, json.loads(objectives), json.loads(items),
-                merge_s, eval_s,
-            )  # fmt: skip
+                id=row["id"],
+                generation=row["generation"],
+                digest=row["digest"],
+                x=json.loads(row["x"]),
+                genes=json.loads(row["genes"]),
+                recipe=row["recipe"],
+                objectives=json.loads(row["objectives"]),
+                items=json.loads(row["items"]),
+                merge_s=row["merge_s"],
+                eval_s=row["eval_s"],
+                state=row["state"],
+                error=row["error"],
+            )
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0])
@@ -192,7 +253,8 @@ class RunStore:
 
     def add_generation(self, row: GenerationRow) -> None:
         self.db.execute(
-            "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO generations (generation, asked, evaluations, state, best, seconds, elapsed_s) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 row.generation,
                 json.dumps(row.asked),
@@ -206,15 +268,24 @@ class RunStore:
 
     def generations(self) -> list[GenerationRow]:
         return [
-            GenerationRow(g, json.loads(a), n, json.loads(s), json.loads(b), json.loads(t), e)
-            for g, a, n, s, b, t, e in self.db.execute("SELECT * FROM generations ORDER BY generation")
+            GenerationRow(
+                generation=r["generation"],
+                asked=json.loads(r["asked"]),
+                evaluations=r["evaluations"],
+                state=json.loads(r["state"]),
+                best=json.loads(r["best"]),
+                seconds=json.loads(r["seconds"]),
+                elapsed_s=r["elapsed_s"],
+            )
+            for r in self.db.execute("SELECT * FROM generations ORDER BY generation")
         ]
 
     # -- tests -----------------------------------------------------------------------
 
     def add_test(self, row: TestRow, position: int) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO tests VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO tests (name, kind, position, recipe, scores, search_scores, seconds) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 row.name,
                 row.kind,
@@ -228,30 +299,41 @@ class RunStore:
 
     def tests(self) -> list[TestRow]:
         return [
-            TestRow(name, kind, recipe, json.loads(scores), None if search is None else json.loads(search), seconds)
-            for name, kind, _, recipe, scores, search, seconds in self.db.execute(
-                "SELECT * FROM tests ORDER BY position"
+            TestRow(
+                name=r["name"],
+                kind=r["kind"],
+                recipe=r["recipe"],
+                scores=json.loads(r["scores"]),
+                search_scores=None if r["search_scores"] is None else json.loads(r["search_scores"]),
+                seconds=r["seconds"],
             )
+            for r in self.db.execute("SELECT * FROM tests ORDER BY position")
         ]
 
     # -- export ----------------------------------------------------------------------
 
     def export_csv(self, path: Path | str, gene_names: Sequence[str], objective_names: Sequence[str]) -> Path:
-        """One row per evaluation: genes and objective values by name, then times."""
+        """One row per evaluation: genes and objective values by name, then times, then
+        the state (ok or fail) and a failed candidate's error (its objectives left empty)."""
         path = Path(path)
         with atomic_file(path, newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["id", "generation", "digest", *gene_names, *objective_names, *TIME_COLUMNS])
-            for e in self.evaluations():
+            writer.writerow(
+                ["id", "generation", "digest", *gene_names, *objective_names, *TIME_COLUMNS, "state", "error"]
+            )
+            for e in self.evaluations(failed=True):
+                values = [repr(v) for v in e.objectives] if e.ok else [""] * len(objective_names)
                 writer.writerow(
                     [
                         e.id,
                         e.generation,
                         e.digest,
                         *(e.genes[g] for g in gene_names),
-                        *(repr(v) for v in e.objectives),
+                        *values,
                         f"{e.merge_s:.4f}",
                         f"{e.eval_s:.4f}",
+                        e.state,
+                        e.error or "",
                     ]
                 )
         return path

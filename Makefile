@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser test demo bench lint demo-models clean
+.PHONY: setup browser test check demo bench lint types demo-models clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,lmeval]"
+	$(PY) -m pip install -q -e ".[dev,lmeval,lang]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,8 +27,16 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium for the report's browser test"; fi; }
 
-test: setup browser
+# CI's command: the linter, the type checker, then every test.
+test: setup browser lint types
 	$(PY) -m pytest -q
+
+# Before a commit: the same checks and the quick tests (under 2 minutes once the demo family exists).
+check: setup lint types
+	$(PY) -m pytest -q -m "not slow"
+
+types: setup
+	$(VENV)/bin/mypy
 
 # The demo experiment; a second call resumes (and re-prints) the stored run, never overwrites it.
 demo: setup

@@ -1,4 +1,5 @@
-"""Every Python block in the README runs, so the documented API cannot rot."""
+"""Every Python block in the README runs, and what its print lines claim to print is what
+they print (``doc_numbers``), so neither the documented API nor its numbers can rot."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from doc_numbers import check_claim, run_and_check
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
@@ -21,4 +24,18 @@ def test_readme_block_runs(code: str, demo_family: Path, monkeypatch, tmp_path: 
     monkeypatch.setenv("EVOMERGE_DEMO_DIR", str(demo_family))
     (tmp_path / "examples").symlink_to(README.parent / "examples")
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, str(README), "exec"), {})
+    assert run_and_check(code, str(README), {}) == []
+
+
+def test_a_claim_that_differs_from_what_is_printed_fails():
+    assert run_and_check("print(round(0.70612, 3))  # 0.706 (on 45 anchors)", "<doc>", {}) == []
+    assert run_and_check("print(round(0.7091, 3))  # 0.706 (on 45 anchors)", "<doc>", {}) == [
+        "<doc>:1: claims 0.706, printed 0.709 ('0.709')"
+    ]
+    assert check_claim("about 0.4", "0.3989") is None and check_claim("about 0.4", "0.46") is not None
+    assert check_claim("4 generations, about 32 evaluations", "4 generations 32") is None
+    assert check_claim("torch.Size([103, 256])", "torch.Size([103, 256])") is None
+    assert check_claim("a stable hash", "9f86d08") is None  # prose
+    assert run_and_check("x = 1\nprint('a')  # 1", "<doc>", {}) == [
+        "<doc>:2: claims '1', but only 0 number(s) were printed: 'a'"
+    ]

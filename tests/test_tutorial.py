@@ -1,10 +1,12 @@
 """docs/tutorial.md runs: its Python blocks, in order, in one namespace (as a reader
-pastes them into one session), so the tutorial cannot rot."""
+pastes them into one session), and its print lines print what they claim (``doc_numbers``)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from doc_numbers import run_and_check
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial.md"
 
@@ -15,6 +17,8 @@ def test_the_tutorial_runs_block_by_block(demo_family: Path, monkeypatch, tmp_pa
     blocks = re.findall(r"```python\n(.*?)```", TUTORIAL.read_text(encoding="utf-8"), flags=re.S)
     assert len(blocks) >= 6
     namespace: dict = {}
+    problems = []
     for i, code in enumerate(blocks):
-        exec(compile(code, f"{TUTORIAL}:block{i + 1}", "exec"), namespace)
+        problems += run_and_check(code, f"{TUTORIAL}:block{i + 1}", namespace)
+    assert problems == []
     assert namespace["result"].tests[0].name == "best"

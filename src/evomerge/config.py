@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import EvomergeError, MergeConfigError
 
@@ -40,11 +48,12 @@ def _registries() -> dict[str, Registry[Any]]:
     return {"scorer": SCORERS, "estimator": ESTIMATORS, "selection": SELECTIONS, "executor": EXECUTORS}
 
 
-def _registered(kind: str, name: str | None) -> str | None:
-    """``name`` if the ``kind`` registry has it; else an error with "did you mean"."""
+def _registered(name: str | None, info: ValidationInfo) -> str | None:
+    """A field validator: ``name`` if the registry of the field's kind (the field's own
+    name: scorer, estimator, ...) has it; else an error with "did you mean"."""
     if name is not None:
         try:
-            _registries()[kind].get(name)
+            _registries()[str(info.field_name)].get(name)
         except EvomergeError as err:
             raise ValueError(str(err)) from None
     return name
@@ -161,10 +170,7 @@ class TaskConfig(_Section):
             )
         return name
 
-    @field_validator("scorer")
-    @classmethod
-    def _known_scorer(cls, name: str) -> str:
-        return _registered("scorer", name) or name
+    _known_scorer = field_validator("scorer")(_registered)
 
     @field_validator("language")
     @classmethod
@@ -220,15 +226,7 @@ class FitnessConfig(_Section):
     )
     seed: int = Field(0, description="Seeds the respondents and the anchors.")
 
-    @field_validator("estimator")
-    @classmethod
-    def _known_estimator(cls, name: str) -> str:
-        return _registered("estimator", name) or name
-
-    @field_validator("selection")
-    @classmethod
-    def _known_selection(cls, name: str | None) -> str | None:
-        return _registered("selection", name)
+    _known_names = field_validator("estimator", "selection")(_registered)
 
     @field_validator("dim")
     @classmethod
@@ -312,10 +310,7 @@ class OutputConfig(_Section):
         json_schema_extra=_names_of("executor"),
     )
 
-    @field_validator("executor")
-    @classmethod
-    def _known_executor(cls, name: str) -> str:
-        return _registered("executor", name) or name
+    _known_executor = field_validator("executor")(_registered)
 
     @field_validator("device")
     @classmethod

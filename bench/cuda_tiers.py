@@ -9,8 +9,14 @@ On the bench's synthetic Llama family in bf16 (``bench/scale.py``: base + 3 endp
   (read per candidate): the first merge (cache and per-run tables), the median of the
   others, ``torch.cuda.max_memory_allocated`` and the process's peak RSS, and how far
   the merged weights are from the CPU's (entries that differ, and the largest difference
-  in bf16 units in the last place);
+  relative to the tensor's largest magnitude: a bf16 last-place rounding is <= 2**-7);
 - the reference for speed, in the same process: a ``copy_`` of the live model's bytes.
+
+Measured on an H100 (2026-11-27, 0.5B, 4 candidates): ties equal to the CPU's bit for
+bit in every tier; task_arithmetic 0.026% of entries one bf16 rounding apart (fp32 sums in
+another order); dare_ties 0.0005% of entries further apart (up to 0.057 of the tensor's
+scale), likely where the sign election's sum of rescaled deltas is within rounding of
+zero (not confirmed yet).
 
 Without CUDA it prints one JSON line saying so and exits 0 (``make bench`` runs it
 everywhere). Usage: ``python bench/cuda_tiers.py [--small] [--candidates 4] [--device cuda]``.
@@ -28,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale import GiB, build_family, mergekit_config, peak_rss  # noqa: E402
+from scale import GiB, build_family, mergekit_config, peak_rss
 
 METHODS = ("task_arithmetic", "ties", "dare_ties")
 
@@ -37,15 +43,16 @@ def merged_state(merger, model) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
-    """(entries that differ, the largest difference in bf16 units in the last place)."""
-    ia = a.contiguous().view(torch.int16).to(torch.int32)
-    ib = b.contiguous().view(torch.int16).to(torch.int32)
-    # order bf16 bit patterns monotonically: negative values count down from zero
-    ia = torch.where(ia < 0, -(ia & 0x7FFF), ia)
-    ib = torch.where(ib < 0, -(ib & 0x7FFF), ib)
-    d = (ia - ib).abs()
-    return int((d > 0).sum()), int(d.max()) if d.numel() else 0
+def difference(a: torch.Tensor, b: torch.Tensor) -> tuple[int, float]:
+    """(entries that differ, the largest difference over the tensor's largest magnitude).
+
+    Summing the same fp32 terms in another order can round an entry to the neighbouring
+    bf16 value; near zero that can even flip its sign, so units in the last place of the
+    entry itself say nothing there. Relative to the tensor's scale, a last-place rounding
+    is at most 2**-7 (bf16 keeps 8 significant bits: its spacing in [1, 2) is 2**-7)."""
+    a, b = a.float(), b.float()
+    scale = float(a.abs().max()) or 1.0
+    return int((a != b).sum()), float((a - b).abs().max()) / scale
 
 
 def run_tier(family: Path, method: str, tier: str, device: str, n: int, reference: dict | None) -> dict:
@@ -95,15 +102,12 @@ def run_tier(family: Path, method: str, tier: str, device: str, n: int, referenc
     }
     if reference is not None:
         assert first_state is not None
-        differ, worst = 0, 0
+        differ, worst = 0, 0.0
         for k, v in reference.items():
-            if v.dtype == torch.bfloat16:
-                d, w = ulp_distance(v, first_state[k])
-                differ, worst = differ + d, max(worst, w)
-            else:
-                differ += int((v != first_state[k]).sum())
+            d, w = difference(v, first_state[k])
+            differ, worst = differ + d, max(worst, w)
         total = sum(v.numel() for v in reference.values())
-        out.update({"differ_frac": differ / total, "max_ulp": worst})
+        out.update({"differ_frac": differ / total, "max_err_over_scale": worst})
     del model, merger
     return out, first_state
 
@@ -129,7 +133,8 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
             # the same arithmetic in fp32 on another device: at most a last-place rounding apart
-            checks[f"{method}_{tier}_matches_cpu"] = row["max_ulp"] <= 1 and row["differ_frac"] < 1e-3
+            checks[f"{method}_{tier}_rounding_only"] = row["max_err_over_scale"] <= 2**-7
+            checks[f"{method}_{tier}_differ_below_1e-3"] = row["differ_frac"] < 1e-3
     name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
     print(json.dumps({"bench": "cuda_tiers", "device": name, "shape": shape, "rows": rows, "checks": checks}))
 

@@ -190,11 +190,14 @@ class RunStore:
         error: str | None = None,
     ) -> None:
         """Store one evaluation; with ``error``, a FAIL row (no objective values) that a
-        later evaluation of the same recipe replaces."""
+        later evaluation of the same recipe replaces in place (its id stays)."""
         self.db.execute(
-            "INSERT OR REPLACE INTO evaluations "
+            "INSERT INTO evaluations "
             "(generation, digest, x, genes, recipe, objectives, items, merge_s, eval_s, state, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO UPDATE SET "
+            "generation = excluded.generation, x = excluded.x, genes = excluded.genes, recipe = excluded.recipe, "
+            "objectives = excluded.objectives, items = excluded.items, merge_s = excluded.merge_s, "
+            "eval_s = excluded.eval_s, state = excluded.state, error = excluded.error",
             (
                 generation,
                 digest,

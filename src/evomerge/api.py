@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .config import ConfigError, TaskConfig, load_config
 from .evaluate.scorers import SCORERS
-from .fitness.estimators import ESTIMATORS
+from .fitness.estimators import ESTIMATORS, Full, Mean
 from .merge.recipe import Recipe
 from .merge.run import save_merged
 from .search.experiment import RunResult, run_experiment
@@ -111,7 +111,7 @@ def evolve(
         options["elitism_rate"] = elitism_rate
     objectives: list[Objective] | None = None
     tasks: list[dict[str, Any]] = []
-    fitness_section: dict[str, Any] = {"estimator": "mean" if eval_samples else "full", "anchors": eval_samples}
+    fitness_section: dict[str, Any] = {"estimator": Mean.name if eval_samples else Full.name, "anchors": eval_samples}
     if callable(fitness):
         objectives = [FunctionObjective(fitness)]
     else:
@@ -131,9 +131,9 @@ def evolve(
                 raise ConfigError(f"fitness {name!r}: use one of {valid}, or a function (model, tokenizer) -> float")
             entry = {"name": name, **data, "scorer": scorer, **(task_options or {})}
             if not SCORERS[scorer].binary:  # not right/wrong: no IRT; a plain (sub)sample mean
-                entry["fitness"] = {"estimator": "mean", "anchors": eval_samples} if eval_samples else {}
+                entry["fitness"] = {"estimator": Mean.name, "anchors": eval_samples} if eval_samples else {}
             tasks.append(entry)
-    if fitness_section["estimator"] == "full":
+    if fitness_section["estimator"] == Full.name:
         fitness_section.pop("anchors")
     config = load_config(
         {

@@ -195,8 +195,13 @@ class TaskConfig(_Section):
             raise ValueError("metric is for lm_eval tasks; other tasks are scored by their scorer")
         if self.extractor == "regex" and not self.pattern:
             raise ValueError("extractor regex needs a pattern: a regex whose first group is the answer")
-        if self.language is not None and (self.scorer != "generation" or self.lm_eval is not None):
-            raise ValueError("language checks generated answers: use it with scorer generation (not lm_eval)")
+        if self.language is not None:
+            from .evaluate.scorers import SCORERS
+
+            if not getattr(SCORERS[self.scorer], "generates", False) or self.lm_eval is not None:
+                raise ValueError(
+                    f"language checks generated answers: scorer {self.scorer} does not generate (not lm_eval either)"
+                )
         return self
 
 

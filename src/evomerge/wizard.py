@@ -87,9 +87,9 @@ def build_config(answers: Answers, ask: Ask) -> dict[str, Any]:
             tasks.append(entry)
     method = get(answers.method, "Merge method", "task_arithmetic")
     algorithm = get(answers.algorithm, "Search algorithm (pymoo name)", "GA" if mode == "single" else "NSGA2")
-    from .fitness.estimators import ESTIMATORS
+    from .fitness.estimators import ESTIMATORS, MPIRT
 
-    estimator = get(answers.estimator, f"Fitness estimator ({', '.join(ESTIMATORS)})", "mpirt")
+    estimator = get(answers.estimator, f"Fitness estimator ({', '.join(ESTIMATORS)})", MPIRT.name)
     fitness: dict[str, Any] = {"estimator": estimator}
     if estimator in ESTIMATORS and ESTIMATORS[estimator].default_selection != "all":
         fitness["anchors"] = int(get(answers.anchors, "Items scored per candidate (anchors)", "60"))

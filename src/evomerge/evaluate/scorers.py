@@ -76,6 +76,8 @@ class GenerationScorer:
     """
 
     binary: ClassVar[bool] = True
+    #: It generates text, so ``language`` can check what it generated.
+    generates: ClassVar[bool] = True
 
     extractor: Extractor = "exact"
     prompt: PromptTemplate = field(default_factory=PromptTemplate)

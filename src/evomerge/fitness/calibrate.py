@@ -27,24 +27,20 @@ from ..merge.engine import Merger
 from ..merge.run import load_live_model
 from ..models.pool import ModelPool
 from .build import IRTFits, build_estimator, item_strata, random_merges, run_respondents
-from .estimators import ESTIMATORS
+from .estimators import ESTIMATORS, Mean
 from .respondents import Respondent, collect_responses
 
 log = logging.getLogger(__name__)
 
-#: (estimator, anchor selection) pairs compared by default.
-VARIANTS: tuple[tuple[str, str], ...] = (
-    ("mean", "random"),
-    ("mean", "stratified"),
-    ("weighted", "kmeans_irt"),
-    ("weighted", "kmeans_correct"),
-    ("pirt", "random"),
-    ("pirt", "kmeans_irt"),
-    ("gpirt", "kmeans_irt"),
-    ("mpirt", "random"),
-    ("mpirt", "kmeans_irt"),
-    ("gmpirt", "kmeans_irt"),
-)
+
+def default_variants() -> tuple[tuple[str, str], ...]:
+    """(estimator, anchor selection) pairs compared by default: each registered estimator
+    with the selections it declares (``Estimator.calibrate_with``)."""
+    return tuple((name, sel) for name, cls in ESTIMATORS.items() for sel in cls.calibrate_with)
+
+
+#: Random subsampling: what the IRT estimators are measured against.
+BASELINE = (Mean.name, "random")
 #: Default anchor counts, as shares of the search split.
 SHARES = (0.025, 0.05, 0.1)
 
@@ -73,7 +69,7 @@ def calibrate(
     merges: int = 30,
     anchor_counts: Sequence[int] | None = None,
     repeats: int = 5,
-    variants: Sequence[tuple[str, str]] = VARIANTS,
+    variants: Sequence[tuple[str, str]] | None = None,
     device: str = "cpu",
 ) -> list[CalibrationRow]:
     """Write ``calibration.csv``, ``calibration.json`` and ``calibration.png`` to ``out``."""
@@ -118,7 +114,7 @@ def calibrate(
         strata = item_strata(f, evaluator)
         counts = sorted(set(anchor_counts or [max(5, round(s * n)) for s in SHARES]))
         for k in counts:
-            for estimator, selection in variants:
+            for estimator, selection in variants or default_variants():
                 rows.append(_measure(task.name, estimator, selection, k, repeats, f, fits, strata, truth_rows, truth))
                 log.info("%s", rows[-1])
         report["tasks"][task.name] = {
@@ -163,7 +159,7 @@ def summarize(rows: Sequence[CalibrationRow]) -> list[dict]:
     summary = []
     for k in sorted({r.anchors for r in rows}):
         at_k = [r for r in rows if r.anchors == k]
-        baseline = next((r for r in at_k if (r.estimator, r.selection) == ("mean", "random")), None)
+        baseline = next((r for r in at_k if (r.estimator, r.selection) == BASELINE), None)
         irt = [r for r in at_k if r.uses_irt]
         if baseline is None or not irt:
             continue

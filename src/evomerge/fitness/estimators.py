@@ -59,6 +59,8 @@ class Estimator:
     name: ClassVar[str] = ""
     uses_irt: ClassVar[bool] = False
     default_selection: ClassVar[str] = "random"
+    #: The anchor selections ``evomerge calibrate`` pairs it with by default.
+    calibrate_with: ClassVar[tuple[str, ...]] = ()
     anchors: Anchors
 
     @classmethod
@@ -99,6 +101,7 @@ class Mean(Estimator):
     """The anchors' mean score (a random subsample, usually)."""
 
     name: ClassVar[str] = "mean"
+    calibrate_with: ClassVar[tuple[str, ...]] = ("random", "stratified")
 
     def estimate(self, scores: Sequence[float]) -> float:
         return float(self._scores(scores).mean())
@@ -111,6 +114,7 @@ class Weighted(Estimator):
 
     name: ClassVar[str] = "weighted"
     default_selection: ClassVar[str] = "kmeans_irt"
+    calibrate_with: ClassVar[tuple[str, ...]] = ("kmeans_irt", "kmeans_correct")
 
     def estimate(self, scores: Sequence[float]) -> float:
         return float(self.anchors.weights @ self._scores(scores))
@@ -132,6 +136,7 @@ class PIRT(Estimator):
 
     name: ClassVar[str] = "pirt"
     uses_irt: ClassVar[bool] = True
+    calibrate_with: ClassVar[tuple[str, ...]] = ("random", "kmeans_irt")
     irt: IRTModel
 
     @classmethod
@@ -177,6 +182,7 @@ class _Generalized:
 
     lam: float
     default_selection: ClassVar[str] = "kmeans_irt"
+    calibrate_with: ClassVar[tuple[str, ...]] = ("kmeans_irt",)
 
     @classmethod
     def build(cls, anchors: Anchors, fits: IRTFits | None, lam: float | None) -> Estimator:

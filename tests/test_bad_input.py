@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from test_search_run import small_config
 
+pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
+
 
 def _copy_model(demo_family: Path, out: Path) -> Path:
     shutil.copytree(demo_family / "models" / "greek", out)

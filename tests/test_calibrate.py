@@ -19,6 +19,8 @@ from evomerge.merge.engine import Merger
 from evomerge.merge.run import load_live_model
 from evomerge.models.pool import ModelPool
 
+pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
+
 
 @pytest.fixture(scope="module")
 def config(demo_family, monkeypatch_module):

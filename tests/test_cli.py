@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from evomerge import __version__
+
+pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
 

@@ -79,6 +79,7 @@ def test_second_build_call_is_a_cache_hit(demo_family: Path):
     assert (demo_family / "manifest.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_tiny_build_is_deterministic_and_atomic(tmp_path: Path):
     """Same spec, same bytes: the builder is seeded end to end."""
     spec = FamilySpec(

@@ -11,6 +11,8 @@ import pytest
 from evomerge.config import load_config
 from evomerge.search.experiment import run_experiment
 
+pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name != "calibrate-demo.yaml")
 SMALL = ["search.generations=1", "search.population_size=4", "fitness.anchors=20"]

@@ -67,6 +67,7 @@ def test_a_right_answer_in_another_language_is_wrong():
     assert GenerationScorer("number").judge("The answer is 42", item) == 1.0
 
 
+@pytest.mark.slow
 def test_real_generations_of_the_greek_cipher_model_keep_what_is_greek(demo_family, demo_manifest):
     """On 40 of the demo's Greek-cipher test items, with ``language: el`` an answer counts
     only if it is right and detected as Greek; without, if it is right."""

@@ -10,6 +10,8 @@ from evomerge.demo.family import as_task_items, load_jsonl
 from evomerge.evaluate import GenerationScorer
 from evomerge.evaluate.lmeval import LMEvalError, LMEvalScorer, jsonl_task_yaml
 
+pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
+
 
 @pytest.fixture(scope="module")
 def task_yaml(demo_family, demo_manifest, tmp_path_factory):

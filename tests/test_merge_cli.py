@@ -20,6 +20,8 @@ from evomerge.errors import IncompatibleModelsError
 from evomerge.merge import merge_config
 from evomerge.models.save import OutputExistsError
 
+pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
+
 
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config))

@@ -130,6 +130,7 @@ def test_an_impossible_budget_fails_before_any_tensor_is_read(demo_family, monke
         Merger.for_recipe(rec, memory_budget="1MB")
 
 
+@pytest.mark.slow
 def test_a_run_over_its_budget_exits_2_with_the_numbers(demo_family, tmp_path):
     cmd = [sys.executable, "-m", "evomerge", "run", "examples/demo.yaml", "--run-dir", str(tmp_path / "run")]
     done = subprocess.run(

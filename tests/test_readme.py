@@ -18,6 +18,7 @@ def test_readme_has_python_examples():
     assert BLOCKS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", BLOCKS)
 def test_readme_block_runs(code: str, demo_family: Path, monkeypatch, tmp_path: Path):
     """Each block runs in a scratch directory (its runs/ go there), with examples/ at hand."""

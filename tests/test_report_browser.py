@@ -12,6 +12,8 @@ import pytest
 from evomerge.config import load_config
 from evomerge.search.experiment import run_experiment
 
+pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

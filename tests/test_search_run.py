@@ -23,6 +23,8 @@ from evomerge.config import ConfigError, load_config
 from evomerge.search.experiment import ResumeError, RunExistsError, export_run, resume_run, run_experiment
 from evomerge.search.store import TIME_COLUMNS, RunStore
 
+pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
+
 POP = 6
 
 

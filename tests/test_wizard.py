@@ -13,6 +13,8 @@ import yaml
 from evomerge.config import load_config
 from evomerge.search.experiment import run_experiment
 
+pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -156,7 +156,7 @@ def live(demo_family):
 
 @pytest.mark.parametrize("name", EXECUTORS.names())
 def test_every_executor_keeps_the_contract(name, live):
-    config = load_config({"models": {"endpoints": ["a"]}, "output": {"executor": name}}, resolve_demo=False)
+    config = load_config({"models": {"endpoints": ["a"]}, "search": {"executor": name}}, resolve_demo=False)
     check_executor(name, *live, config)
 
 
@@ -235,6 +235,6 @@ def test_unregistered_names_are_refused_by_the_config_with_a_suggestion():
     with pytest.raises(EvomergeError, match=r"unknown anchor selection 'kmeans'\. Did you mean 'kmeans_irt'"):
         load_config({**base, "fitness": {"estimator": "mean", "anchors": 3, "selection": "kmeans"}})
     with pytest.raises(EvomergeError, match="unknown executor 'rey'"):
-        load_config({**base, "output": {"executor": "rey"}})
+        load_config({**base, "search": {"executor": "rey"}})
     schema = json.loads(CliRunner().invoke(app, ["config-schema"]).output)
     assert "length" not in schema["$defs"]["TaskConfig"]["properties"]["scorer"]["enum"]

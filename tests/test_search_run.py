@@ -465,7 +465,7 @@ def _downgrade_to_version_0(run_dir: Path) -> None:
     for task in raw["tasks"]:
         task.pop("language")
     raw["search"].pop("on_error")
-    raw["output"].pop("executor")
+    raw["search"].pop("executor")
     text = yaml.safe_dump(raw, sort_keys=False)
     db.execute("UPDATE run SET value = ? WHERE key = 'config'", (json.dumps(text),))
     db.commit()

@@ -284,6 +284,13 @@ class SearchConfig(_Section):
         description="A candidate whose merge or scoring raises: stop the run (resume retries it) or skip it "
         "(stored as FAIL, told to the algorithm as the worst score). Out-of-memory and storage errors always stop.",
     )
+    executor: str = Field(
+        "local",
+        description="Where candidates are merged and scored: a registered executor (listed below).",
+        json_schema_extra=_names_of("executor"),
+    )
+
+    _known_executor = field_validator("executor")(_registered)
 
     @field_validator("algorithm")
     @classmethod
@@ -309,13 +316,6 @@ class OutputConfig(_Section):
     run_dir: str | None = Field(None, description="Where the run is stored; default runs/<the config file's name>.")
     save_best: bool = Field(True, description="Write the best merge as an HF checkpoint to RUN_DIR/best.")
     device: str = Field("cpu", description="cpu, cuda or cuda:N: where candidates are merged and evaluated.")
-    executor: str = Field(
-        "local",
-        description="What evaluates candidates: a registered executor (listed below).",
-        json_schema_extra=_names_of("executor"),
-    )
-
-    _known_executor = field_validator("executor")(_registered)
 
     @field_validator("device")
     @classmethod

@@ -52,7 +52,7 @@ class ExecutorClass(Protocol):
     ) -> Executor: ...
 
 
-#: The executors a config can name (``output.executor``).
+#: The executors a config can name (``search.executor``).
 EXECUTORS: Registry[type[ExecutorClass]] = Registry("executor")
 
 

@@ -196,7 +196,7 @@ def _run(
     for objective in objectives:
         objective.prepare(merger, model, tokenizer, rd.path)
     problem = MergeProblem(search_space(config, pool.num_layers), objectives)
-    executor = EXECUTORS[config.output.executor].create(merger, model, tokenizer, config)
+    executor = EXECUTORS[config.search.executor].create(merger, model, tokenizer, config)
 
     reason = store.get("stop_reason") or ("" if search else "not finished: tested the best so far")
     try:

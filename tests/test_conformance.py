@@ -27,7 +27,7 @@ from evomerge.fitness.estimators import ESTIMATORS, Estimator, EstimatorError
 from evomerge.merge.engine import Merger
 from evomerge.merge.run import load_live_model
 from evomerge.models.pool import ModelPool
-from evomerge.search.executors import EXECUTORS
+from evomerge.search.executors import EXECUTORS, close
 from evomerge.search.objectives import FunctionObjective
 from evomerge.search.problem import MergeProblem
 from evomerge.search.space import SearchSpace
@@ -87,15 +87,11 @@ def check_executor(name: str, merger, model, tokenizer, config) -> None:
     endpoints = [str(e.path) for e in pool.endpoints]
     space = SearchSpace("task_arithmetic", endpoints, str(pool.base.path), num_layers=pool.num_layers)
 
-    def fitness(m, t):
-        value = float(sum(p.float().sum() for p in m.parameters()))
-        if value < threshold:
-            raise RuntimeError("this candidate fails")
-        return value
+    def total(m, t):
+        return float(sum(p.float().sum() for p in m.parameters()))
 
     recipes = [space.decode(x) for x in np.random.default_rng(0).random((4, space.n_var))]
-    problem = MergeProblem(space, [FunctionObjective(fitness)])
-    threshold = -math.inf
+    problem = MergeProblem(space, [FunctionObjective(total)])
     results = dict(executor.evaluate(problem, recipes))
     assert sorted(results) == [0, 1, 2, 3] and all(r.error is None for r in results.values())
     one = executor.evaluate_one(problem, recipes[2])
@@ -103,7 +99,13 @@ def check_executor(name: str, merger, model, tokenizer, config) -> None:
     values, seconds = executor.test(problem, recipes[2])
     assert values == one.measurement.values and seconds >= 0
     threshold = sorted(r.measurement.values[0] for r in results.values())[2]  # two of four fail
-    failed = dict(executor.evaluate(problem, recipes))
+
+    def fails_below(m, t):
+        if total(m, t) < threshold:
+            raise RuntimeError("this candidate fails")
+        return total(m, t)
+
+    failed = dict(executor.evaluate(MergeProblem(space, [FunctionObjective(fails_below)]), recipes))
     assert sorted(failed) == [0, 1, 2, 3]
     assert sum(r.error == "RuntimeError: this candidate fails" for r in failed.values()) == 2
 
@@ -112,6 +114,7 @@ def check_executor(name: str, merger, model, tokenizer, config) -> None:
 
     with pytest.raises(EvomergeError, match="of the run"):
         dict(executor.evaluate(MergeProblem(space, [FunctionObjective(bad_data)]), recipes))
+    close(executor)
 
 
 # -- every registered entry ---------------------------------------------------------------
@@ -154,10 +157,21 @@ def live(demo_family):
     return merger, model, AutoTokenizer.from_pretrained(merger.pool.base.path)
 
 
-@pytest.mark.parametrize("name", EXECUTORS.names())
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "ray" else n for n in EXECUTORS.names()]
+)
 def test_every_executor_keeps_the_contract(name, live):
-    config = load_config({"models": {"endpoints": ["a"]}, "search": {"executor": name}}, resolve_demo=False)
-    check_executor(name, *live, config)
+    """Each executor on the same pool as ``live`` (Ray's workers open it from the config)."""
+    pool = live[0].pool
+    models = {"base": str(pool.base.path), "endpoints": [str(e.path) for e in pool.endpoints]}
+    config = load_config({"models": models, "search": {"executor": name, "ray": {"workers": 2}}}, resolve_demo=False)
+    try:
+        check_executor(name, *live, config)
+    finally:
+        if name == "ray":  # the executor started a local Ray for this test
+            import ray
+
+            ray.shutdown()
 
 
 # -- entries added by a user: one definition each, nothing else touched -------------------

@@ -256,6 +256,18 @@ class FitnessConfig(_Section):
         return default if default == "all" else self.selection or default
 
 
+class RayConfig(_Section):
+    """Where and how many Ray workers evaluate candidates (with ``executor: ray``)."""
+
+    address: str = Field(
+        "local", description="local (a Ray started in this process), auto (a running `ray start`), or ray://host:port."
+    )
+    workers: int = Field(2, ge=1, description="Ray actors, each with its own live model and merge cache.")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs each worker takes (0: it merges and scores on CPU).")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker takes (its torch threads).")
+    retries: int = Field(2, ge=0, description="Times a candidate is sent again after its worker died.")
+
+
 class SearchConfig(_Section):
     """The algorithm, its budget, and the space it searches (``search`` package)."""
 
@@ -289,6 +301,8 @@ class SearchConfig(_Section):
         description="Where candidates are merged and scored: a registered executor (listed below).",
         json_schema_extra=_names_of("executor"),
     )
+
+    ray: RayConfig = Field(default_factory=RayConfig, description="The Ray workers (executor: ray).")
 
     _known_executor = field_validator("executor")(_registered)
 
@@ -486,6 +500,7 @@ def config_reference() -> str:
         ("tasks[]", TaskConfig),
         ("fitness", FitnessConfig),
         ("search", SearchConfig),
+        ("search.ray", RayConfig),
         ("output", OutputConfig),
     ]
     lines = [

@@ -28,7 +28,7 @@ from ..merge.recipe import Recipe
 from .anchors import SELECTIONS, Anchors, select_anchors
 from .estimators import ESTIMATORS, Estimator, blend
 from .irt import IRTModel, fit_irt
-from .respondents import Respondent, Responses, collect_responses, random_recipe, respondent_set
+from .respondents import ItemScorer, Respondent, Responses, collect_responses, random_recipe, respondent_set
 
 log = logging.getLogger(__name__)
 
@@ -174,16 +174,20 @@ def prepare_estimator(
     merger: Merger,
     *,
     cache: Path | None = None,
+    executor: ItemScorer | None = None,
 ) -> Estimator:
     """What a run does once, before its search: score the respondents (when the
-    estimator or the anchor selection needs them), fit IRT, pick anchors."""
+    estimator or the anchor selection needs them; on ``executor``'s workers when given),
+    fit IRT, pick anchors."""
     f = config.fitness
     n = len(evaluator.splits.search)
     strata = item_strata(f, evaluator)
     if not needs_respondents(f, has_strata=strata is not None):
         return build_estimator(f, n, strata=strata)
 
-    responses = collect_responses(evaluator, model, tokenizer, merger, run_respondents(config), cache=cache)
+    responses = collect_responses(
+        evaluator, model, tokenizer, merger, run_respondents(config), cache=cache, executor=executor
+    )
     return build_estimator(f, n, fits=IRTFits(responses, f.dim, seed=f.seed), strata=strata)
 
 

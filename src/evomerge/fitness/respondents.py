@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +32,14 @@ from ..models.save import write_text_atomically
 log = logging.getLogger(__name__)
 
 Kind = Literal["base", "endpoint", "extra"]
+
+
+class ItemScorer(Protocol):
+    """Merges recipes and scores each on every search item of an evaluator: an executor."""
+
+    def score_items(self, evaluator: Evaluator, recipes: Sequence[Recipe]) -> Iterator[tuple[int, dict[str, float]]]:
+        """``(index, item id -> score)`` for each recipe, as each finishes."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -107,23 +115,33 @@ def collect_responses(
     respondents: Sequence[Respondent],
     *,
     cache: Path | None = None,
+    executor: ItemScorer | None = None,
 ) -> Responses:
-    """Score every respondent on every search item, reusing what ``cache`` already holds."""
+    """Score every respondent on every search item, reusing what ``cache`` already holds;
+    with an ``executor`` (``score_items``: Ray's workers, say), there, else in ``model``."""
     item_ids = tuple(it.id for it in evaluator.splits.search)
     # Scores are reused only for the same task, items and scorer settings.
     task = f"{evaluator.name}:{hashlib.sha256(repr(evaluator.scorer).encode()).hexdigest()[:16]}"
     stored = _read_cache(cache, task, item_ids)
-    rows = []
-    for i, r in enumerate(respondents):
-        key = r.recipe.digest
-        if key not in stored:
-            log.info("respondent %d/%d (%s): scoring %d items", i + 1, len(respondents), r.name, len(item_ids))
-            merger.merge_into(model, r.recipe)
-            scores = evaluator.score(model, tokenizer, item_ids)
-            stored[key] = {"name": r.name, "scores": [scores[j] for j in item_ids]}
-            _write_cache(cache, task, item_ids, stored)
-        rows.append(stored[key]["scores"])
+    todo = [r for r in respondents if r.recipe.digest not in stored]
+    if todo:
+        log.info("scoring %d respondents on %d items each", len(todo), len(item_ids))
+    if executor is not None:
+        results = executor.score_items(evaluator, [r.recipe for r in todo])
+    else:
+        results = ((k, _score_here(evaluator, model, tokenizer, merger, r.recipe)) for k, r in enumerate(todo))
+    for k, scores in results:
+        stored[todo[k].recipe.digest] = {"name": todo[k].name, "scores": [scores[j] for j in item_ids]}
+        _write_cache(cache, task, item_ids, stored)
+    rows = [stored[r.recipe.digest]["scores"] for r in respondents]
     return Responses(tuple(respondents), item_ids, np.asarray(rows, dtype=float))
+
+
+def _score_here(
+    evaluator: Evaluator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, merger: Merger, recipe: Recipe
+) -> dict[str, float]:
+    merger.merge_into(model, recipe)
+    return evaluator.score(model, tokenizer)
 
 
 def _read_cache(cache: Path | None, task: str, item_ids: tuple[str, ...]) -> dict[str, dict]:

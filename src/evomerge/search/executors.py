@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import CandidateError, EvomergeError, MemoryBudgetError
+from ..evaluate.evaluator import Evaluator
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
 from ..registry import Registry
@@ -40,6 +41,10 @@ class Executor(Protocol):
 
     def test(self, problem: MergeProblem, recipe: Recipe) -> tuple[tuple[float, ...], float]:
         """The held-out scores of ``recipe`` and the seconds they took."""
+        ...
+
+    def score_items(self, evaluator: Evaluator, recipes: Sequence[Recipe]) -> Iterator[tuple[int, dict[str, float]]]:
+        """Each recipe's score on every search item of ``evaluator`` (IRT respondents)."""
         ...
 
 
@@ -92,6 +97,13 @@ class LocalExecutor:
         return Evaluation(measurement, merged - start, time.perf_counter() - merged)
 
     @torch.no_grad()
+    def score_items(self, evaluator: Evaluator, recipes: Sequence[Recipe]) -> Iterator[tuple[int, dict[str, float]]]:
+        for i, recipe in enumerate(recipes):
+            with out_of_memory_as_error(self.merger):
+                self.merger.merge_into(self.model, recipe)
+                yield i, evaluator.score(self.model, self.tokenizer)
+
+    @torch.no_grad()
     def test(self, problem: MergeProblem, recipe: Recipe) -> tuple[tuple[float, ...], float]:
         """The held-out scores of ``recipe`` and the seconds they took."""
         with out_of_memory_as_error(self.merger):
@@ -103,6 +115,13 @@ class LocalExecutor:
 #: Errors of the run, not of one candidate: bad data or settings (every candidate would
 #: fail alike), out of memory, a full disk. They stop the run whatever search.on_error says.
 RUN_ERRORS: tuple[type[BaseException], ...] = (EvomergeError, OSError, MemoryError)
+
+
+def close(executor: Executor) -> None:
+    """Release what an executor holds (Ray actors, say); a local one holds nothing."""
+    closer = getattr(executor, "close", None)
+    if closer is not None:
+        closer()
 
 
 @contextmanager
@@ -117,3 +136,6 @@ def out_of_memory_as_error(merger: Merger) -> Iterator[None]:
             "Every finished evaluation is stored. Lower the task's batch_size, or set merge.tier: host or disk "
             "(or a smaller merge.memory_budget), then continue with `evomerge resume RUN_DIR`."
         ) from err
+
+
+from . import ray_executor  # noqa: E402, F401  (registers "ray"; Ray itself is imported only when used)

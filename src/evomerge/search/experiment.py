@@ -26,9 +26,9 @@ from ..merge.recipe import Recipe
 from ..merge.run import load_live_model, merge_config, save_merged
 from ..models.pool import ModelPool
 from .algorithms import make_algorithm
-from .executors import EXECUTORS
+from .executors import EXECUTORS, Executor, close
 from .heldout import candidates, run_tests, write_results
-from .loop import Searcher, Termination, winners
+from .loop import Callback, Searcher, Termination, winners
 from .objectives import Objective, task_objectives
 from .problem import MergeProblem
 from .rundir import RUNS, RunDir
@@ -80,21 +80,23 @@ def run_experiment(
     resume: bool = False,
     progress: bool = False,
     search: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Evolve, test and save as ``config`` says. ``objectives`` replace the config's tasks
     (custom fitness functions); ``resume`` continues the run stored in ``run_dir``;
-    ``search=False`` (with ``resume``) tests the best so far without searching on."""
+    ``search=False`` (with ``resume``) tests the best so far without searching on;
+    ``callbacks`` watch the search (``loop.Callback``)."""
     rd = RunDir(Path(run_dir or config.output.run_dir or RUNS / "run"))
     objectives = list(objectives) if objectives is not None else task_objectives(config)
     if not objectives:
         raise ConfigError("tasks: give at least one task (each task is an objective)")
     fresh = not rd.holds_run()
-    merger = _open_models(config)  # before the run directory exists: a model or memory error leaves nothing
+    merger = open_models(config)  # before the run directory exists: a model or memory error leaves nothing
     with storage_errors(rd.path), rd.lock():
         store = rd.open_store()
         try:
             _check_store(store, rd, config, objectives, resume)
-            return _run(config, rd, store, objectives, progress, search, merger)
+            return _run(config, rd, store, objectives, progress, search, merger, callbacks)
         except EvomergeError:  # bad models or data: a fresh run leaves nothing behind
             if fresh and not resume:
                 store.close()
@@ -155,12 +157,15 @@ def _check_store(
         raise ResumeError(f"the run's objectives were {store.get('objectives')}, now {names}")
 
 
-def _open_models(config: ExperimentConfig) -> Merger:
-    """The pool, checked, and the merger's memory plan: all from the checkpoints' headers."""
+def open_models(config: ExperimentConfig, *, device: str | None = None) -> Merger:
+    """The pool, checked, and the merger's memory plan (on ``device``, default
+    ``output.device``): all from the checkpoints' headers."""
     m = config.models
     base = m.base or m.endpoints[0]
     pool = ModelPool.open(base, [e for e in m.endpoints if e != base], allow_pickle=m.allow_pickle)
-    return Merger(pool, device=config.output.device, tier=config.merge.tier, memory_budget=config.merge.memory_budget)
+    return Merger(
+        pool, device=device or config.output.device, tier=config.merge.tier, memory_budget=config.merge.memory_budget
+    )
 
 
 def _remove_if_empty(rd: RunDir) -> None:
@@ -186,17 +191,38 @@ def _run(
     progress: bool,
     search: bool,
     merger: Merger,
+    callbacks: Sequence[Callback],
 ) -> RunResult:
     from transformers import AutoTokenizer
 
-    m = config.models
-    pool = merger.pool
     model = load_live_model(merger)
-    tokenizer = AutoTokenizer.from_pretrained(pool.base.path)
+    tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)
+    executor = EXECUTORS[config.search.executor].create(merger, model, tokenizer, config)  # Ray: connects now
+    try:
+        return _search_and_test(
+            config, rd, store, objectives, progress, search, merger, model, tokenizer, executor, callbacks
+        )
+    finally:
+        close(executor)
+
+
+def _search_and_test(
+    config: ExperimentConfig,
+    rd: RunDir,
+    store: RunStore,
+    objectives: list[Objective],
+    progress: bool,
+    search: bool,
+    merger: Merger,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    executor: Executor,
+    callbacks: Sequence[Callback],
+) -> RunResult:
+    m, pool = config.models, merger.pool
     for objective in objectives:
-        objective.prepare(merger, model, tokenizer, rd.path)
+        objective.prepare(merger, model, tokenizer, rd.path, executor)
     problem = MergeProblem(search_space(config, pool.num_layers), objectives)
-    executor = EXECUTORS[config.search.executor].create(merger, model, tokenizer, config)
 
     reason = store.get("stop_reason") or ("" if search else "not finished: tested the best so far")
     try:
@@ -208,7 +234,7 @@ def _run(
             termination = Termination(s.generations, s.max_evaluations, s.max_seconds, s.patience)
             reason = Searcher(
                 problem, algorithm, executor, store, termination, seed=config.seed, progress=progress,
-                on_error=s.on_error,
+                on_error=s.on_error, callbacks=callbacks,
             ).run()  # fmt: skip
     finally:  # also when a candidate failed: evaluations.csv shows it
         store.export_csv(rd.evaluations_csv, [g.name for g in problem.space.all_genes], problem.names)

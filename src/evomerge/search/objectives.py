@@ -25,6 +25,7 @@ from ..errors import CandidateError, EvomergeError
 from ..evaluate.evaluator import Evaluator, evaluator_for
 from ..fitness.build import prepare_estimator
 from ..fitness.estimators import Estimator
+from ..fitness.respondents import ItemScorer
 from ..merge.engine import Merger
 from .rundir import RunDir
 
@@ -46,9 +47,15 @@ class Objective:
     maximize: tuple[bool, ...]
 
     def prepare(
-        self, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path | None
+        self,
+        merger: Merger,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        run_dir: Path | None,
+        executor: ItemScorer | None = None,
     ) -> None:
-        """Once per run, before the search (e.g. fit the IRT estimator)."""
+        """Once per run, before the search (e.g. fit the IRT estimator; its respondents are
+        scored by ``executor`` when given, else in ``model``)."""
 
     def measure(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> Measurement:
         raise NotImplementedError
@@ -68,10 +75,17 @@ class TaskObjective(Objective):
         self.estimator: Estimator | None = None
 
     def prepare(
-        self, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path | None
+        self,
+        merger: Merger,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        run_dir: Path | None,
+        executor: ItemScorer | None = None,
     ) -> None:
         cache = RunDir(run_dir).respondents(self.task.name) if run_dir is not None else None
-        self.estimator = prepare_estimator(self.config, self.evaluator, model, tokenizer, merger, cache=cache)
+        self.estimator = prepare_estimator(
+            self.config, self.evaluator, model, tokenizer, merger, cache=cache, executor=executor
+        )
 
     @property
     def anchor_ids(self) -> list[str]:

@@ -1,0 +1,280 @@
+"""Candidates merged and scored in parallel by Ray actors: every GPU of a machine, or a cluster.
+
+Each worker is an actor that opens the pool, builds its merge cache (the tier that fits
+its own device) and loads its live model once, then merges and scores the recipes sent
+to it. Recipes cross the wire (a few hundred bytes), never weights. The workers score
+the IRT respondents first (each respondent's per-item scores come back to the driver,
+which fits IRT and picks anchors), then the problem (the search space and the prepared
+objectives: items, anchors, fits) is shipped once to each of them, and the candidates
+and the held-out tests follow.
+
+The driver stays the one writer of the run store. Results are handed to the loop in the
+order the algorithm asked for them (a finished result waits for the ones asked before
+it), so a Ray run stores the same rows in the same order as a local run of the same
+seed; at most ``workers - 1`` finished results wait, and a driver killed meanwhile
+evaluates them again on resume. A worker that dies mid-candidate (killed, out of memory)
+is replaced and its candidate sent again, up to ``search.ray.retries`` times, then the
+candidate is a failed one (``Evaluation.failed``) under ``search.on_error``.
+
+Hand-written rather than Ray's ``ActorPool``: the pool neither replaces dead actors nor
+retries a task on another one, and in-order results with retries are a few lines here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..errors import CandidateError, EvomergeError
+from ..evaluate.evaluator import Evaluator
+from ..merge.engine import Merger
+from ..merge.recipe import Recipe
+from .executors import EXECUTORS, RUN_ERRORS, LocalExecutor
+from .problem import Evaluation, MergeProblem
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+#: Candidates sent ahead to each worker: one merging, one waiting, so no round trip idles it.
+QUEUE = 2
+
+
+class RayExecutorError(EvomergeError):
+    """Ray is missing, or its cluster cannot be reached."""
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise RayExecutorError('search.executor ray needs Ray: pip install "evomerge[ray]"') from None
+    return ray
+
+
+class Worker:
+    """One actor's state: the run's models opened once, the problem, a local executor."""
+
+    def __init__(self, config: dict[str, Any], problem: MergeProblem | None, threads: int, gpu: bool) -> None:
+        from transformers import AutoTokenizer
+
+        from ..config import ExperimentConfig
+        from ..merge.run import load_live_model
+        from .experiment import open_models
+
+        torch.set_num_threads(threads)
+        experiment = ExperimentConfig.model_validate(config)
+        merger = open_models(experiment, device="cuda" if gpu else "cpu")
+        model = load_live_model(merger)
+        tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)
+        self.local = LocalExecutor(merger, model, tokenizer)
+        self.problem = problem
+
+    def set_problem(self, problem: MergeProblem) -> None:
+        self.problem = problem
+
+    def score_items(self, evaluator: Evaluator, recipe: Recipe) -> dict[str, float]:
+        ((_, scores),) = self.local.score_items(evaluator, [recipe])
+        return scores
+
+    def evaluate(self, recipe: Recipe) -> Evaluation:
+        assert self.problem is not None, "set_problem first"
+        start = time.perf_counter()
+        try:
+            return self.local.evaluate_one(self.problem, recipe)
+        except CandidateError as err:
+            return Evaluation.failed(err, time.perf_counter() - start)
+        except RUN_ERRORS:
+            raise
+        except Exception as err:  # this candidate's own failure, as in LocalExecutor
+            return Evaluation.failed(err, time.perf_counter() - start)
+
+    def test(self, recipe: Recipe) -> tuple[tuple[float, ...], float]:
+        assert self.problem is not None, "set_problem first"
+        return self.local.test(self.problem, recipe)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+def _check_reachable(address: str) -> None:
+    """A ``host:port`` (or ``ray://host:port``) that does not answer within 5 s is an error
+    now: ``ray.init`` would retry it for minutes."""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as err:
+        raise RayExecutorError(
+            f"cannot reach Ray at search.ray.address {address!r} ({err}). Start it (`ray start --head`), give "
+            "its address (auto, host:6379, or ray://host:10001 with ray[client]), or use address: local"
+        ) from None
+
+
+@EXECUTORS.register("ray")
+class RayExecutor:
+    """Candidates spread over Ray actors (``search.ray``: address, workers, resources)."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.settings = config.search.ray
+        self.ray = import_ray()
+        self._connect()
+        self.actors: list[Any] = []
+        self.problem: MergeProblem | None = None
+        self._problem_ref: Any = None
+        self.retried = 0
+        self.respondents_scored = 0
+
+    @classmethod
+    def create(
+        cls, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: ExperimentConfig
+    ) -> RayExecutor:
+        return cls(config)
+
+    def _connect(self) -> None:
+        """Join the cluster at ``address`` (``local``: start one in this process)."""
+        ray, s = self.ray, self.settings
+        if ray.is_initialized():
+            return
+        _check_reachable(s.address)
+        try:
+            if s.address == "local":
+                ray.init(
+                    num_cpus=s.workers * s.cpus_per_worker,
+                    num_gpus=s.workers * s.gpus_per_worker if s.gpus_per_worker else None,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            else:
+                ray.init(address=s.address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise RayExecutorError(
+                f"cannot reach Ray at search.ray.address {s.address!r}: {err}. Start it (`ray start --head`), "
+                "give its address (auto, host:6379, or ray://host:10001 with ray[client]), or use address: local"
+            ) from None
+
+    def _new_actor(self, problem_ref: Any) -> Any:
+        s = self.settings
+        remote = self.ray.remote(num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker)(Worker)
+        problem_ref = self._problem_ref if problem_ref is None else problem_ref
+        config = self.config.model_dump(mode="json", by_alias=True)
+        return remote.remote(config, problem_ref, max(1, int(s.cpus_per_worker)), s.gpus_per_worker > 0)
+
+    def _start(self, problem: MergeProblem | None = None) -> None:
+        """The workers (started once), holding ``problem`` (sent once per problem)."""
+        if not self.actors:
+            self.actors = [self._new_actor(None) for _ in range(self.settings.workers)]
+            log.info("ray: %d workers started", len(self.actors))
+        if problem is not None and problem is not self.problem:
+            self.problem, self._problem_ref = problem, self.ray.put(problem)
+            self.ray.get([actor.set_problem.remote(self._problem_ref) for actor in self.actors])
+
+    def score_items(self, evaluator: Evaluator, recipes: Sequence[Recipe]) -> Iterator[tuple[int, dict[str, float]]]:
+        """The IRT respondents, scored on the workers."""
+        self._start()
+        ref = self.ray.put(evaluator)
+        for i, result in self._dispatch("score_items", recipes, (ref,)):
+            if isinstance(result, Evaluation):  # every worker it went to died
+                raise RayExecutorError(f"respondent {recipes[i].digest[:12]} could not be scored: {result.error}")
+            self.respondents_scored += 1
+            yield i, result
+
+    def evaluate(self, problem: MergeProblem, recipes: Sequence[Recipe]) -> Iterator[tuple[int, Evaluation]]:
+        """Each recipe on the next free worker; results yielded in ``recipes``' order."""
+        self._start(problem)
+        yield from self._dispatch("evaluate", recipes, ())
+
+    def _dispatch(self, method: str, recipes: Sequence[Recipe], args: tuple[Any, ...]) -> Iterator[tuple[int, Any]]:
+        """``actor.method(*args, recipe)`` for each recipe, results in order. Each worker has
+        ``QUEUE`` recipes sent ahead, so it never waits for a round trip; a dead worker is
+        replaced and its recipes sent again (``retries``), then given up as failed."""
+        ray = self.ray
+        todo = list(range(len(recipes)))[::-1]  # popped from the end: first asked, first sent
+        attempts = [0] * len(recipes)
+        running: dict[Any, tuple[int, int, Any]] = {}  # object ref -> (recipe index, slot, actor)
+        done: dict[int, Any] = {}
+        free = [slot for _ in range(QUEUE) for slot in range(len(self.actors))][::-1]
+        yielded = 0
+        while yielded < len(recipes):
+            while todo and free:
+                i, slot = todo.pop(), free.pop()
+                attempts[i] += 1
+                actor = self.actors[slot]
+                running[getattr(actor, method).remote(*args, recipes[i])] = (i, slot, actor)
+            if running:
+                ready, _ = ray.wait(list(running), num_returns=1)
+                i, slot, actor = running.pop(ready[0])
+                try:
+                    done[i] = ray.get(ready[0])
+                except ray.exceptions.RayActorError as err:
+                    if self.actors[slot] is actor:  # the first of its queued candidates to report it
+                        self.actors[slot] = self._new_actor(self._problem_ref)
+                    self._retry(slot, i, attempts[i], err, recipes, done, todo)
+                except ray.exceptions.RayTaskError as err:
+                    raise (err.cause if isinstance(err.cause, BaseException) else err) from None
+                free.append(slot)
+            while yielded in done:
+                yield yielded, done.pop(yielded)
+                yielded += 1
+
+    def _retry(
+        self,
+        slot: int,
+        i: int,
+        attempt: int,
+        err: Exception,
+        recipes: Sequence[Recipe],
+        done: dict[int, Any],
+        todo: list[int],
+    ) -> None:
+        """A candidate whose worker died: sent again, or failed after the retries."""
+        retries = self.settings.retries
+        self.retried += 1
+        reason = str(err).splitlines()[0]
+        if attempt > retries:
+            log.warning("ray: candidate %s failed on %d workers; stored as failed", recipes[i].digest[:12], attempt)
+            done[i] = Evaluation(None, 0.0, 0.0, f"WorkerDied: {attempt} workers died on it ({reason})")
+        else:
+            log.warning(
+                "ray: worker %d died during candidate %s (%s); retrying on a fresh worker (%d of %d retries)",
+                slot,
+                recipes[i].digest[:12],
+                reason,
+                attempt,
+                retries,
+            )
+            todo.append(i)
+
+    def evaluate_one(self, problem: MergeProblem, recipe: Recipe) -> Evaluation:
+        ((_, evaluation),) = self.evaluate(problem, [recipe])
+        if evaluation.error is not None:
+            raise CandidateError(f"candidate {recipe.digest[:12]} failed on the Ray workers: {evaluation.error}")
+        return evaluation
+
+    def test(self, problem: MergeProblem, recipe: Recipe) -> tuple[tuple[float, ...], float]:
+        self._start(problem)
+        result: tuple[tuple[float, ...], float] = self.ray.get(self.actors[0].test.remote(recipe))
+        return result
+
+    def worker_pids(self) -> list[int]:
+        return [self.ray.get(a.pid.remote()) for a in self.actors]
+
+    def close_actors(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors, self.problem, self._problem_ref = [], None, None
+
+    def close(self) -> None:
+        self.close_actors()

@@ -145,3 +145,53 @@ def test_a_driver_killed_mid_generation_resumes_to_the_same_results(ray_cluster,
     resumed = resume_run(run_dir)
     assert resumed.evaluations == 18 and same_evaluations(resumed, local_run)
     assert [(t.name, t.scores) for t in resumed.tests] == [(t.name, t.scores) for t in local_run.tests]
+
+
+def test_a_candidate_that_kills_every_worker_is_failed_after_the_retries(ray_cluster, demo_family):
+    """Two of four candidates end their worker's process (``os._exit``) each time they are
+    merged: after ``retries`` fresh workers they come back failed; the others are scored."""
+    import numpy as np
+
+    from evomerge.search.executors import EXECUTORS, close
+    from evomerge.search.objectives import FunctionObjective
+    from evomerge.search.problem import MergeProblem
+    from evomerge.search.space import SearchSpace
+
+    models = demo_family / "models"
+    config = load_config(
+        {
+            "models": {"base": str(models / "base"), "endpoints": [str(models / "add"), str(models / "greek")]},
+            "search": {"executor": "ray", "ray": {"workers": 2, "retries": 1}},
+        },
+        resolve_demo=False,
+    )
+    executor = EXECUTORS["ray"].create(None, None, None, config)
+    endpoints = [str(models / "add"), str(models / "greek")]
+    space = SearchSpace("task_arithmetic", endpoints, str(models / "base"), num_layers=2)
+    recipes = [space.decode(x) for x in np.random.default_rng(0).random((4, space.n_var))]
+
+    def total(m, t):
+        return float(sum(p.float().sum() for p in m.parameters()))
+
+    try:
+        totals = sorted(
+            e.measurement.values[0]
+            for _, e in executor.evaluate(MergeProblem(space, [FunctionObjective(total)]), recipes)
+        )
+        threshold = totals[2]
+
+        def deadly(m, t):
+            import os
+
+            value = total(m, t)
+            if value < threshold:
+                os._exit(1)  # the worker process dies, as on a segfault or the OOM killer
+            return value
+
+        results = dict(executor.evaluate(MergeProblem(space, [FunctionObjective(deadly)]), recipes))
+    finally:
+        close(executor)
+    failed = [e for e in results.values() if e.error is not None]
+    assert len(failed) == 2 and all(e.error.startswith("WorkerDied: 2 workers died on it") for e in failed)
+    assert sorted(e.measurement.values[0] for e in results.values() if e.error is None) == totals[2:]
+    assert executor.retried == 2  # each deadly candidate sent once more; those queued behind it are not blamed

@@ -198,30 +198,41 @@ class RayExecutor:
 
     def _dispatch(self, method: str, recipes: Sequence[Recipe], args: tuple[Any, ...]) -> Iterator[tuple[int, Any]]:
         """``actor.method(*args, recipe)`` for each recipe, results in order. Each worker has
-        ``QUEUE`` recipes sent ahead, so it never waits for a round trip; a dead worker is
-        replaced and its recipes sent again (``retries``), then given up as failed."""
+        ``QUEUE`` recipes sent ahead, so it never waits for a round trip. A dead worker is
+        replaced; the recipe it was running (the first sent of those it held: an actor runs
+        its tasks in order) counts a death, the ones queued behind it are sent again as they
+        were. A recipe with more than ``retries`` deaths is given up as failed."""
         ray = self.ray
         todo = list(range(len(recipes)))[::-1]  # popped from the end: first asked, first sent
-        attempts = [0] * len(recipes)
-        running: dict[Any, tuple[int, int, Any]] = {}  # object ref -> (recipe index, slot, actor)
+        deaths = [0] * len(recipes)
+        running: dict[Any, tuple[int, int, Any, int]] = {}  # ref -> (recipe index, slot, actor, sent as)
+        culprit: dict[int, int] = {}  # id(dead actor) -> the "sent as" number of the task it ran
+        dead: list[Any] = []
         done: dict[int, Any] = {}
         free = [slot for _ in range(QUEUE) for slot in range(len(self.actors))][::-1]
-        yielded = 0
+        yielded = sent = 0
         while yielded < len(recipes):
             while todo and free:
                 i, slot = todo.pop(), free.pop()
-                attempts[i] += 1
                 actor = self.actors[slot]
-                running[getattr(actor, method).remote(*args, recipes[i])] = (i, slot, actor)
+                running[getattr(actor, method).remote(*args, recipes[i])] = (i, slot, actor, sent)
+                sent += 1
             if running:
                 ready, _ = ray.wait(list(running), num_returns=1)
-                i, slot, actor = running.pop(ready[0])
+                i, slot, actor, number = running.pop(ready[0])
                 try:
                     done[i] = ray.get(ready[0])
                 except ray.exceptions.RayActorError as err:
-                    if self.actors[slot] is actor:  # the first of its queued candidates to report it
+                    if id(actor) not in culprit:  # the first report of this death
+                        held = [n for (_, _, a, n) in running.values() if a is actor]
+                        culprit[id(actor)] = min([number, *held])
+                        dead.append(actor)  # kept, so that its id is not reused while culprit holds it
                         self.actors[slot] = self._new_actor(self._problem_ref)
-                    self._retry(slot, i, attempts[i], err, recipes, done, todo)
+                    if culprit[id(actor)] == number:
+                        deaths[i] += 1
+                        self._retry(slot, i, deaths[i], err, recipes, done, todo)
+                    else:
+                        todo.append(i)  # queued behind the one that died: not its fault
                 except ray.exceptions.RayTaskError as err:
                     raise (err.cause if isinstance(err.cause, BaseException) else err) from None
                 free.append(slot)
@@ -233,26 +244,26 @@ class RayExecutor:
         self,
         slot: int,
         i: int,
-        attempt: int,
+        deaths: int,
         err: Exception,
         recipes: Sequence[Recipe],
         done: dict[int, Any],
         todo: list[int],
     ) -> None:
-        """A candidate whose worker died: sent again, or failed after the retries."""
+        """A candidate its worker died on: sent again, or failed after the retries."""
         retries = self.settings.retries
-        self.retried += 1
         reason = str(err).splitlines()[0]
-        if attempt > retries:
-            log.warning("ray: candidate %s failed on %d workers; stored as failed", recipes[i].digest[:12], attempt)
-            done[i] = Evaluation(None, 0.0, 0.0, f"WorkerDied: {attempt} workers died on it ({reason})")
+        if deaths > retries:
+            log.warning("ray: candidate %s failed on %d workers; stored as failed", recipes[i].digest[:12], deaths)
+            done[i] = Evaluation(None, 0.0, 0.0, f"WorkerDied: {deaths} workers died on it ({reason})")
         else:
+            self.retried += 1
             log.warning(
                 "ray: worker %d died during candidate %s (%s); retrying on a fresh worker (%d of %d retries)",
                 slot,
                 recipes[i].digest[:12],
                 reason,
-                attempt,
+                deaths,
                 retries,
             )
             todo.append(i)

@@ -36,7 +36,7 @@ def write_report(run_dir: Path | str) -> Path:
         maximize: list[bool] = store.get("maximize") or [True] * len(names)
         generations = store.generations()
         rows = list(store.evaluations())
-        failed = [r for r in store.evaluations(failed=True) if not r.ok]
+        failed = [(rank, r) for rank, r in enumerate(store.evaluations(failed=True), 1) if not r.ok]
         tests = store.tests()
         stop = store.get("stop_reason")
     finally:
@@ -68,7 +68,8 @@ def write_report(run_dir: Path | str) -> Path:
             f"<h2>Failed candidates ({len(failed)})</h2><table><tr><th>id</th><th>generation</th><th>error</th></tr>"
         )
         parts += [
-            f"<tr><td>{r.id}</td><td>{r.generation}</td><td>{html.escape(r.error or '')}</td></tr>" for r in failed
+            f"<tr><td>{rank}</td><td>{r.generation}</td><td>{html.escape(r.error or '')}</td></tr>"
+            for rank, r in failed
         ]
         parts.append("</table>")
     if front:

@@ -265,19 +265,22 @@ def export_run(run_dir: Path | str, out: Path | str, *, member: str | None = Non
     config = load_config(rd.config)
     store = rd.open_store()
     try:
-        rows = list(store.evaluations())
+        every = list(store.evaluations(failed=True))  # evaluations.csv's ids are ranks in this list
+        rows = [r for r in every if r.ok]
         front = winners(rows, store.get("maximize"))
     finally:
         store.close()
     if not rows:
         raise EvomergeError(f"{rd} has no evaluations yet; resume it first")
     kind, _, number = (member or "pareto:0").partition(":")
-    pool = {"pareto": front, "best": front, "id": rows}.get(kind)
+    pool = {"pareto": front, "best": front, "id": every}.get(kind)
     index = (int(number) - (1 if kind == "id" else 0)) if number.isdigit() else 0
     if pool is None or not 0 <= index < len(pool) or (kind != "best" and not number.isdigit()):
         raise EvomergeError(
-            f"member {member!r}: choose best, pareto:0..{len(front) - 1} or id:1..{len(rows)} (evaluations.csv ids)"
+            f"member {member!r}: choose best, pareto:0..{len(front) - 1} or id:1..{len(every)} (evaluations.csv ids)"
         )
+    if not pool[index].ok:
+        raise EvomergeError(f"member {member!r} failed during the search ({pool[index].error}); choose another")
     recipe = Recipe.from_yaml(pool[index].recipe)
     return merge_config(recipe, out, force=force, allow_pickle=config.models.allow_pickle, device=config.output.device)
 

@@ -66,6 +66,7 @@ class Evaluated:
     """One finished candidate, as callbacks see it."""
 
     generation: int
+    position: int  # in the generation's ask
     digest: str
     x: np.ndarray
     recipe: Recipe
@@ -107,6 +108,7 @@ class StoreWriter(Callback):
             e.merge_s,
             e.eval_s,
             error=e.error,
+            position=done.position,
         )
 
     def on_generation(self, searcher: Searcher, row: GenerationRow, replayed: bool) -> None:
@@ -251,7 +253,7 @@ class Searcher:
             seconds["evaluate"] += stored_at - mark
             seconds["merge"] += evaluation.merge_s
             seconds["eval"] += evaluation.eval_s
-            self._emit("on_evaluation", Evaluated(gen, digests[i], xs[i], recipes[i], evaluation))
+            self._emit("on_evaluation", Evaluated(gen, i, digests[i], xs[i], recipes[i], evaluation))
             if evaluation.error is not None and self.on_error == "stop":
                 raise CandidateFailedError(
                     f"candidate {digests[i][:12]} (generation {gen}) failed: {evaluation.error}. It is stored as "

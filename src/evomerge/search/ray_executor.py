@@ -8,11 +8,10 @@ which fits IRT and picks anchors), then the problem (the search space and the pr
 objectives: items, anchors, fits) is shipped once to each of them, and the candidates
 and the held-out tests follow.
 
-The driver stays the one writer of the run store. Results are handed to the loop in the
-order the algorithm asked for them (a finished result waits for the ones asked before
-it), so a Ray run stores the same rows in the same order as a local run of the same
-seed; at most ``workers - 1`` finished results wait, and a driver killed meanwhile
-evaluates them again on resume. A worker that dies mid-candidate (killed, out of memory)
+The driver stays the one writer of the run store and commits each result as it comes;
+the store reads rows in the order the algorithm asked for them, so a Ray run's
+``evaluations.csv`` equals a local run's of the same seed, and a driver killed at any
+point loses no finished evaluation. A worker that dies mid-candidate (killed, out of memory)
 is replaced and its candidate sent again, up to ``search.ray.retries`` times, then the
 candidate is a failed one (``Evaluation.failed``) under ``search.on_error``.
 
@@ -192,12 +191,12 @@ class RayExecutor:
             yield i, result
 
     def evaluate(self, problem: MergeProblem, recipes: Sequence[Recipe]) -> Iterator[tuple[int, Evaluation]]:
-        """Each recipe on the next free worker; results yielded in ``recipes``' order."""
+        """Each recipe on the next free worker; each result handed on as it comes."""
         self._start(problem)
         yield from self._dispatch("evaluate", recipes, ())
 
     def _dispatch(self, method: str, recipes: Sequence[Recipe], args: tuple[Any, ...]) -> Iterator[tuple[int, Any]]:
-        """``actor.method(*args, recipe)`` for each recipe, results in order. Each worker has
+        """``actor.method(*args, recipe)`` for each recipe, each result as it comes. Each worker has
         ``QUEUE`` recipes sent ahead, so it never waits for a round trip. A dead worker is
         replaced; the recipe it was running (the first sent of those it held: an actor runs
         its tasks in order) counts a death, the ones queued behind it are sent again as they
@@ -210,8 +209,8 @@ class RayExecutor:
         dead: list[Any] = []
         done: dict[int, Any] = {}
         free = [slot for _ in range(QUEUE) for slot in range(len(self.actors))][::-1]
-        yielded = sent = 0
-        while yielded < len(recipes):
+        handed = sent = 0
+        while handed < len(recipes):
             while todo and free:
                 i, slot = todo.pop(), free.pop()
                 actor = self.actors[slot]
@@ -236,9 +235,9 @@ class RayExecutor:
                 except ray.exceptions.RayTaskError as err:
                     raise (err.cause if isinstance(err.cause, BaseException) else err) from None
                 free.append(slot)
-            while yielded in done:
-                yield yielded, done.pop(yielded)
-                yielded += 1
+            for i in sorted(done):  # as they finish: the store orders rows by their ask position
+                yield i, done.pop(i)
+                handed += 1
 
     def _retry(
         self,

@@ -13,8 +13,13 @@ exported from here.
 
 The layout's version is SQLite's ``user_version`` (``SCHEMA_VERSION``). A store of a
 newer version is refused; a store of an older one is brought up to date when opened
-(version 0, before versions: evaluations gain ``state`` and ``error``). Rows are read
-by column name, so adding a column never shifts what a reader sees.
+(version 0, before versions: evaluations gain ``state``, ``error`` and ``position``).
+Rows are read by column name, so adding a column never shifts what a reader sees.
+
+Evaluations are read in the order the algorithm asked for them (generation, then
+``position`` in its ask), whatever order they finished and were committed in, so a
+parallel executor that stores each result as it arrives gives the same
+``evaluations.csv`` as a sequential one; the CSV's ``id`` is that rank.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     merge_s REAL NOT NULL,
     eval_s REAL NOT NULL,
     state TEXT NOT NULL DEFAULT 'ok',
-    error TEXT
+    error TEXT,
+    position INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS generations (
     generation INTEGER PRIMARY KEY,
@@ -71,7 +77,9 @@ CREATE TABLE IF NOT EXISTS tests (
 """
 SCHEMA_VERSION = 1
 #: Columns added since version 0, with their definitions (the migration adds them).
-_ADDED_COLUMNS = {"evaluations": {"state": "TEXT NOT NULL DEFAULT 'ok'", "error": "TEXT"}}
+_ADDED_COLUMNS = {
+    "evaluations": {"state": "TEXT NOT NULL DEFAULT 'ok'", "error": "TEXT", "position": "INTEGER NOT NULL DEFAULT 0"}
+}
 #: Columns of evaluations.csv that hold times, which differ between identical runs.
 TIME_COLUMNS = ("merge_s", "eval_s")
 #: A candidate's state: evaluated, or raised (its error stored, search.on_error applied).
@@ -188,13 +196,14 @@ class RunStore:
         eval_s: float,
         *,
         error: str | None = None,
+        position: int = 0,
     ) -> None:
         """Store one evaluation; with ``error``, a FAIL row (no objective values) that a
         later evaluation of the same recipe replaces in place (its id stays)."""
         self.db.execute(
             "INSERT INTO evaluations "
-            "(generation, digest, x, genes, recipe, objectives, items, merge_s, eval_s, state, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO UPDATE SET "
+            "(generation, digest, x, genes, recipe, objectives, items, merge_s, eval_s, state, error, position) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO UPDATE SET "
             "generation = excluded.generation, x = excluded.x, genes = excluded.genes, recipe = excluded.recipe, "
             "objectives = excluded.objectives, items = excluded.items, merge_s = excluded.merge_s, "
             "eval_s = excluded.eval_s, state = excluded.state, error = excluded.error",
@@ -210,6 +219,7 @@ class RunStore:
                 eval_s,
                 OK if error is None else FAIL,
                 error,
+                position,
             ),
         )
 
@@ -231,7 +241,7 @@ class RunStore:
 
     def evaluations(self, *, failed: bool = False) -> Iterator[EvaluationRow]:
         """Every evaluation in the order stored (``failed``: FAIL rows too)."""
-        for row in self.db.execute("SELECT * FROM evaluations ORDER BY id"):
+        for row in self.db.execute("SELECT * FROM evaluations ORDER BY generation, position, id"):
             if row["state"] != OK and not failed:
                 continue
             yield EvaluationRow(
@@ -324,11 +334,11 @@ class RunStore:
             writer.writerow(
                 ["id", "generation", "digest", *gene_names, *objective_names, *TIME_COLUMNS, "state", "error"]
             )
-            for e in self.evaluations(failed=True):
+            for rank, e in enumerate(self.evaluations(failed=True), 1):
                 values = [repr(v) for v in e.objectives] if e.ok else [""] * len(objective_names)
                 writer.writerow(
                     [
-                        e.id,
+                        rank,
                         e.generation,
                         e.digest,
                         *(e.genes[g] for g in gene_names),

@@ -39,7 +39,7 @@ from scale import GiB, build_family, mergekit_config, peak_rss
 METHODS = ("task_arithmetic", "ties", "dare_ties")
 
 
-def merged_state(merger, model) -> dict[str, torch.Tensor]:
+def merged_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
@@ -76,7 +76,7 @@ def run_tier(family: Path, method: str, tier: str, device: str, n: int, referenc
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
         if i == 0:
-            first_state = merged_state(merger, model)
+            first_state = merged_state(model)
     params = list(model.parameters())
     scratch = torch.randn(max(p.numel() for p in params), device=params[0].device).to(params[0].dtype)
     copies = []

@@ -26,7 +26,7 @@ from ..merge.recipe import Recipe
 from ..merge.run import load_live_model, merge_config, save_merged
 from ..models.pool import ModelPool
 from .algorithms import make_algorithm
-from .executors import EXECUTORS, Executor, close
+from .executors import EXECUTORS, close
 from .heldout import candidates, run_tests, write_results
 from .loop import Callback, Searcher, Termination, winners
 from .objectives import Objective, task_objectives
@@ -199,61 +199,45 @@ def _run(
     tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)
     executor = EXECUTORS[config.search.executor].create(merger, model, tokenizer, config)  # Ray: connects now
     try:
-        return _search_and_test(
-            config, rd, store, objectives, progress, search, merger, model, tokenizer, executor, callbacks
+        m, pool = config.models, merger.pool
+        for objective in objectives:
+            objective.prepare(merger, model, tokenizer, rd.path, executor)
+        problem = MergeProblem(search_space(config, pool.num_layers), objectives)
+
+        reason = store.get("stop_reason") or ("" if search else "not finished: tested the best so far")
+        try:
+            if not reason:
+                s = config.search
+                algorithm = make_algorithm(
+                    s.algorithm, problem.n_obj, s.options, population_size=s.population_size, seed=config.seed
+                )
+                termination = Termination(s.generations, s.max_evaluations, s.max_seconds, s.patience)
+                reason = Searcher(
+                    problem, algorithm, executor, store, termination, seed=config.seed, progress=progress,
+                    on_error=s.on_error, callbacks=callbacks,
+                ).run()  # fmt: skip
+        finally:  # also when a candidate failed: evaluations.csv shows it
+            store.export_csv(rd.evaluations_csv, [g.name for g in problem.space.all_genes], problem.names)
+
+        rows = list(store.evaluations())
+        best = winners(rows, problem.maximize)
+        tests = run_tests(store, executor, problem, candidates(best, problem, config.merge.method, m.endpoints, m.base))
+        write_results(
+            rd.results, tests, problem, {"stop_reason": reason, "evaluations": len(rows), "seed": config.seed}
         )
+        if config.output.save_best and problem.n_obj > 1:
+            log.info("%d Pareto members: none is saved as best/; their recipes are in results.json", len(best))
+        finished = store.get("stop_reason") is not None  # an unfinished run's best may still change
+        if config.output.save_best and finished and problem.n_obj == 1 and best and not rd.best.exists():
+            recipe = Recipe.from_yaml(best[0].recipe)
+            merger.merge_into(model, recipe)
+            save_merged(model, recipe, merger, rd.best)
+        from ..report import write_report  # the report reads the store; it sits above the search
+
+        write_report(rd.path)
+        return RunResult(rd.path, reason, len(rows), problem, best, tests, merger, model, tokenizer)
     finally:
         close(executor)
-
-
-def _search_and_test(
-    config: ExperimentConfig,
-    rd: RunDir,
-    store: RunStore,
-    objectives: list[Objective],
-    progress: bool,
-    search: bool,
-    merger: Merger,
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    executor: Executor,
-    callbacks: Sequence[Callback],
-) -> RunResult:
-    m, pool = config.models, merger.pool
-    for objective in objectives:
-        objective.prepare(merger, model, tokenizer, rd.path, executor)
-    problem = MergeProblem(search_space(config, pool.num_layers), objectives)
-
-    reason = store.get("stop_reason") or ("" if search else "not finished: tested the best so far")
-    try:
-        if not reason:
-            s = config.search
-            algorithm = make_algorithm(
-                s.algorithm, problem.n_obj, s.options, population_size=s.population_size, seed=config.seed
-            )
-            termination = Termination(s.generations, s.max_evaluations, s.max_seconds, s.patience)
-            reason = Searcher(
-                problem, algorithm, executor, store, termination, seed=config.seed, progress=progress,
-                on_error=s.on_error, callbacks=callbacks,
-            ).run()  # fmt: skip
-    finally:  # also when a candidate failed: evaluations.csv shows it
-        store.export_csv(rd.evaluations_csv, [g.name for g in problem.space.all_genes], problem.names)
-
-    rows = list(store.evaluations())
-    best = winners(rows, problem.maximize)
-    tests = run_tests(store, executor, problem, candidates(best, problem, config.merge.method, m.endpoints, m.base))
-    write_results(rd.results, tests, problem, {"stop_reason": reason, "evaluations": len(rows), "seed": config.seed})
-    if config.output.save_best and problem.n_obj > 1:
-        log.info("%d Pareto members: none is saved as best/; their recipes are in results.json", len(best))
-    finished = store.get("stop_reason") is not None  # an unfinished run's best may still change
-    if config.output.save_best and finished and problem.n_obj == 1 and best and not rd.best.exists():
-        recipe = Recipe.from_yaml(best[0].recipe)
-        merger.merge_into(model, recipe)
-        save_merged(model, recipe, merger, rd.best)
-    from ..report import write_report  # the report reads the store; it sits above the search
-
-    write_report(rd.path)
-    return RunResult(rd.path, reason, len(rows), problem, best, tests, merger, model, tokenizer)
 
 
 def export_run(run_dir: Path | str, out: Path | str, *, member: str | None = None, force: bool = False) -> Path:

@@ -164,17 +164,17 @@ class RayExecutor:
                 "give its address (auto, host:6379, or ray://host:10001 with ray[client]), or use address: local"
             ) from None
 
-    def _new_actor(self, problem_ref: Any) -> Any:
+    def _new_actor(self) -> Any:
+        """A worker holding the current problem (none before the respondents are scored)."""
         s = self.settings
         remote = self.ray.remote(num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker)(Worker)
-        problem_ref = self._problem_ref if problem_ref is None else problem_ref
         config = self.config.model_dump(mode="json", by_alias=True)
-        return remote.remote(config, problem_ref, max(1, int(s.cpus_per_worker)), s.gpus_per_worker > 0)
+        return remote.remote(config, self._problem_ref, max(1, int(s.cpus_per_worker)), s.gpus_per_worker > 0)
 
     def _start(self, problem: MergeProblem | None = None) -> None:
         """The workers (started once), holding ``problem`` (sent once per problem)."""
         if not self.actors:
-            self.actors = [self._new_actor(None) for _ in range(self.settings.workers)]
+            self.actors = [self._new_actor() for _ in range(self.settings.workers)]
             log.info("ray: %d workers started", len(self.actors))
         if problem is not None and problem is not self.problem:
             self.problem, self._problem_ref = problem, self.ray.put(problem)
@@ -226,7 +226,7 @@ class RayExecutor:
                         held = [n for (_, _, a, n) in running.values() if a is actor]
                         culprit[id(actor)] = min([number, *held])
                         dead.append(actor)  # kept, so that its id is not reused while culprit holds it
-                        self.actors[slot] = self._new_actor(self._problem_ref)
+                        self.actors[slot] = self._new_actor()
                     if culprit[id(actor)] == number:
                         deaths[i] += 1
                         self._retry(slot, i, deaths[i], err, recipes, done, todo)

@@ -139,7 +139,8 @@ def test_generation_pads_with_eos_when_the_tokenizer_has_no_pad_token(members, t
 
 def test_auto_batch_size_backs_off_on_out_of_memory(members, test_items, monkeypatch):
     """A GPU's out-of-memory error cannot happen here, so it is simulated: batches larger
-    than 8 raise torch.OutOfMemoryError, as CUDA would."""
+    than 8 raise torch.OutOfMemoryError, as CUDA would (through transformers' generate; the
+    eager engine's back-off is in test_generation.py)."""
     model, tok = members["add"]
     prompts = [it.question for it in test_items["add"][:40]]
     expected = generate(model, tok, prompts, max_new_tokens=4, batch_size=8)
@@ -153,10 +154,10 @@ def test_auto_batch_size_backs_off_on_out_of_memory(members, test_items, monkeyp
         return real(**kwargs)
 
     monkeypatch.setattr(model, "generate", small_gpu)
-    assert generate(model, tok, prompts, max_new_tokens=4, batch_size="auto") == expected
+    assert generate(model, tok, prompts, max_new_tokens=4, batch_size="auto", engine="hf") == expected
     assert sizes[:4] == [40, 32, 16, 8]  # 64 takes all 40 prompts, then 32, 16 and 8 fits
     with pytest.raises(torch.OutOfMemoryError):
-        generate(model, tok, prompts, max_new_tokens=4, batch_size=16)  # a fixed size is not changed
+        generate(model, tok, prompts, max_new_tokens=4, batch_size=16, engine="hf")  # a fixed size is kept
 
 
 class Spy:

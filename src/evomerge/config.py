@@ -70,6 +70,12 @@ def _names_of(kind: str) -> Any:
     return extra
 
 
+def _engine_names() -> list[str]:
+    from .evaluate.generation import engine_names
+
+    return engine_names()
+
+
 class ConfigError(EvomergeError):
     """An experiment config that does not validate."""
 
@@ -330,6 +336,23 @@ class OutputConfig(_Section):
     run_dir: str | None = Field(None, description="Where the run is stored; default runs/<the config file's name>.")
     save_best: bool = Field(True, description="Write the best merge as an HF checkpoint to RUN_DIR/best.")
     device: str = Field("cpu", description="cpu, cuda or cuda:N: where candidates are merged and evaluated.")
+    generation: str = Field(
+        "auto",
+        description="The generation engine: eager (evomerge's decoding loop), compiled (static cache, "
+        "torch.compile, CUDA graphs on CUDA), hf (transformers' generate), or auto: compiled on CUDA, "
+        "eager elsewhere.",
+        json_schema_extra=lambda schema: schema.update(enum=list[Any](_engine_names())),
+    )
+
+    @field_validator("generation")
+    @classmethod
+    def _an_engine(cls, name: str) -> str:
+        valid = _engine_names()
+        if name not in valid:
+            from .registry import unknown_name
+
+            raise ValueError(unknown_name("generation engine", name, valid))
+        return name
 
     @field_validator("device")
     @classmethod

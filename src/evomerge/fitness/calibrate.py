@@ -23,6 +23,7 @@ from scipy.stats import spearmanr
 
 from ..config import ExperimentConfig, FitnessConfig
 from ..evaluate.evaluator import evaluator_for
+from ..evaluate.generation import use_engine
 from ..merge.engine import Merger
 from ..merge.run import load_live_model
 from ..models.pool import ModelPool
@@ -89,6 +90,7 @@ def calibrate(
         memory_budget=config.merge.memory_budget,
     )
     model = load_live_model(merger)
+    use_engine(model, config.output.generation)
     tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)
 
     respondents = run_respondents(config)

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import ConfigError, ExperimentConfig, load_config
 from ..errors import EvomergeError
+from ..evaluate.generation import use_engine
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
 from ..merge.run import load_live_model, merge_config, save_merged
@@ -196,6 +197,7 @@ def _run(
     from transformers import AutoTokenizer
 
     model = load_live_model(merger)
+    use_engine(model, config.output.generation)
     tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)
     executor = EXECUTORS[config.search.executor].create(merger, model, tokenizer, config)  # Ray: connects now
     try:

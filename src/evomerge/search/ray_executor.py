@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..errors import CandidateError, EvomergeError
 from ..evaluate.evaluator import Evaluator
+from ..evaluate.generation import use_engine
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
 from .executors import EXECUTORS, RUN_ERRORS, LocalExecutor
@@ -70,6 +71,7 @@ class Worker:
         experiment = ExperimentConfig.model_validate(config)
         merger = open_models(experiment, device="cuda" if gpu else "cpu")
         model = load_live_model(merger)
+        use_engine(model, experiment.output.generation)
         tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)
         self.local = LocalExecutor(merger, model, tokenizer)
         self.problem = problem

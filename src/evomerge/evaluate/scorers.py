@@ -7,6 +7,7 @@ saves or reloads it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
@@ -280,7 +281,11 @@ def continuation_logprobs(
     """Sum of log p(continuation tokens | context) for each ``(context, continuation)``.
 
     Context and continuation are tokenised separately and concatenated (as lm-eval does),
-    so the continuation's tokens are exactly its own. Batches are right-padded.
+    so the continuation's tokens are exactly its own. Sequences are sorted by length and
+    left-padded, so every continuation ends at the last position: the model computes
+    logits for the last positions only (``logits_to_keep``), and the softmax runs over
+    those, not over every prompt position times the vocabulary (gigabytes at 7B with long
+    few-shot prompts).
     """
     device = next(model.parameters()).device
     encoded = []
@@ -291,6 +296,7 @@ def continuation_logprobs(
         cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
         encoded.append((ctx, cont))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
     out: list[float] = [0.0] * len(pairs)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     for start in range(0, len(order), batch_size):
@@ -300,13 +306,19 @@ def continuation_logprobs(
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for row, s in enumerate(seqs):
-            ids[row, : len(s)] = torch.tensor(s)
-            mask[row, : len(s)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logprobs = F.log_softmax(logits, dim=-1)
+            ids[row, width - len(s) :] = torch.tensor(s)
+            mask[row, width - len(s) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        longest = max(len(encoded[i][1]) for i in idx)
+        kwargs = {"logits_to_keep": longest + 1} if keep_arg else {}
+        logits = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), **kwargs
+        ).logits
+        logprobs = F.log_softmax(logits[:, -(longest + 1) : -1].float(), dim=-1)  # predicts the last `longest`
         for row, i in enumerate(idx):
-            ctx, cont = encoded[i]
-            positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=device)
+            cont = encoded[i][1]
+            if not cont:
+                continue
             targets = torch.tensor(cont, device=device)
-            out[i] = float(logprobs[row, positions, targets].sum())
+            out[i] = float(logprobs[row, longest - len(cont) :].gather(-1, targets[:, None]).sum())
     return out

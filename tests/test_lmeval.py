@@ -44,3 +44,25 @@ def test_lmeval_errors_are_clear(tmp_path):
         LMEvalScorer(tmp_path / "bad.yaml").task_dict()
     with pytest.raises(LMEvalError, match="could not build task"):
         LMEvalScorer("no_such_task_anywhere").task_dict()
+
+
+def test_lmeval_generate_until_runs_on_the_run_generation_engine(demo_family, task_yaml):
+    """lm-eval's own path (transformers' generate, engine ``hf``) and evomerge's eager
+    loop give the same per-item scores; with ``eager``, ``model.generate`` is never called."""
+    from evomerge.evaluate.generation import use_engine
+
+    model, tok = load_member(demo_family, "add")
+    scorer = LMEvalScorer(task_yaml)
+    items = scorer.items()[:64]
+    use_engine(model, "hf")
+    theirs = scorer.score(model, tok, items)
+    calls: list[int] = []
+    real = model.generate
+    model.generate = lambda *a, **kw: (calls.append(1), real(*a, **kw))[1]
+    try:
+        use_engine(model, "eager")
+        ours = scorer.score(model, tok, items)
+    finally:
+        del model.generate
+    assert ours == theirs and 0 < sum(ours) < len(ours)
+    assert not calls  # the engine decoded, not transformers' generate

@@ -135,7 +135,7 @@ def generate(
     this model) and halves whenever a batch runs out of memory, keeping the smaller size.
     ``engine``: default, the one ``use_engine`` set for the model, else ``auto``.
     """
-    decoder = resolve_engine(engine or _chosen.get(model, "auto"), model)
+    decoder = resolve_engine(engine or engine_name(model), model)
     stops = StopCheck(tokenizer, stop)
     with generation_ready(tokenizer):
         encoded = tokenizer(list(prompts))["input_ids"]
@@ -436,6 +436,11 @@ class _Fallback:
 _logged: set[tuple[str, str]] = set()
 #: The engine each live model generates with (``use_engine``), for the rest of the run.
 _chosen: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def engine_name(model: torch.nn.Module) -> str:
+    """The engine ``model`` generates with when none is named: ``use_engine``'s, or ``auto``."""
+    return _chosen.get(model, "auto")
 
 
 def use_engine(model: torch.nn.Module, name: str) -> None:

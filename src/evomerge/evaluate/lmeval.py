@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import EvomergeError
@@ -97,9 +98,7 @@ class LMEvalScorer:
     def _wrap(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Any:
         """lm-eval's HFLM around the live model: built once per model object, never reloaded."""
         if self._lm is None or self._lm[0] != id(model):
-            from lm_eval.models.huggingface import HFLM
-
-            lm = HFLM(
+            lm = _live_hflm()(
                 pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, add_bos_token=self.add_bos_token
             )
             self._lm = (id(model), lm)
@@ -180,3 +179,39 @@ def _first_metric(samples: list[dict[str, Any]]) -> str:
     if not found:
         raise LMEvalError(f"no per-sample metric in lm-eval's logged samples (fields: {sorted(samples[0])})")
     return found[0]
+
+
+def _live_hflm() -> type:
+    """lm-eval's ``HFLM`` whose greedy ``generate_until`` runs on the run's generation engine
+    (``output.generation``): stop strings end rows during decoding, finished rows leave the
+    batch, and ``compiled`` replays its captured step. Sampling, other generation options and
+    the ``hf`` engine keep lm-eval's own path (transformers' ``generate``)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from .generation import StopCheck, engine_name, generation_ready, resolve_engine
+
+    class LiveHFLM(HFLM):
+        def _model_generate(
+            self, context: torch.Tensor, max_length: int, stop: list[str], **kwargs: Any
+        ) -> torch.Tensor:
+            options = {k: v for k, v in kwargs.items() if k != "attention_mask"}
+            greedy = not options.pop("do_sample", False) and not options.pop("temperature", 0.0)
+            name = engine_name(self.model)
+            if not greedy or options or name == "hf":
+                return super()._model_generate(context, max_length, stop, **kwargs)
+            mask = kwargs.get("attention_mask")
+            keep = mask.bool() if mask is not None else torch.ones_like(context, dtype=torch.bool)
+            rows = [row[k].tolist() for row, k in zip(context, keep, strict=True)]
+            new = max_length - context.shape[1]
+            with generation_ready(self.tokenizer):
+                answers = resolve_engine(name, self.model).decode(
+                    self.model, rows, new, StopCheck(self.tokenizer, stop)
+                )
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            out = torch.full((len(rows), max_length), pad, dtype=context.dtype, device=context.device)
+            out[:, : context.shape[1]] = context
+            for i, answer in enumerate(answers):
+                out[i, context.shape[1] : context.shape[1] + len(answer)] = torch.tensor(answer, dtype=context.dtype)
+            return out
+
+    return LiveHFLM

@@ -15,6 +15,13 @@ import pytest
 from evomerge.demo import build_demo_family, read_manifest
 
 
+@pytest.fixture(autouse=True)
+def _own_respondent_cache(tmp_path_factory, monkeypatch) -> None:
+    """Each test keeps respondents' scores apart (runs reuse them across runs by default):
+    what one test scored never makes another skip its scoring."""
+    monkeypatch.setenv("EVOMERGE_RESPONDENTS_CACHE", str(tmp_path_factory.mktemp("respondents")))
+
+
 @pytest.fixture(scope="session")
 def demo_family() -> Path:
     return build_demo_family()

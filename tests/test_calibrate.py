@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,6 +85,39 @@ def test_respondents_are_the_models_and_their_scores_match_the_manifest(config, 
         collect_responses(evaluator, model, tokenizer, merger, more, cache=cache)
     assert counting.items == 7 * 900  # "new" was scored before the bad one failed...
     assert len(json.loads(cache.read_text())["respondents"]) == 7  # ...and is on disk
+
+
+def test_respondents_are_reused_across_runs_until_a_checkpoint_changes(config, tmp_path):
+    from transformers import AutoTokenizer
+
+    m = config.models
+    merger = Merger(ModelPool.open(m.base, m.endpoints))
+    model, tokenizer = load_live_model(merger), AutoTokenizer.from_pretrained(m.base)
+    evaluator = evaluator_for(config.tasks[0])
+    counting = Counting(evaluator.scorer)
+    evaluator.scorer = counting
+    who = respondent_set(m.endpoints, m.base, 1, lambda rng: random_recipe("task_arithmetic", m.endpoints, m.base, rng))
+    shared = tmp_path / "shared"
+
+    def run(name: str, context: str = "cpu:torch.float32") -> np.ndarray:
+        cache = tmp_path / name / "respondents.json"
+        return collect_responses(evaluator, model, tokenizer, merger, who, cache=cache, shared=shared, context=context)
+
+    first = run("first")
+    assert counting.items == 5 * 900
+    second = run("second")  # another run over the same checkpoints and task: nothing scored
+    assert counting.items == 5 * 900 and np.array_equal(second.scores, first.scores)
+    assert (tmp_path / "second" / "respondents.json").is_file()  # the run keeps its own copy
+    run("third", context="cuda:torch.bfloat16")  # another device: scored again
+    assert counting.items == 10 * 900
+    weights = next((Path(m.endpoints[0])).glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the checkpoint was rewritten
+    try:
+        run("fourth")
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert counting.items == 12 * 900  # its endpoint and the random merge using it; base and others reused
 
 
 def test_calibration_writes_table_plot_and_is_reproducible(config, tmp_path, caplog):

@@ -227,6 +227,11 @@ class FitnessConfig(_Section):
         json_schema_extra=_names_of("selection"),
     )
     respondents: int = Field(12, ge=0, description="Random merges scored in full to fit the IRT model.")
+    reuse_respondents: bool = Field(
+        True,
+        description="Reuse respondents' scores from earlier runs over the same checkpoints (by file names, "
+        "sizes and times), task, scorer settings and device ($EVOMERGE_CACHE/respondents); false: always score.",
+    )
     checkpoints: list[str] = Field(default_factory=list, description="Extra respondent checkpoints.")
     dim: int | Literal["auto"] = Field(
         "auto", description="Dimensions of the IRT abilities; auto: chosen on validation respondents."

@@ -28,7 +28,15 @@ from ..merge.recipe import Recipe
 from .anchors import SELECTIONS, Anchors, select_anchors
 from .estimators import ESTIMATORS, Estimator, blend
 from .irt import IRTModel, fit_irt
-from .respondents import ItemScorer, Respondent, Responses, collect_responses, random_recipe, respondent_set
+from .respondents import (
+    ItemScorer,
+    Respondent,
+    Responses,
+    collect_responses,
+    random_recipe,
+    respondent_set,
+    shared_cache_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +194,26 @@ def prepare_estimator(
         return build_estimator(f, n, strata=strata)
 
     responses = collect_responses(
-        evaluator, model, tokenizer, merger, run_respondents(config), cache=cache, executor=executor
+        evaluator,
+        model,
+        tokenizer,
+        merger,
+        run_respondents(config),
+        cache=cache,
+        executor=executor,
+        shared=shared_cache_dir() if f.reuse_respondents else None,
+        context=scoring_context(config, model),
     )
     return build_estimator(f, n, fits=IRTFits(responses, f.dim, seed=f.seed), strata=strata)
+
+
+def scoring_context(config: ExperimentConfig, model: torch.nn.Module) -> str:
+    """Where and in what precision respondents are scored: scores from elsewhere (a GPU in
+    bf16, say) may differ in a few items, so they are kept apart."""
+    dtype = next(model.parameters()).dtype
+    if config.search.executor == "ray":
+        return f"ray:gpus={config.search.ray.gpus_per_worker}:{dtype}"
+    return f"{config.output.device}:{dtype}"
 
 
 def item_strata(config: FitnessConfig, evaluator: Evaluator) -> list[str] | None:

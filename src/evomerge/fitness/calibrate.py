@@ -27,9 +27,9 @@ from ..evaluate.generation import use_engine
 from ..merge.engine import Merger
 from ..merge.run import load_live_model
 from ..models.pool import ModelPool
-from .build import IRTFits, build_estimator, item_strata, random_merges, run_respondents
+from .build import IRTFits, build_estimator, item_strata, random_merges, run_respondents, scoring_context
 from .estimators import ESTIMATORS, Mean
-from .respondents import Respondent, collect_responses
+from .respondents import Respondent, collect_responses, shared_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,14 @@ def calibrate(
         evaluator = evaluator_for(task)
         n = len(evaluator.splits.search)
         responses = collect_responses(
-            evaluator, model, tokenizer, merger, respondents, cache=RunDir(out).respondents(task.name)
+            evaluator,
+            model,
+            tokenizer,
+            merger,
+            respondents,
+            cache=RunDir(out).respondents(task.name),
+            shared=shared_cache_dir() if f.reuse_respondents else None,
+            context=scoring_context(config, model),
         )
         truth_rows = collect_responses(
             evaluator, model, tokenizer, merger, trials, cache=out / f"calibration-merges-{task.name}.json"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,30 @@ def respondent_set(
     return out
 
 
+def shared_cache_dir() -> Path:
+    """Where respondents' scores are kept across runs: ``$EVOMERGE_RESPONDENTS_CACHE``, else
+    ``$EVOMERGE_CACHE/respondents`` (``~/.cache/evomerge/respondents``)."""
+    from ..demo.family import cache_root
+
+    return Path(os.environ.get("EVOMERGE_RESPONDENTS_CACHE", cache_root() / "respondents"))
+
+
+def checkpoint_fingerprint(model: str) -> str:
+    """What identifies a checkpoint's content without reading it: its files' names, sizes
+    and modification times (a local folder), else its name (a hub id, at its revision)."""
+    path = Path(model)
+    if not path.is_dir():
+        return model
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return json.dumps([str(path.resolve()), *[(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]])
+
+
+def _content_key(recipe: Recipe) -> str:
+    models = [*recipe.model_names, *([recipe.base_model] if recipe.base_model else [])]
+    text = json.dumps([recipe.digest, *[checkpoint_fingerprint(m) for m in models]])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def collect_responses(
     evaluator: Evaluator,
     model: torch.nn.Module,
@@ -116,14 +141,33 @@ def collect_responses(
     *,
     cache: Path | None = None,
     executor: ItemScorer | None = None,
+    shared: Path | None = None,
+    context: str = "",
 ) -> Responses:
     """Score every respondent on every search item, reusing what ``cache`` already holds;
-    with an ``executor`` (``score_items``: Ray's workers, say), there, else in ``model``."""
+    with an ``executor`` (``score_items``: Ray's workers, say), there, else in ``model``.
+
+    ``shared``: a folder of scores kept across runs; a respondent found there (the same
+    recipe over checkpoints with the same files, the same task, items and scorer
+    settings, and the same ``context``: device and dtype) is not scored again.
+    """
     item_ids = tuple(it.id for it in evaluator.splits.search)
     # Scores are reused only for the same task, items and scorer settings.
     task = f"{evaluator.name}:{hashlib.sha256(repr(evaluator.scorer).encode()).hexdigest()[:16]}"
     stored = _read_cache(cache, task, item_ids)
     todo = [r for r in respondents if r.recipe.digest not in stored]
+    pool_file, pool = None, {}
+    if shared is not None:
+        key = hashlib.sha256(json.dumps([task, context, item_ids]).encode()).hexdigest()[:24]
+        pool_file = shared / f"{key}.json"
+        pool = _read_cache(pool_file, task, item_ids)
+        found = [r for r in todo if _content_key(r.recipe) in pool]
+        for r in found:
+            stored[r.recipe.digest] = {"name": r.name, "scores": pool[_content_key(r.recipe)]["scores"]}
+        if found:
+            log.info("reusing %d respondents' scores from %s", len(found), pool_file)
+            _write_cache(cache, task, item_ids, stored)
+            todo = [r for r in todo if r.recipe.digest not in stored]
     if todo:
         log.info("scoring %d respondents on %d items each", len(todo), len(item_ids))
     if executor is not None:
@@ -131,8 +175,12 @@ def collect_responses(
     else:
         results = ((k, _score_here(evaluator, model, tokenizer, merger, r.recipe)) for k, r in enumerate(todo))
     for k, scores in results:
-        stored[todo[k].recipe.digest] = {"name": todo[k].name, "scores": [scores[j] for j in item_ids]}
+        entry = {"name": todo[k].name, "scores": [scores[j] for j in item_ids]}
+        stored[todo[k].recipe.digest] = entry
         _write_cache(cache, task, item_ids, stored)
+        if pool_file is not None:
+            pool[_content_key(todo[k].recipe)] = entry
+            _write_cache(pool_file, task, item_ids, pool)
     rows = [stored[r.recipe.digest]["scores"] for r in respondents]
     return Responses(tuple(respondents), item_ids, np.asarray(rows, dtype=float))
 

@@ -118,7 +118,6 @@ def _is_oom(err: BaseException) -> bool:
 _found_batch: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
 
 
-@torch.inference_mode()
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -250,6 +249,7 @@ class EagerEngine:
 
     own_loop: ClassVar[bool] = True
 
+    @torch.inference_mode()
     def decode(
         self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, stop: StopCheck
     ) -> list[list[int]]:
@@ -334,7 +334,9 @@ class CompiledEngine:
         if len(prompts) > rows:
             rows = self._rows[model] = len(prompts)
         try:
-            return self._decode(model, state, rows, prompts, max_new_tokens, stop)
+            # no_grad, not inference mode: CUDA graph trees mishandle inference tensors (pytorch#135892)
+            with torch.inference_mode(False), torch.no_grad():
+                return self._decode(model, state, rows, prompts, max_new_tokens, stop)
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if _is_oom(err):  # ``auto`` retries with fewer prompts: the next batch sets the size
                 self._rows.pop(model, None)
@@ -384,6 +386,7 @@ class HFEngine:
 
     own_loop: ClassVar[bool] = False
 
+    @torch.inference_mode()
     def decode(
         self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, stop: StopCheck
     ) -> list[list[int]]:

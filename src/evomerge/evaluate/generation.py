@@ -211,12 +211,23 @@ class _BufferedLayer(DynamicLayer):
         super().__init__()
         self.capacity, self.length = capacity, 0
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor, rows: int = 0) -> None:
         self.device = key_states.device
-        shape = (*key_states.shape[:2], self.capacity)
-        self._keys = key_states.new_empty((*shape, key_states.shape[-1]))
-        self._values = value_states.new_empty((*shape, value_states.shape[-1]))
+        shape = (rows or key_states.shape[0], key_states.shape[1], self.capacity)
+        # zeros, not garbage: a masked-out position still multiplies its (zero) attention weight
+        self._keys = key_states.new_zeros((*shape, key_states.shape[-1]))
+        self._values = value_states.new_zeros((*shape, value_states.shape[-1]))
         self.is_initialized = True
+
+    def place(self, rows: int, index: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, width: int) -> None:
+        """The prefilled ``keys`` and ``values`` of rows ``index`` (of ``rows``), right-aligned
+        at ``width``: where one prefill over all rows, left-padded to ``width``, puts them."""
+        if not self.is_initialized:
+            self.lazy_initialization(keys, values, rows)
+        self._keys[index, :, width - keys.shape[-2] : width] = keys
+        self._values[index, :, width - values.shape[-2] : width] = values
+        self.length = width
+        self.keys, self.values = self._keys[:, :, :width], self._values[:, :, :width]
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -256,11 +267,11 @@ class EagerEngine:
         forward = _Forward(model)
         device = next(model.parameters()).device
         width = max(len(p) for p in prompts)
-        ids, mask, positions = _left_padded(prompts, _pad_id(model, stop), width, device)
+        _, mask, positions = _left_padded(prompts, _pad_id(model, stop), width, device)
         cache = Cache(layers=[_BufferedLayer(width + max_new_tokens) for _ in range(_layers(model))])
         answers: list[list[int]] = [[] for _ in prompts]
         rows = list(range(len(prompts)))  # the answer each batch row writes
-        step = forward(ids, mask, positions, cache)
+        step = self._prefill(forward, model, prompts, _pad_id(model, stop), width, cache)
         last = positions[:, -1]
         for n in range(max_new_tokens):
             ended = []
@@ -283,6 +294,48 @@ class EagerEngine:
             last = last + 1
             step = forward(step[:, None], mask, last[:, None], cache)
         return answers
+
+    @staticmethod
+    def _prefill(
+        forward: _Forward, model: PreTrainedModel, prompts: list[list[int]], pad: int, width: int, cache: Cache
+    ) -> torch.Tensor:
+        """The first token of every row. Prompts of similar length are prefilled together,
+        each group padded to its own longest (``length_groups``), and their keys and values
+        placed in the shared cache: a batch of 5- to 25-token prompts no longer pays a
+        prefill of 25 tokens per row (half the cost of a demo candidate's 90 anchors)."""
+        device = next(model.parameters()).device
+        first = torch.empty(len(prompts), dtype=torch.long, device=device)
+        for group in length_groups([len(p) for p in prompts]):
+            own = max(len(prompts[i]) for i in group)
+            ids, mask, positions = _left_padded([prompts[i] for i in group], pad, own, device)
+            part = Cache(layers=[_BufferedLayer(own) for _ in range(_layers(model))])
+            index = torch.tensor(group, device=device)
+            first[index] = forward(ids, mask, positions, part)
+            for shared, layer in zip(cache.layers, part.layers, strict=True):
+                own_keys, own_values = cast(_BufferedLayer, layer).keys, cast(_BufferedLayer, layer).values
+                assert own_keys is not None and own_values is not None  # the forward filled them
+                cast(_BufferedLayer, shared).place(len(prompts), index, own_keys, own_values, width)
+        return first
+
+
+#: A prefill group ends where a prompt is this much longer than the group's shortest.
+GROUP_GROWTH = 1.5
+#: ... and holds at least this many prompts (each group is a forward pass of its own).
+GROUP_MIN = 8
+
+
+def length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Row indices grouped by prompt length, shortest first: a new group starts where a
+    prompt is ``GROUP_GROWTH`` times the group's shortest, once the group has ``GROUP_MIN``."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and (len(groups[-1]) < GROUP_MIN or lengths[i] <= GROUP_GROWTH * lengths[groups[-1][0]]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    if len(groups) > 1 and len(groups[-1]) < GROUP_MIN:  # a short last group joins the one before
+        groups[-2].extend(groups.pop())
+    return groups
 
 
 class _Compiled:

@@ -27,6 +27,7 @@ from ..evaluate.generation import use_engine
 from ..merge.engine import Merger
 from ..merge.run import load_live_model
 from ..models.pool import ModelPool
+from ..threads import one_blas_thread
 from .build import IRTFits, build_estimator, item_strata, random_merges, run_respondents, scoring_context
 from .estimators import ESTIMATORS, Mean
 from .respondents import Respondent, collect_responses, shared_cache_dir
@@ -63,6 +64,7 @@ class CalibrationRow:
         return ESTIMATORS[self.estimator].uses_irt
 
 
+@one_blas_thread()
 def calibrate(
     config: ExperimentConfig,
     out: Path | str,

@@ -34,6 +34,7 @@ from ..evaluate.evaluator import Evaluator
 from ..evaluate.generation import use_engine
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
+from ..threads import keep_blas_to_one_thread
 from .executors import EXECUTORS, RUN_ERRORS, LocalExecutor
 from .problem import Evaluation, MergeProblem
 
@@ -68,6 +69,7 @@ class Worker:
         from .experiment import open_models
 
         torch.set_num_threads(threads)
+        keep_blas_to_one_thread()
         experiment = ExperimentConfig.model_validate(config)
         merger = open_models(experiment, device="cuda" if gpu else "cpu")
         model = load_live_model(merger)

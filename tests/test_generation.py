@@ -182,3 +182,29 @@ def test_the_engine_is_chosen_per_run_and_checked(members, tmp_path, mix_prompts
     config.write_text("models: {base: a, endpoints: [b]}\noutput: {generation: compile}\n")
     with pytest.raises(ConfigError, match=r"unknown generation engine 'compile'\. Did you mean 'compiled'"):
         load_config(config)
+
+
+def test_prompts_of_mixed_lengths_are_prefilled_in_groups_with_the_same_answers(members, mix_prompts):
+    """Short and long prompts in one batch: each length group is prefilled at its own
+    width and placed in the shared cache where a single padded prefill would put it."""
+    from evomerge.evaluate.generation import length_groups
+
+    model, tok = members["add"]
+    prompts = [p if i % 3 else p * 4 for i, p in enumerate(mix_prompts[:90])]  # 5 to 100 tokens
+    lengths = [len(tok(p)["input_ids"]) for p in prompts]
+    groups = length_groups(lengths)
+    assert len(groups) >= 2 and sorted(i for g in groups for i in g) == list(range(90))
+    padded, grouped = 90 * max(lengths), sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    assert grouped < 0.75 * padded  # the grouped path is taken
+    reference = generate(model, tok, prompts, max_new_tokens=16, batch_size=90, engine="hf", stop=())
+    assert generate(model, tok, prompts, max_new_tokens=16, batch_size=90, engine="eager", stop=()) == reference
+
+
+def test_length_groups():
+    from evomerge.evaluate.generation import length_groups
+
+    assert length_groups([10] * 20) == [list(range(20))]
+    lengths = [5] * 10 + [40] * 10 + [6] * 3
+    groups = length_groups(lengths)
+    assert groups == [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21, 22], list(range(10, 20))]
+    assert length_groups([5, 40, 6]) == [[0, 2, 1]]  # too few prompts to split

@@ -304,8 +304,12 @@ class EagerEngine:
         placed in the shared cache: a batch of 5- to 25-token prompts no longer pays a
         prefill of 25 tokens per row (half the cost of a demo candidate's 90 anchors)."""
         device = next(model.parameters()).device
+        lengths = [len(p) for p in prompts]
+        groups = length_groups(lengths)
+        if sum(len(g) * max(lengths[i] for i in g) for g in groups) > GROUP_SAVING * len(prompts) * width:
+            groups = [list(range(len(prompts)))]  # similar lengths already: one prefill, no copies
         first = torch.empty(len(prompts), dtype=torch.long, device=device)
-        for group in length_groups([len(p) for p in prompts]):
+        for group in groups:
             own = max(len(prompts[i]) for i in group)
             ids, mask, positions = _left_padded([prompts[i] for i in group], pad, own, device)
             part = Cache(layers=[_BufferedLayer(own) for _ in range(_layers(model))])
@@ -322,6 +326,8 @@ class EagerEngine:
 GROUP_GROWTH = 1.5
 #: ... and holds at least this many prompts (each group is a forward pass of its own).
 GROUP_MIN = 8
+#: Groups are used only if they leave at most this share of one padded prefill's slots.
+GROUP_SAVING = 0.75
 
 
 def length_groups(lengths: Sequence[int]) -> list[list[int]]:

@@ -107,12 +107,27 @@ def make_algorithm(
         options["ref_points"] = np.full((1, n_obj), -1.0)  # every objective perfect (see Objectives)
     if name == "RNSGA3" and "pop_per_ref_point" not in options:
         options["pop_per_ref_point"] = len(reference_directions(n_obj, population_size or 20))
-    if name == "CMAES" and "seed" in accepted and "seed" not in options:
-        options["seed"] = seed
+    if name == "CMAES":
+        cls = _clock_free_cmaes(cls)
+        if "seed" in accepted and "seed" not in options:
+            options["seed"] = seed
     try:
         return cls(**options)
     except (TypeError, ValueError) as err:
         raise AlgorithmError(f"{name}: {err}") from err
+
+
+def _clock_free_cmaes(cls: type) -> type:
+    """pymoo's CMAES hands its seed to cma, which reads a seed of 0 as "seed from the
+    clock" (``cma.evolution_strategy``: ``if not opts['seed']``): every run with the default
+    seed 0 searched differently. cma gets ``seed + 1`` (1 to 2**31 - 1) instead."""
+
+    class CMAES(cls):
+        def _setup(self, problem: Any, **kwargs: Any) -> None:
+            super()._setup(problem, **kwargs)
+            self.options["seed"] = int(self.options["seed"]) % (2**31 - 1) + 1
+
+    return CMAES
 
 
 def reference_directions(n_obj: int, target: int) -> np.ndarray:

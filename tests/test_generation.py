@@ -97,13 +97,24 @@ def test_compiled_gives_eager_and_follows_weights_merged_in_place(demo_family, m
     merger.merge_into(model, first)
     compiled_first = generate(model, tok, prompts, max_new_tokens=24, batch_size=32, engine="compiled")
     assert compiled_first == generate(model, tok, prompts, max_new_tokens=24, batch_size=32, engine="eager")
-    steps = CompiledEngine._state[model].step
+    state = CompiledEngine._state[model]
+    steps, cache, shape = state.step, state._cache, state.shape
     merger.merge_into(model, second)
     compiled_second = generate(model, tok, prompts, max_new_tokens=24, batch_size=32, engine="compiled")
     eager_second = generate(model, tok, prompts, max_new_tokens=24, batch_size=32, engine="eager")
     assert CompiledEngine._state[model].step is steps  # the same compiled step, not a new one
+    assert CompiledEngine._state[model]._cache is cache  # and the same static cache
     assert compiled_second == eager_second
     assert sum(a != b for a, b in zip(compiled_first, compiled_second, strict=True)) > 20  # the weights did change
+    # longer prompts (another bucket): one larger cache replaces the first; shorter ones reuse it
+    longer = [p * 6 for p in prompts[:32]]
+    assert generate(model, tok, longer, max_new_tokens=24, batch_size=32, engine="compiled") == generate(
+        model, tok, longer, max_new_tokens=24, batch_size=32, engine="eager"
+    )
+    grown = CompiledEngine._state[model].shape
+    assert grown[0] == 32 and grown[1] > shape[1]
+    assert generate(model, tok, prompts, max_new_tokens=24, batch_size=32, engine="compiled") == eager_second
+    assert CompiledEngine._state[model].shape == grown
 
 
 def test_prompt_buckets_bound_the_compiled_shapes():

@@ -1,25 +1,27 @@
 """Batched greedy generation over a model that stays in memory, by one of three engines.
 
-- ``eager``: evomerge's own decoding loop. The KV cache is written in place into a
-  buffer sized for the whole answer (transformers' ``DynamicCache`` concatenates, which
-  copies the cache at every step: half of a step's time at batch 128 on the demo
-  family), stop strings end a row as soon as it writes them, and a finished row leaves
-  the batch, so one long answer does not keep the rest decoding.
+- ``eager``: evomerge's own decoding loop. Prompts of similar length are prefilled
+  together; the KV cache is written in place into a buffer sized for the whole answer
+  (transformers' ``DynamicCache`` concatenates, which copies the cache at every step:
+  half of a step's time at batch 128 on the demo family); stop strings end a row as
+  soon as it writes them, and a finished row leaves the batch, so one long answer does
+  not keep the rest decoding.
 - ``compiled``: the same loop with transformers' ``StaticCache`` and the decoding step
-  compiled by ``torch.compile`` (CUDA graphs on CUDA: ``mode="reduce-overhead"``).
-  Shapes are fixed per (batch size, prompt-length bucket), so each is compiled once and
-  replayed for every candidate: ``merge_into`` overwrites the parameters in place and
-  the graph reads the new weights. A short batch is filled up with copies of its last
-  prompt and finished rows keep their slot (cheap where a step is launch-bound).
+  compiled by ``torch.compile`` (CUDA graphs on CUDA: ``mode="reduce-overhead"``). The
+  cache is sized to the longest prompt bucket seen so far plus the new tokens, so the
+  step's shape changes only when a longer bucket or another batch size comes: it is
+  compiled once and replayed for every candidate (``merge_into`` overwrites the
+  parameters in place and the graph reads the new weights). A short batch is filled up
+  with copies of its last prompt, and finished rows keep their slot (cheap where a step
+  is launch-bound).
 - ``hf``: transformers' ``generate``, the reference the others are tested against.
 
 ``auto`` is ``compiled`` on CUDA (falling back to ``eager``, with the reason logged, if
 compiling fails) and ``eager`` elsewhere: on a CPU a step is compute-bound, compiling
 gains little and costs a compile per shape.
 
-Every engine is greedy, sorts prompts by length (``compiled`` also pads them to a few
-bucket lengths), cuts each completion at its first stop string, and returns results in
-the caller's order. ``batch_size="auto"`` halves on out-of-memory and keeps the size it
+Every engine is greedy, sorts prompts by length, cuts each completion at its first stop
+string, and returns results in the caller's order. ``batch_size="auto"`` halves on out-of-memory and keeps the size it
 found for the model for the rest of the run.
 """
 
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 
 #: ``auto`` starts here and halves on out-of-memory errors.
 AUTO_BATCH_START = 64
-#: ``compiled`` pads prompts up to the next of these lengths (then multiples of the last).
+#: ``compiled`` sizes its cache for prompts up to the next of these lengths (then multiples of the last).
 PROMPT_BUCKETS = (32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 
 #: Token ids per row in, generated token ids per row out (EOS and what follows excluded).
@@ -53,9 +55,6 @@ Decode = Callable[[PreTrainedModel, list[list[int]], int, "StopCheck"], list[lis
 
 class GenerationEngine(Protocol):
     """Greedy decoding of one batch of tokenised prompts."""
-
-    #: Whether it runs the model's own forward (``False``: it runs ``model.generate``).
-    own_loop: ClassVar[bool]
 
     def decode(
         self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, stop: StopCheck
@@ -178,7 +177,7 @@ def _left_padded(
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def _pad_id(model: PreTrainedModel, stop: StopCheck) -> int:
+def _pad_id(stop: StopCheck) -> int:
     pad = stop.tokenizer.pad_token_id
     return int(pad) if pad is not None else 0
 
@@ -258,8 +257,6 @@ def _layers(model: PreTrainedModel) -> int:
 class EagerEngine:
     """evomerge's decoding loop: in-place cache, per-step stop strings, rows leave when done."""
 
-    own_loop: ClassVar[bool] = True
-
     @torch.inference_mode()
     def decode(
         self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, stop: StopCheck
@@ -267,11 +264,11 @@ class EagerEngine:
         forward = _Forward(model)
         device = next(model.parameters()).device
         width = max(len(p) for p in prompts)
-        _, mask, positions = _left_padded(prompts, _pad_id(model, stop), width, device)
+        _, mask, positions = _left_padded(prompts, _pad_id(stop), width, device)
         cache = Cache(layers=[_BufferedLayer(width + max_new_tokens) for _ in range(_layers(model))])
         answers: list[list[int]] = [[] for _ in prompts]
         rows = list(range(len(prompts)))  # the answer each batch row writes
-        step = self._prefill(forward, model, prompts, _pad_id(model, stop), width, cache)
+        step = self._prefill(forward, model, prompts, _pad_id(stop), width, cache)
         last = positions[:, -1]
         for n in range(max_new_tokens):
             ended = []
@@ -345,7 +342,10 @@ def length_groups(lengths: Sequence[int]) -> list[list[int]]:
 
 
 class _Compiled:
-    """A model's compiled decoding step and its static caches, one per shape."""
+    """A model's compiled decoding step and its one static cache. The cache is as long as
+    the longest prompt bucket seen plus the new tokens, so shorter prompts reuse it (and
+    the step compiled for its shape); one cache at a time bounds the memory (at 7B, batch
+    32 and 1,280 positions, a cache is 5 GiB)."""
 
     def __init__(self, model: PreTrainedModel) -> None:
         forward = _Forward(model)
@@ -353,15 +353,17 @@ class _Compiled:
         mode = "reduce-overhead" if device.type == "cuda" else None
         self.step = torch.compile(forward.__call__, mode=mode, dynamic=False, fullgraph=False)
         self.forward = forward
-        self.caches: dict[tuple[int, int], StaticCache] = {}
+        self._cache: StaticCache | None = None
+        self.shape = (0, 0)  # (rows, positions) of the cache
 
-    def cache(self, model: PreTrainedModel, batch: int, length: int) -> StaticCache:
-        key = (batch, length)
-        if key not in self.caches:
-            self.caches[key] = StaticCache(config=model.config, max_cache_len=length)
-        cache = self.caches[key]
-        cache.reset()
-        return cache
+    def cache(self, model: PreTrainedModel, rows: int, length: int) -> StaticCache:
+        """A zeroed cache of ``rows`` rows and at least ``length`` positions."""
+        if self._cache is None or self.shape[0] != rows or self.shape[1] < length:
+            length = max(length, self.shape[1]) if self.shape[0] == rows else length
+            self._cache = None  # freed before the next one is allocated
+            self._cache, self.shape = StaticCache(config=model.config, max_cache_len=length), (rows, length)
+        self._cache.reset()
+        return self._cache
 
 
 def prompt_bucket(length: int) -> int:
@@ -378,7 +380,6 @@ class CompiledEngine:
     """Static cache, compiled decoding step (CUDA graphs on CUDA), fixed shapes per
     (batch size, prompt bucket), each compiled once per model and reused across candidates."""
 
-    own_loop: ClassVar[bool] = True
     _state: ClassVar[weakref.WeakKeyDictionary[torch.nn.Module, _Compiled]] = weakref.WeakKeyDictionary()
     #: Rows of the largest batch per model: shorter batches are filled up to it (one shape).
     _rows: ClassVar[weakref.WeakKeyDictionary[torch.nn.Module, int]] = weakref.WeakKeyDictionary()
@@ -412,10 +413,10 @@ class CompiledEngine:
     ) -> list[list[int]]:
         filled = prompts + [prompts[-1]] * (rows - len(prompts))
         device = next(model.parameters()).device
-        width = prompt_bucket(max(len(p) for p in filled))
-        ids, mask, positions = _left_padded(filled, _pad_id(model, stop), width, device)
-        cache = state.cache(model, rows, width + max_new_tokens)
-        full_mask = torch.cat([mask, mask.new_ones(rows, max_new_tokens)], dim=1)
+        width = max(len(p) for p in filled)  # the prefill runs eagerly: no need to pad it further
+        ids, mask, positions = _left_padded(filled, _pad_id(stop), width, device)
+        cache = state.cache(model, rows, prompt_bucket(width) + max_new_tokens)
+        full_mask = torch.cat([mask, mask.new_ones(rows, state.shape[1] - width)], dim=1)
         answers: list[list[int]] = [[] for _ in filled]
         done = [False] * len(prompts) + [True] * (rows - len(prompts))
         step = state.forward(ids, full_mask, positions, cache)  # the prefill: eager, any length
@@ -443,14 +444,12 @@ class HFEngine:
     """transformers' ``generate`` (greedy, ``DynamicCache``): the reference. Rows stop at
     EOS only; stop strings are cut after generation."""
 
-    own_loop: ClassVar[bool] = False
-
     @torch.inference_mode()
     def decode(
         self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, stop: StopCheck
     ) -> list[list[int]]:
         device = next(model.parameters()).device
-        pad = _pad_id(model, stop)
+        pad = _pad_id(stop)
         ids, mask, _ = _left_padded(prompts, pad, max(len(p) for p in prompts), device)
         eos = sorted(stop.eos) or None
         gen = cast(Any, model).generate(  # transformers' annotations type generate() as a tensor
@@ -478,8 +477,6 @@ _failed: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictio
 
 class _Fallback:
     """``compiled`` that switches to ``eager`` for good if compiling fails (``auto`` on CUDA)."""
-
-    own_loop: ClassVar[bool] = True
 
     def decode(
         self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, stop: StopCheck

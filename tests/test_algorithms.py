@@ -75,7 +75,7 @@ def test_same_seed_same_search(name):
 
 def test_errors_list_the_valid_choices():
     with pytest.raises(AlgorithmError, match="did you mean 'NSGA2'"):
-        make_algorithm("NSGA-2", 2)
+        make_algorithm("NSGA-22", 2)
     with pytest.raises(AlgorithmError, match="Choose one of: GA, DE"):
         make_algorithm("simulated_annealing", 1)
     with pytest.raises(AlgorithmError, match=r"has no option 'popsize'; its options are: .*pop_size"):
@@ -90,3 +90,20 @@ def test_population_size_reaches_the_algorithm(name):
     algorithm = make_algorithm(name, n_obj, population_size=12)
     size = algorithm.options["popsize"] if name == "CMAES" else algorithm.pop_size  # CMAES hands it to cma
     assert size == 12
+
+
+@pytest.mark.parametrize(
+    ("written", "name"),
+    [("nsga2", "NSGA2"), ("NSGA-II", "NSGA2"), ("U-NSGA-III", "UNSGA3"), ("R-NSGA-II", "RNSGA2"), ("cmaes", "CMAES"),
+     ("CMA-ES", "CMAES"), ("ga", "GA"), ("Nelder-Mead", "NelderMead"), ("MOEA/D", "MOEAD"), ("sms-emoa", "SMSEMOA")],
+)  # fmt: skip
+def test_algorithm_names_are_matched_without_case_or_dashes(written, name, tmp_path):
+    from evomerge.config import load_config
+    from evomerge.search.algorithms import canonical_algorithm
+
+    assert canonical_algorithm(written) == name
+    assert type(make_algorithm(written, 2 if ALGORITHMS[name][1] == "multi" else 1)).__name__ == name
+    config = tmp_path / "c.yaml"
+    config.write_text(f"models: {{base: a, endpoints: [b]}}\nsearch: {{algorithm: '{written}'}}\n")
+    assert load_config(config).search.algorithm == name  # stored in the registry's spelling
+

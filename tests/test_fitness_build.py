@@ -124,7 +124,7 @@ def test_search_and_output_sections_are_checked():
     with pytest.raises(ConfigError, match=r"search.generation: unknown key; did you mean 'generations'"):
         load_config({**base, "search": {"generation": 3}})
     with pytest.raises(ConfigError, match=r"search.algorithm: .*did you mean 'CMAES'"):
-        load_config({**base, "search": {"algorithm": "CMA-ES"}})
+        load_config({**base, "search": {"algorithm": "CMA-ESS"}})
     with pytest.raises(ConfigError, match=r"search: .*give a budget"):
         load_config({**base, "search": {"generations": None}})
     with pytest.raises(ConfigError, match=r"output.devise: unknown key; did you mean 'device'"):

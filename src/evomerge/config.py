@@ -320,13 +320,12 @@ class SearchConfig(_Section):
     @field_validator("algorithm")
     @classmethod
     def _known_algorithm(cls, name: str) -> str:
-        from .search.algorithms import AlgorithmError, algorithm_class
+        from .search.algorithms import AlgorithmError, canonical_algorithm
 
         try:
-            algorithm_class(name)
+            return canonical_algorithm(name)  # "nsga2", "NSGA-II" -> NSGA2: the stored config has one spelling
         except AlgorithmError as err:
             raise ValueError(str(err)) from None
-        return name
 
     @model_validator(mode="after")
     def _terminates(self) -> SearchConfig:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,18 +54,33 @@ class AlgorithmError(EvomergeError):
     """An unknown algorithm or option, or an algorithm that cannot serve the objectives."""
 
 
+def _folded(name: str) -> str:
+    """A name as people write it, folded: case, dashes, slashes and spaces ignored, and a
+    trailing Roman II/III read as 2/3 (``NSGA-II``, ``nsga2``, ``U-NSGA-III``, ``MOEA/D``)."""
+    folded = re.sub(r"[\s\-_/.]", "", name).lower()
+    return re.sub(r"iii$", "3", re.sub(r"(?<!i)ii$", "2", folded))
+
+
+def canonical_algorithm(name: str) -> str:
+    """The registry's spelling of ``name`` (``cmaes`` -> ``CMAES``), or an error with a hint."""
+    if name in ALGORITHMS:
+        return name
+    by_folded = {_folded(n): n for n in ALGORITHMS}
+    if _folded(name) in by_folded:
+        return by_folded[_folded(name)]
+    close = difflib.get_close_matches(_folded(name), list(by_folded), n=1, cutoff=0.6)
+    hint = f"; did you mean {by_folded[close[0]]!r}?" if close else ""
+    raise AlgorithmError(f"unknown algorithm {name!r}{hint} Choose one of: {', '.join(ALGORITHMS)}")
+
+
 def algorithm_class(name: str) -> type:
-    if name not in ALGORITHMS:
-        close = difflib.get_close_matches(name, ALGORITHMS, n=1, cutoff=0.4)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise AlgorithmError(f"unknown algorithm {name!r}{hint} Choose one of: {', '.join(ALGORITHMS)}")
+    name = canonical_algorithm(name)
     module, _ = ALGORITHMS[name]
     return getattr(importlib.import_module(module), name)
 
 
 def is_multi_objective(name: str) -> bool:
-    algorithm_class(name)
-    return ALGORITHMS[name][1] == "multi"
+    return ALGORITHMS[canonical_algorithm(name)][1] == "multi"
 
 
 def make_algorithm(
@@ -76,6 +92,7 @@ def make_algorithm(
     seed: int = 0,
 ) -> Any:
     """A pymoo algorithm object, ready for ``setup``; ``options`` go to its constructor."""
+    name = canonical_algorithm(name)
     cls = algorithm_class(name)
     options = dict(options or {})
     kind = ALGORITHMS[name][1]

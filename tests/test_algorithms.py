@@ -106,4 +106,3 @@ def test_algorithm_names_are_matched_without_case_or_dashes(written, name, tmp_p
     config = tmp_path / "c.yaml"
     config.write_text(f"models: {{base: a, endpoints: [b]}}\nsearch: {{algorithm: '{written}'}}\n")
     assert load_config(config).search.algorithm == name  # stored in the registry's spelling
-

@@ -123,6 +123,13 @@ def test_search_and_output_sections_are_checked():
     assert load_config(base).search.algorithm == "GA"
     with pytest.raises(ConfigError, match=r"search.generation: unknown key; did you mean 'generations'"):
         load_config({**base, "search": {"generation": 3}})
+    with pytest.raises(
+        ConfigError, match=r"GA's option 'mutation' is a pymoo PM object.*use the GA preset's mutation_rate"
+    ):
+        load_config({**base, "tasks": [{"name": "t", "data": "x.jsonl"}], "search": {"options": {"mutation": 0.3}}})
+    with pytest.raises(ConfigError, match=r"CMAES optimises one objective; this search has 2"):
+        load_config({**base, "tasks": [{"name": "t", "data": "x.jsonl"}, {"name": "u", "data": "x.jsonl"}],
+                     "search": {"algorithm": "CMAES"}})  # fmt: skip
     with pytest.raises(ConfigError, match=r"search.algorithm: .*did you mean 'CMAES'"):
         load_config({**base, "search": {"algorithm": "CMA-ESS"}})
     with pytest.raises(ConfigError, match=r"search: .*give a budget"):

@@ -385,7 +385,14 @@ class ExperimentConfig(_Section):
             raise ValueError(f"task names must differ (they name the objectives): {names}")
         from .evaluate.scorers import SCORERS
         from .fitness.build import needs_respondents
+        from .search.algorithms import AlgorithmError, make_algorithm
 
+        if self.tasks:  # the algorithm built now, with its options: a bad option fails here, not mid-run
+            s = self.search
+            try:
+                make_algorithm(s.algorithm, len(self.tasks), s.options, population_size=s.population_size)
+            except AlgorithmError as err:
+                raise ValueError(f"search: {err}") from None
         for i, task in enumerate(self.tasks):
             fitness = self.fitness_for(task)
             binary = task.lm_eval is not None or SCORERS[task.scorer].binary

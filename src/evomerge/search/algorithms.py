@@ -118,6 +118,14 @@ def make_algorithm(
             f"{name} has no option {unknown[0]!r}; its options are: {', '.join(sorted(accepted))}"
             + (f" (and the GA preset: {', '.join(GA_PRESET_KEYS)})" if name == "GA" else "")
         )
+    defaults = _option_defaults(cls)
+    for key, value in options.items():
+        if _is_operator(defaults.get(key)) and not _is_operator(value):
+            raise AlgorithmError(
+                f"{name}'s option {key!r} is a pymoo {type(defaults[key]).__name__} object, which a config cannot "
+                f"give ({value!r})"
+                + ("; for a rate use the GA preset's mutation_rate or crossover_rate" if name == "GA" else "")
+            )
     if name in _NEEDS_REF_DIRS and "ref_dirs" not in options:
         options["ref_dirs"] = reference_directions(n_obj, options.get("pop_size", population_size or 20))
     if name in _NEEDS_REF_POINTS and "ref_points" not in options:
@@ -169,6 +177,27 @@ def _accepted_options(cls: type) -> set[str]:
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             break  # this class does not pass further options up
     return names
+
+
+def _option_defaults(cls: type) -> dict[str, Any]:
+    """Each constructor option's default, from the class up the chain that passes options on."""
+    defaults: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        for n, p in params.items():
+            if p.default is not p.empty:
+                defaults.setdefault(n, p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    return defaults
+
+
+def _is_operator(value: Any) -> bool:
+    """An object of pymoo's (a mutation, a sampling, ...), not a plain value a config can hold."""
+    return type(value).__module__.startswith("pymoo.")
 
 
 def _ga_preset(options: dict[str, Any], population_size: int | None) -> dict[str, Any]:

@@ -195,6 +195,44 @@ def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished
     ]
 
 
+def test_ctrl_c_says_how_to_resume_and_exits_130(finished, demo_family, tmp_path):
+    """Ctrl-C (SIGINT) in the middle of generation 1: a one-line hint naming
+    ``evomerge resume`` and the run directory, exit code 130, and a resume that ends
+    with the uninterrupted run's evaluations."""
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(small_config(demo_family)))
+    run_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evomerge", "run", str(config), "--run-dir", str(run_dir), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = sqlite3.connect(run_dir / "run.sqlite").execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+        except sqlite3.OperationalError:  # no store yet, or no schema
+            done = 0
+        if done >= POP + 2:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert f"Continue with: evomerge resume {run_dir}" in " ".join(out.split()), out
+    assert "Traceback" not in err
+    resumed = subprocess.run(
+        [sys.executable, "-m", "evomerge", "resume", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert csv_without_times(run_dir / "evaluations.csv") == csv_without_times(finished.run_dir / "evaluations.csv")
+
+
 def test_a_second_process_on_a_running_run_refuses_at_once(finished, demo_family, tmp_path):
     """While `evomerge run` works on a run directory, a `resume` and a `run` of it refuse
     within seconds (exit 2, naming the holder's PID); the first run finishes as if alone."""

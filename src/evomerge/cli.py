@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -199,10 +201,29 @@ def run(
         _announce_build(default_family_dir())
     try:
         experiment = load_config(config, set_ or ())
-        result = run_experiment(experiment, run_dir or _default_run_dir(experiment, config), progress=progress)
+        target = run_dir or _default_run_dir(experiment, config)
+        with _interrupt_hint(target):
+            result = run_experiment(experiment, target, progress=progress)
     except EvomergeError as err:
         raise _fail(err) from err
     _show_results(result)
+
+
+@contextlib.contextmanager
+def _interrupt_hint(run_dir: Path) -> Iterator[None]:
+    """Ctrl-C: every finished evaluation is stored already; say how to go on, exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if (run_dir / "run.sqlite").exists():
+            console.print(
+                f"interrupted; every finished evaluation is stored in {escape(str(run_dir))}. "
+                f"Continue with: evomerge resume {escape(str(run_dir))}",
+                soft_wrap=True,
+            )
+        else:
+            console.print("interrupted before the run started; nothing was stored")
+        raise typer.Exit(code=130) from None
 
 
 def _default_run_dir(experiment: ExperimentConfig, config: Path) -> Path:
@@ -270,7 +291,8 @@ def resume(
     from .search.experiment import resume_run
 
     try:
-        result = resume_run(run_dir, progress=progress)
+        with _interrupt_hint(run_dir):
+            result = resume_run(run_dir, progress=progress)
     except EvomergeError as err:
         raise _fail(err) from err
     _show_results(result)

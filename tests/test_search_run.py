@@ -222,6 +222,7 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(finished, demo_family, tmp_path
     assert proc.returncode == 130, (proc.returncode, err[-2000:])
     assert f"Continue with: evomerge resume {run_dir}" in " ".join(out.split()), out
     assert "Traceback" not in err
+    assert "Loading weights" not in err and "it/s" not in err  # third-party progress bars stay quiet without -v
     resumed = subprocess.run(
         [sys.executable, "-m", "evomerge", "resume", str(run_dir), "--no-progress"],
         capture_output=True,

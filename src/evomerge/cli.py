@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -44,6 +45,8 @@ def main(
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
     logging.getLogger("evomerge").setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:  # transformers', datasets' and lm-eval's own bars (tqdm) would flood the terminal
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def _announce_build(target: Path) -> None:

@@ -292,3 +292,29 @@ def test_a_slices_config_over_pickled_models_needs_the_opt_in(pickled_model, dem
     cmd = [sys.executable, "-m", "evomerge", "merge", str(path), "--out", str(tmp_path / "out")]
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "allow_pickle" in refused.stdout and "Traceback" not in refused.stderr
+
+
+def test_a_dare_export_says_how_to_rebuild_the_exact_weights(demo_family, tmp_path, caplog):
+    """mergekit-yaml draws its own DARE masks; the exported YAML and model card say so, and
+    `evomerge merge` on the exported YAML rebuilds the same weights, bit for bit."""
+    root = demo_family / "models"
+    dare = {
+        "merge_method": "dare_ties",
+        "base_model": str(root / "base"),
+        "models": [
+            {"model": str(root / "add"), "parameters": {"weight": 0.8, "density": 0.5}},
+            {"model": str(root / "greek"), "parameters": {"weight": 0.6, "density": 0.4}},
+        ],
+        "dtype": "float32",
+    }
+    out = merge_config(write_config(tmp_path / "dare.yml", dare), tmp_path / "first")
+    exported = (out / "mergekit_config.yml").read_text()
+    assert exported.startswith("# dare_ties drops entries at random: below density 1, mergekit-yaml draws other")
+    assert "evomerge merge mergekit_config.yml" in " ".join(exported.split())
+    assert "mergekit-yaml draws other masks" in " ".join((out / "README.md").read_text().split())
+    assert "drops entries at random" in caplog.text
+    again = merge_config(out / "mergekit_config.yml", tmp_path / "again")
+    first, second = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    ties = merge_config(write_config(tmp_path / "ties.yml", configs(root, "base", ["add", "greek"])[0]), tmp_path / "t")
+    assert not (ties / "mergekit_config.yml").read_text().startswith("#")  # deterministic methods: no note

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import textwrap
 from pathlib import Path
 from typing import Any, cast
 
@@ -111,8 +112,23 @@ def _write_extras(tmp: Path, recipe: Recipe, merger: Merger) -> None:
         AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
     else:  # as mergekit-yaml does: a model without a tokenizer is saved without one
         log.warning("%s has no tokenizer; the merged model is saved without one", source)
-    (tmp / "mergekit_config.yml").write_text(config_yaml)
-    (tmp / "README.md").write_text(model_card(config_yaml))
+    note = random_masks_note(recipe)
+    if note:
+        log.warning(note)
+    (tmp / "mergekit_config.yml").write_text("".join(f"# {line}\n" for line in textwrap.wrap(note, 88)) + config_yaml)
+    (tmp / "README.md").write_text(model_card(config_yaml, note=note))
+
+
+def random_masks_note(recipe: Recipe) -> str:
+    """What to know before rebuilding a DARE or DELLA merge elsewhere (empty for others)."""
+    if not recipe.method.startswith(("dare", "della")):
+        return ""
+    return (
+        f"{recipe.method} drops entries at random: below density 1, mergekit-yaml draws other masks from this "
+        "file and so builds another model of the same recipe, which may score differently. To rebuild these exact "
+        f"weights, run `evomerge merge mergekit_config.yml --out DIR` (masks seeded with {recipe.seed}), or use "
+        "the weights saved here."
+    )
 
 
 def load_live_model(merger: Merger, *, out_dtype: str | None = None) -> torch.nn.Module:

@@ -73,12 +73,12 @@ def write_text_atomically(path: Path, text: str) -> None:
         f.write(text)
 
 
-def model_card(config_yaml: str, title: str = "merged model") -> str:
+def model_card(config_yaml: str, title: str = "merged model", *, note: str = "") -> str:
     return (
         f"---\nlibrary_name: transformers\ntags:\n- merge\n- evomerge\n---\n# {title}\n\n"
         "Merged in memory with [evomerge](https://github.com/evomerge/evomerge) "
         "(mergekit-compatible semantics) from this configuration:\n\n"
-        f"```yaml\n{config_yaml.rstrip()}\n```\n"
+        f"```yaml\n{config_yaml.rstrip()}\n```\n" + (f"\n{note}\n" if note else "")
     )
 
 

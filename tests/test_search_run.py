@@ -102,6 +102,23 @@ def test_the_saved_winner_loads_and_equals_the_live_merge(finished):
         assert torch.equal(p, live[name]), name
 
 
+def test_the_winner_model_card_has_the_test_table_and_how_to_reproduce(finished, tmp_path):
+    from evomerge.models.save import model_card
+    from evomerge.search.experiment import export_run
+
+    results = json.loads((finished.run_dir / "results.json").read_text())
+    for card in (
+        (finished.run_dir / "best" / "README.md").read_text(),
+        (export_run(finished.run_dir, tmp_path / "exported") / "README.md").read_text(),
+    ):
+        assert "## Held-out test" in card and "`evomerge run config.yaml`" in card and "seed 0" in card
+        for row in results["rows"]:  # every tested candidate, with its score as results.json has it
+            assert f"| {row['name']} | {row['kind']} | {row['test']['mix']:.4f} |" in card
+        assert "base_model" not in card.split("---")[1]  # local checkpoints: no hub metadata to link
+    hub = model_card("merge_method: ties\n", models=["mistralai/Mistral-7B-v0.1", "org/math-7b", "/local/path"])
+    assert "base_model:\n- mistralai/Mistral-7B-v0.1\n- org/math-7b\nbase_model_relation: merge\n" in hub
+
+
 def test_same_seed_same_evaluations(finished, demo_family, tmp_path):
     again = run_experiment(load_config(small_config(demo_family)), tmp_path / "b")
     assert csv_without_times(again.run_dir / "evaluations.csv") == csv_without_times(

@@ -36,8 +36,10 @@ def merge_config(
     force: bool = False,
     allow_pickle: bool = False,
     device: str = "cpu",
+    card: str = "",
 ) -> Path:
-    """Merge as ``config`` (a YAML path, YAML text or a Recipe) says and save the result to ``out``."""
+    """Merge as ``config`` (a YAML path, YAML text or a Recipe) says and save the result to
+    ``out``; ``card`` is added to the model card (a run's test table, say)."""
     if isinstance(config, Recipe):
         recipe, raw = config, config.to_mergekit()
     else:
@@ -47,10 +49,10 @@ def merge_config(
             return _mergekit_run(raw, out, force=force, allow_pickle=allow_pickle, device=device)
         recipe = Recipe.from_mergekit(raw)
     merger = Merger.for_recipe(recipe, allow_pickle=allow_pickle, device=device, tier="disk", live=False)
-    return stream_merge(recipe, merger, out, force=force)
+    return stream_merge(recipe, merger, out, force=force, card=card)
 
 
-def stream_merge(recipe: Recipe, merger: Merger, out: str | Path, *, force: bool = False) -> Path:
+def stream_merge(recipe: Recipe, merger: Merger, out: str | Path, *, force: bool = False, card: str = "") -> Path:
     """Merge tensor by tensor straight into a checkpoint at ``out`` (see the module docstring)."""
     out_dtype = recipe.out_dtype or recipe.dtype
     pool = merger.pool
@@ -84,25 +86,25 @@ def stream_merge(recipe: Recipe, merger: Merger, out: str | Path, *, force: bool
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if (pool.base.path / "generation_config.json").exists():
             shutil.copy(pool.base.path / "generation_config.json", tmp)
-        _write_extras(tmp, recipe, merger)
+        _write_extras(tmp, recipe, merger, card)
 
     return write_atomically(out, write, force=force)
 
 
 def save_merged(
-    model: torch.nn.Module, recipe: Recipe, merger: Merger, out: str | Path, *, force: bool = False
+    model: torch.nn.Module, recipe: Recipe, merger: Merger, out: str | Path, *, force: bool = False, card: str = ""
 ) -> Path:
     """Save ``model``, which holds ``recipe``'s merge, as an HF checkpoint with its
-    tokenizer, the mergekit YAML and a model card."""
+    tokenizer, the mergekit YAML and a model card (with ``card`` added)."""
 
     def write(tmp: Path) -> None:
         cast(Any, model).save_pretrained(tmp)
-        _write_extras(tmp, recipe, merger)
+        _write_extras(tmp, recipe, merger, card)
 
     return write_atomically(out, write, force=force)
 
 
-def _write_extras(tmp: Path, recipe: Recipe, merger: Merger) -> None:
+def _write_extras(tmp: Path, recipe: Recipe, merger: Merger, card: str = "") -> None:
     """The tokenizer, the mergekit YAML and the model card, next to the weights."""
     from transformers import AutoTokenizer
 
@@ -116,7 +118,10 @@ def _write_extras(tmp: Path, recipe: Recipe, merger: Merger) -> None:
     if note:
         log.warning(note)
     (tmp / "mergekit_config.yml").write_text("".join(f"# {line}\n" for line in textwrap.wrap(note, 88)) + config_yaml)
-    (tmp / "README.md").write_text(model_card(config_yaml, note=note))
+    models = [*recipe.model_names, *([recipe.base_model] if recipe.base_model else [])]
+    (tmp / "README.md").write_text(
+        model_card(config_yaml, note="\n\n".join(n for n in (note, card) if n), models=models)
+    )
 
 
 def random_masks_note(recipe: Recipe) -> str:

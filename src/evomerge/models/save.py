@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -73,13 +74,23 @@ def write_text_atomically(path: Path, text: str) -> None:
         f.write(text)
 
 
-def model_card(config_yaml: str, title: str = "merged model", *, note: str = "") -> str:
+def model_card(config_yaml: str, title: str = "merged model", *, note: str = "", models: Sequence[str] = ()) -> str:
+    """The README of a merged checkpoint: Hugging Face metadata (``base_model`` for the
+    models that are hub ids, ``base_model_relation: merge``), the recipe and ``note``."""
+    hub = list(dict.fromkeys(m for m in models if _is_hub_id(m)))
+    meta = "library_name: transformers\ntags:\n- merge\n- evomerge\n"
+    if hub:
+        meta += "base_model:\n" + "".join(f"- {m}\n" for m in hub) + "base_model_relation: merge\n"
     return (
-        f"---\nlibrary_name: transformers\ntags:\n- merge\n- evomerge\n---\n# {title}\n\n"
-        "Merged in memory with [evomerge](https://github.com/evomerge/evomerge) "
-        "(mergekit-compatible semantics) from this configuration:\n\n"
+        f"---\n{meta}---\n# {title}\n\n"
+        "Merged in memory with evomerge (mergekit-compatible semantics) from this configuration:\n\n"
         f"```yaml\n{config_yaml.rstrip()}\n```\n" + (f"\n{note}\n" if note else "")
     )
+
+
+def _is_hub_id(model: str) -> bool:
+    """``owner/name`` that is not a local path: what the hub's ``base_model`` can link."""
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None and not Path(model).exists()
 
 
 class SafetensorsStream:

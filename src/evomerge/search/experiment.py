@@ -29,7 +29,7 @@ from ..models.pool import ModelPool
 from ..threads import one_blas_thread
 from .algorithms import make_algorithm
 from .executors import EXECUTORS, close
-from .heldout import candidates, run_tests, write_results
+from .heldout import candidates, results_card, run_tests, write_results
 from .loop import Callback, Searcher, Termination, winners
 from .objectives import Objective, task_objectives
 from .problem import MergeProblem
@@ -234,7 +234,7 @@ def _run(
         if config.output.save_best and finished and problem.n_obj == 1 and best and not rd.best.exists():
             recipe = Recipe.from_yaml(best[0].recipe)
             merger.merge_into(model, recipe)
-            save_merged(model, recipe, merger, rd.best)
+            save_merged(model, recipe, merger, rd.best, card=results_card(rd.results))
         from ..report import write_report  # the report reads the store; it sits above the search
 
         write_report(rd.path)
@@ -269,7 +269,14 @@ def export_run(run_dir: Path | str, out: Path | str, *, member: str | None = Non
     if not pool[index].ok:
         raise EvomergeError(f"member {member!r} failed during the search ({pool[index].error}); choose another")
     recipe = Recipe.from_yaml(pool[index].recipe)
-    return merge_config(recipe, out, force=force, allow_pickle=config.models.allow_pickle, device=config.output.device)
+    return merge_config(
+        recipe,
+        out,
+        force=force,
+        allow_pickle=config.models.allow_pickle,
+        device=config.output.device,
+        card=results_card(rd.results),
+    )
 
 
 def search_space(config: ExperimentConfig, num_layers: int) -> SearchSpace:

@@ -115,3 +115,28 @@ def write_results(path: Path, rows: Sequence[TestRow], problem: MergeProblem, ex
     }
     write_text_atomically(path, json.dumps(data, indent=2))
     return path
+
+
+def results_card(path: Path) -> str:
+    """The model card's part from a run's ``results.json``: the held-out test table (every
+    tested candidate, each objective) and how to reproduce the run."""
+    if not path.is_file():
+        return ""
+    data = json.loads(path.read_text())
+    names = [o["name"] for o in data["objectives"]]
+    lines = [
+        "## Held-out test",
+        "",
+        "| candidate | kind | " + " | ".join(names) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in names) + " |",
+        *(
+            f"| {r['name']} | {r['kind']} | " + " | ".join(f"{r['test'][n]:.4f}" for n in names) + " |"
+            for r in data["rows"]
+        ),
+        "",
+        "## Reproduce",
+        "",
+        f"The run's `config.yaml` (seed {data.get('seed', 0)}), with evomerge: `evomerge run config.yaml`; "
+        f"it stopped after {data.get('evaluations', '?')} evaluations ({data.get('stop_reason', '?')}).",
+    ]
+    return "\n".join(lines)

@@ -229,7 +229,7 @@ def test_toy_entries_pass_the_contracts_and_reach_config_and_schema(toys, demo_m
     check_estimator("median")
     config = load_config(
         {
-            "models": {"endpoints": ["a"]},
+            "models": {"base": "b", "endpoints": ["a"]},
             "tasks": [{"name": "t", "data": "x.jsonl", "scorer": "length"}],
             "fitness": {"estimator": "median", "anchors": 5},
         },

@@ -97,7 +97,7 @@ def test_on_simulated_merges_mpirt_beats_random_subsampling():
 
 
 def test_config_errors_name_the_key_and_suggest():
-    base = {"models": {"endpoints": ["a"]}, "tasks": [{"name": "t", "data": "x.jsonl"}]}
+    base = {"models": {"base": "z", "endpoints": ["a"]}, "tasks": [{"name": "t", "data": "x.jsonl"}]}
     with pytest.raises(ConfigError, match=r"fitness.anchor: unknown key; did you mean 'anchors'"):
         load_config({**base, "fitness": {"estimator": "mpirt", "anchor": 20}})
     with pytest.raises(ConfigError, match=r"fitness: .*needs anchors"):
@@ -119,7 +119,7 @@ def test_config_errors_name_the_key_and_suggest():
 
 
 def test_search_and_output_sections_are_checked():
-    base = {"models": {"endpoints": ["a"]}, "tasks": [{"name": "t", "data": "x.jsonl"}]}
+    base = {"models": {"base": "z", "endpoints": ["a"]}, "tasks": [{"name": "t", "data": "x.jsonl"}]}
     assert load_config(base).search.algorithm == "GA"
     with pytest.raises(ConfigError, match=r"search.generation: unknown key; did you mean 'generations'"):
         load_config({**base, "search": {"generation": 3}})
@@ -130,6 +130,8 @@ def test_search_and_output_sections_are_checked():
     with pytest.raises(ConfigError, match=r"CMAES optimises one objective; this search has 2"):
         load_config({**base, "tasks": [{"name": "t", "data": "x.jsonl"}, {"name": "u", "data": "x.jsonl"}],
                      "search": {"algorithm": "CMAES"}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"merge.method ties merges task vectors .*: set models.base"):
+        load_config({"models": {"endpoints": ["a", "b"]}, "merge": {"method": "ties"}})
     with pytest.raises(ConfigError, match=r"search.algorithm: .*did you mean 'CMAES'"):
         load_config({**base, "search": {"algorithm": "CMA-ESS"}})
     with pytest.raises(ConfigError, match=r"search: .*give a budget"):

@@ -385,8 +385,14 @@ class ExperimentConfig(_Section):
             raise ValueError(f"task names must differ (they name the objectives): {names}")
         from .evaluate.scorers import SCORERS
         from .fitness.build import needs_respondents
+        from .merge.methods import get_method
         from .search.algorithms import AlgorithmError, make_algorithm
 
+        if get_method(self.merge.method).base == "required" and self.models.base is None:
+            raise ValueError(
+                f"merge.method {self.merge.method} merges task vectors taken against a base model: set models.base "
+                "(the model the endpoints were fine-tuned from)"
+            )
         if self.tasks:  # the algorithm built now, with its options: a bad option fails here, not mid-run
             s = self.search
             try:

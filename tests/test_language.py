@@ -85,7 +85,7 @@ def test_real_generations_of_the_greek_cipher_model_keep_what_is_greek(demo_fami
 
 
 def test_the_config_checks_the_language_and_where_it_applies():
-    base = {"models": {"endpoints": ["a"]}}
+    base = {"models": {"base": "b", "endpoints": ["a"]}}
     task = {"name": "t", "data": "x.jsonl"}
     assert load_config({**base, "tasks": [{**task, "language": "ja"}]}, resolve_demo=False).tasks[0].language == "ja"
     with pytest.raises(ConfigError, match="ISO 639 code in lower case"):

@@ -53,7 +53,8 @@ class Counting:
         return self.inner.score(model, tokenizer, items)
 
 
-def test_respondents_are_the_models_and_their_scores_match_the_manifest(config, demo_manifest, tmp_path):
+def counted(config):
+    """The run's models opened, the live model, and its task's evaluator with a counting scorer."""
     from transformers import AutoTokenizer
 
     m = config.models
@@ -62,6 +63,12 @@ def test_respondents_are_the_models_and_their_scores_match_the_manifest(config, 
     evaluator = evaluator_for(config.tasks[0])
     counting = Counting(evaluator.scorer)
     evaluator.scorer = counting
+    return merger, model, tokenizer, evaluator, counting
+
+
+def test_respondents_are_the_models_and_their_scores_match_the_manifest(config, demo_manifest, tmp_path):
+    m = config.models
+    merger, model, tokenizer, evaluator, counting = counted(config)
 
     def sample(rng):
         return random_recipe("task_arithmetic", m.endpoints, m.base, rng)
@@ -88,14 +95,8 @@ def test_respondents_are_the_models_and_their_scores_match_the_manifest(config, 
 
 
 def test_respondents_are_reused_across_runs_until_a_checkpoint_changes(config, tmp_path):
-    from transformers import AutoTokenizer
-
     m = config.models
-    merger = Merger(ModelPool.open(m.base, m.endpoints))
-    model, tokenizer = load_live_model(merger), AutoTokenizer.from_pretrained(m.base)
-    evaluator = evaluator_for(config.tasks[0])
-    counting = Counting(evaluator.scorer)
-    evaluator.scorer = counting
+    merger, model, tokenizer, evaluator, counting = counted(config)
     who = respondent_set(m.endpoints, m.base, 1, lambda rng: random_recipe("task_arithmetic", m.endpoints, m.base, rng))
     shared = tmp_path / "shared"
 

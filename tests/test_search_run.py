@@ -156,6 +156,19 @@ def test_resuming_a_finished_run_repeats_nothing(finished):
     assert [t.scores for t in again.tests] == [t.scores for t in finished.tests]
 
 
+def resume_cli(run_dir: Path) -> subprocess.CompletedProcess:
+    """`evomerge resume RUN_DIR` in a fresh process; it must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "evomerge", "resume", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished, demo_family, tmp_path):
     """The CLI is killed with SIGKILL in the middle of generation 1; ``evomerge resume``
     finishes the run. No evaluation is lost or repeated, and the results equal the
@@ -189,14 +202,7 @@ def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished
     assert not (run_dir / "results.json").exists()
     assert f"process {proc.pid} " in (run_dir / ".lock").read_text()  # the killed holder: the kernel freed its lock
 
-    out = subprocess.run(
-        [sys.executable, "-m", "evomerge", "resume", str(run_dir), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
+    out = resume_cli(run_dir)
     assert "held-out test scores" in out.stdout and "default task_arithmetic" in out.stdout
     rows = csv_without_times(run_dir / "evaluations.csv")
     assert len(rows) == 18 and len({r["digest"] for r in rows}) == 18
@@ -240,14 +246,7 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(finished, demo_family, tmp_path
     assert f"Continue with: evomerge resume {run_dir}" in " ".join(out.split()), out
     assert "Traceback" not in err
     assert "Loading weights" not in err and "it/s" not in err  # third-party progress bars stay quiet without -v
-    resumed = subprocess.run(
-        [sys.executable, "-m", "evomerge", "resume", str(run_dir), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    resume_cli(run_dir)
     assert csv_without_times(run_dir / "evaluations.csv") == csv_without_times(finished.run_dir / "evaluations.csv")
 
 

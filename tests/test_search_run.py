@@ -156,6 +156,25 @@ def test_resuming_a_finished_run_repeats_nothing(finished):
     assert [t.scores for t in again.tests] == [t.scores for t in finished.tests]
 
 
+def start_run(demo_family: Path, run_dir: Path, **popen: object) -> subprocess.Popen:
+    """`evomerge run` of the small config into ``run_dir``, in a process of its own."""
+    config = run_dir.parent / f"{run_dir.name}.yaml"
+    config.write_text(yaml.safe_dump(small_config(demo_family)))
+    command = [sys.executable, "-m", "evomerge", "run", str(config), "--run-dir", str(run_dir), "--no-progress"]
+    return subprocess.Popen(command, **popen)  # type: ignore[call-overload]
+
+
+def evaluations_so_far(run_dir: Path) -> int:
+    """The evaluations a running run has committed (0 before its store has a schema).
+    Only an existing store is opened: connecting would create the file under the run."""
+    if not (run_dir / "run.sqlite").exists():
+        return 0
+    try:
+        return sqlite3.connect(run_dir / "run.sqlite").execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
 def resume_cli(run_dir: Path) -> subprocess.CompletedProcess:
     """`evomerge resume RUN_DIR` in a fresh process; it must succeed."""
     out = subprocess.run(
@@ -173,27 +192,16 @@ def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished
     """The CLI is killed with SIGKILL in the middle of generation 1; ``evomerge resume``
     finishes the run. No evaluation is lost or repeated, and the results equal the
     uninterrupted run with the same seed (``finished``)."""
-    config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump(small_config(demo_family)))
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "evomerge", "run", str(config), "--run-dir", str(run_dir), "--no-progress"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_run(demo_family, run_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     killed_at = 0
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
-            if (run_dir / "run.sqlite").exists():
-                try:
-                    killed_at = sqlite3.connect(run_dir / "run.sqlite").execute("SELECT COUNT(*) FROM evaluations")
-                    killed_at = killed_at.fetchone()[0]
-                except sqlite3.OperationalError:  # the schema is not there yet
-                    killed_at = 0
-                if killed_at >= POP + 2:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    break
+            killed_at = evaluations_so_far(run_dir)
+            if killed_at >= POP + 2:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
             time.sleep(0.02)
     finally:
         proc.wait(timeout=30)
@@ -222,22 +230,11 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(finished, demo_family, tmp_path
     """Ctrl-C (SIGINT) in the middle of generation 1: a one-line hint naming
     ``evomerge resume`` and the run directory, exit code 130, and a resume that ends
     with the uninterrupted run's evaluations."""
-    config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump(small_config(demo_family)))
     run_dir = tmp_path / "interrupted"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "evomerge", "run", str(config), "--run-dir", str(run_dir), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run(demo_family, run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        try:
-            done = sqlite3.connect(run_dir / "run.sqlite").execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-        except sqlite3.OperationalError:  # no store yet, or no schema
-            done = 0
-        if done >= POP + 2:
+        if evaluations_so_far(run_dir) >= POP + 2:
             proc.send_signal(signal.SIGINT)
             break
         time.sleep(0.02)
@@ -253,20 +250,13 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(finished, demo_family, tmp_path
 def test_a_second_process_on_a_running_run_refuses_at_once(finished, demo_family, tmp_path):
     """While `evomerge run` works on a run directory, a `resume` and a `run` of it refuse
     within seconds (exit 2, naming the holder's PID); the first run finishes as if alone."""
-    config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump(small_config(demo_family)))
     run_dir = tmp_path / "shared"
     cli = [sys.executable, "-m", "evomerge"]
-    first = subprocess.Popen([*cli, "run", str(config), "--run-dir", str(run_dir), "--no-progress"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    first = start_run(demo_family, run_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = run_dir.parent / f"{run_dir.name}.yaml"  # the config start_run wrote
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and first.poll() is None:
-            try:
-                if sqlite3.connect(run_dir / "run.sqlite").execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]:
-                    break
-            except sqlite3.OperationalError:  # not created yet
-                pass
+        while time.time() < deadline and first.poll() is None and not evaluations_so_far(run_dir):
             time.sleep(0.05)
         assert first.poll() is None, "the first run ended before a second could start"
         for second in (["resume", str(run_dir)], ["run", str(config), "--run-dir", str(run_dir)]):

@@ -119,6 +119,11 @@ def test_respondents_are_reused_across_runs_until_a_checkpoint_changes(config, t
     finally:
         os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert counting.items == 12 * 900  # its endpoint and the random merge using it; base and others reused
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # the shared cache cannot be written: the run goes on, its own copy kept
+    cache = tmp_path / "fifth" / "respondents.json"
+    fifth = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache, shared=blocked, context="x")
+    assert np.array_equal(fifth.scores, first.scores) and cache.is_file()
 
 
 def test_calibration_writes_table_plot_and_is_reproducible(config, tmp_path, caplog):

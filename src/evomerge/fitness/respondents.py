@@ -160,10 +160,15 @@ def collect_responses(
     if shared is not None:
         key = hashlib.sha256(json.dumps([task, context, item_ids]).encode()).hexdigest()[:24]
         pool_file = shared / f"{key}.json"
-        pool = _read_cache(pool_file, task, item_ids)
-        found = [r for r in todo if _content_key(r.recipe) in pool]
+        try:
+            pool = _read_cache(pool_file, task, item_ids)
+        except (OSError, EvomergeError) as err:  # a cache across runs: never a reason to stop this one
+            log.warning("not reusing respondents' scores (%s); scoring them", err)
+            pool_file, pool = None, {}
+        keys = {r.recipe.digest: _content_key(r.recipe) for r in todo}
+        found = [r for r in todo if keys[r.recipe.digest] in pool]
         for r in found:
-            stored[r.recipe.digest] = {"name": r.name, "scores": pool[_content_key(r.recipe)]["scores"]}
+            stored[r.recipe.digest] = {"name": r.name, "scores": pool[keys[r.recipe.digest]]["scores"]}
         if found:
             log.info("reusing %d respondents' scores from %s", len(found), pool_file)
             _write_cache(cache, task, item_ids, stored)
@@ -180,7 +185,11 @@ def collect_responses(
         _write_cache(cache, task, item_ids, stored)
         if pool_file is not None:
             pool[_content_key(todo[k].recipe)] = entry
-            _write_cache(pool_file, task, item_ids, pool)
+            try:
+                _write_cache(pool_file, task, item_ids, pool)
+            except OSError as err:  # the run's own copy is written: nothing is lost
+                log.warning("cannot keep respondents' scores for later runs in %s (%s)", pool_file, err)
+                pool_file = None
     rows = [stored[r.recipe.digest]["scores"] for r in respondents]
     return Responses(tuple(respondents), item_ids, np.asarray(rows, dtype=float))
 

@@ -80,3 +80,43 @@ def test_init_refuses_bad_answers_and_existing_files(tmp_path):
     (tmp_path / "b.yaml").write_text("mine")
     kept = init("--out", str(tmp_path / "b.yaml"), "--no-input")
     assert kept.returncode == 2 and (tmp_path / "b.yaml").read_text() == "mine"
+
+
+def test_init_without_data_for_a_task_says_which_flag_gives_it(tmp_path):
+    """`init --no-input --task gsm8k` and Enter at the data question were IndexError tracebacks."""
+    out = tmp_path / "a.yaml"
+    no_data = init("--out", str(out), "--no-input", "--task", "gsm8k")
+    assert no_data.returncode == 2 and "Traceback" not in no_data.stdout + no_data.stderr
+    assert "--data gsm8k=" in no_data.stdout and not out.exists()
+    answers = "\n".join(["", "", "single", "data", "mine", ""])  # Enter at "Data for 'mine'"
+    entered = init("--out", str(out), answers=answers + "\n")
+    assert entered.returncode == 2 and "Traceback" not in entered.stdout + entered.stderr
+    assert "--data mine=" in entered.stdout and not out.exists()
+
+
+def test_init_data_flag_answers_the_data_question(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "1+1=", "answer": "2"}\n' * 10)
+    out = tmp_path / "a.yaml"
+    done = init("--out", str(out), "--no-input", "--task", "qa", "--data", f"qa={data}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert yaml.safe_load(out.read_text())["tasks"] == [{"name": "qa", "data": str(data)}]
+    unnamed = init("--out", str(tmp_path / "b.yaml"), "--no-input", "--data", f"{data}, {data}")
+    assert unnamed.returncode == 0, unnamed.stdout + unnamed.stderr
+    task = yaml.safe_load((tmp_path / "b.yaml").read_text())["tasks"][0]
+    assert task["name"] == "mix" and task["search"] == task["test"] == str(data)
+
+
+def test_init_never_pairs_a_real_base_with_the_demo_models_or_data(tmp_path):
+    """`--base mistralai/...` used to get the demo's endpoints and toy data without a word."""
+    out = tmp_path / "a.yaml"
+    no_endpoints = init("--out", str(out), "--no-input", "--base", "mistralai/Mistral-7B-v0.1")
+    assert no_endpoints.returncode == 2 and "--endpoints" in no_endpoints.stdout
+    endpoints = "org/math-7b, org/jp-7b"
+    no_data = init("--out", str(out), "--no-input", "--base", "mistralai/Mistral-7B-v0.1", "--endpoints", endpoints)
+    assert no_data.returncode == 2 and "--task" in no_data.stdout and not out.exists()
+    toy = init(
+        "--out", str(out), "--no-input", "--base", "mistralai/Mistral-7B-v0.1", "--endpoints", endpoints,
+        "--task", "mix", "--data", "mix=demo:data/mix/search.jsonl",
+    )  # fmt: skip
+    assert toy.returncode == 2 and "only the demo's models" in toy.stdout and not out.exists()

@@ -244,6 +244,10 @@ def init(
     objectives: Annotated[str | None, typer.Option(help="single or multi.")] = None,
     source: Annotated[str | None, typer.Option(help="data (JSONL/CSV files) or lmeval.")] = None,
     task: Annotated[list[str] | None, typer.Option(help="An objective's name (repeatable).")] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=FILES: a task's data file, or 'search,test' files, or its lm-eval task (repeatable)."),
+    ] = None,
     method: Annotated[str | None, typer.Option(help="Merge method.")] = None,
     algorithm: Annotated[str | None, typer.Option(help="pymoo algorithm name.")] = None,
     estimator: Annotated[str | None, typer.Option(help="Fitness estimator.")] = None,
@@ -260,8 +264,8 @@ def init(
     if out.exists() and not force:
         raise _fail(EvomergeError(f"{out} exists; choose another --out or pass --force"))
     answers = Answers(
-        base, endpoints, objectives, source, list(task or []), method, algorithm, estimator, anchors,
-        population_size, generations, run_dir,
+        base, endpoints, objectives, source, list(task or []), list(data or []), method, algorithm, estimator,
+        anchors, population_size, generations, run_dir,
     )  # fmt: skip
 
     def ask(question: str, default: str) -> str:

@@ -16,6 +16,7 @@ import yaml
 
 from .config import load_config
 
+DEMO_BASE = "demo:models/base"
 DEMO_ENDPOINTS = "demo:models/add, demo:models/greek, demo:models/cyrillic"
 DEMO_DATA = {
     "mix": "demo:data/mix/search.jsonl, demo:data/mix/test.jsonl",
@@ -36,6 +37,7 @@ class Answers:
     objectives: str | None = None  # single | multi
     source: str | None = None  # data | lmeval
     tasks: list[str] = field(default_factory=list)  # objective names
+    data: list[str] = field(default_factory=list)  # "NAME=FILES" (or FILES for one task): files or lm-eval task
     method: str | None = None
     algorithm: str | None = None
     estimator: str | None = None
@@ -46,53 +48,85 @@ class Answers:
 
 
 def build_config(answers: Answers, ask: Ask) -> dict[str, Any]:
-    """Ask what ``answers`` leaves open and return the config as a plain dict (validated)."""
+    """Ask what ``answers`` leaves open and return the config as a plain dict (validated).
 
-    def get(value: str | None, question: str, default: str) -> str:
-        return value if value is not None else ask(question, default).strip()
+    The demo family's models and data are offered as defaults only while the base is the
+    demo's: a real base with the demo's toy data would run, and mean nothing.
+    """
 
-    base = get(answers.base, "Base model the endpoints were fine-tuned from (dir or hub id)", "demo:models/base")
-    endpoints = _split(get(answers.endpoints, "Models to merge, comma-separated", DEMO_ENDPOINTS))
-    mode = get(answers.objectives, "Objectives: single or multi", "single")
+    def get(value: str | None, question: str, default: str, flag: str) -> str:
+        answer = value if value is not None else ask(question, default).strip()
+        if not answer:
+            raise ValueError(f"{question}: an answer is needed (flag: {flag})")
+        return answer
+
+    def number(value: str | None, question: str, default: str, flag: str) -> int:
+        text = get(value, question, default, flag)
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{question}: a whole number, not {text!r} (flag: {flag})") from None
+
+    base = get(answers.base, "Base model the endpoints were fine-tuned from (dir or hub id)", DEMO_BASE, "--base")
+    demo = base.startswith("demo:")
+    endpoints = _split(
+        get(answers.endpoints, "Models to merge, comma-separated", DEMO_ENDPOINTS if demo else "", "--endpoints")
+    )
+    mode = get(answers.objectives, "Objectives: single or multi", "single", "--objectives")
     if mode not in ("single", "multi"):
         raise ValueError(f"objectives: answer single or multi, not {mode!r}")
-    source = get(answers.source, "Task data: data (your JSONL/CSV files) or lmeval (an lm-eval task)", "data")
+    source = get(
+        answers.source, "Task data: data (your JSONL/CSV files) or lmeval (an lm-eval task)", "data", "--source"
+    )
     if source not in ("data", "lmeval"):
         raise ValueError(f"task data: answer data or lmeval, not {source!r}")
+    given = _data_flags(answers.data)
     default_names = ["mix"] if mode == "single" else ["greek", "cyrillic"]
-    names = answers.tasks or _split(get(None, "Objective names, comma-separated", ", ".join(default_names)))
+    names = (
+        answers.tasks
+        or [n for n in given if n]
+        or _split(get(None, "Objective names, comma-separated", ", ".join(default_names) if demo else "", "--task"))
+    )
     if mode == "single" and len(names) != 1:
         raise ValueError(f"a single-objective search has one task, got {names}")
     if mode == "multi" and len(names) < 2:
         raise ValueError("a multi-objective search needs two or more tasks")
+    if "" in given:  # --data FILES without a name: the one task's
+        if len(names) != 1:
+            raise ValueError("--data without NAME= is for one task; write --data NAME=FILES for each")
+        given[names[0]] = given.pop("")
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(f"--data names {unknown}, which are not among the tasks {names}")
     tasks = []
     for name in names:
+        flag = f"--data {name}=..."
         if source == "lmeval":
-            task = get(
-                None, f"lm-eval task for {name!r} (a name such as gsm8k, or a task YAML)", DEMO_LMEVAL.get(name, "")
-            )
+            question = f"lm-eval task for {name!r} (a name such as gsm8k, or a task YAML)"
+            task = get(given.get(name), question, DEMO_LMEVAL.get(name, "") if demo else "", flag)
             tasks.append({"name": name, "lm_eval": task})
-        else:
-            files = _split(
-                get(
-                    None,
-                    f"Data for {name!r}: one file (split for you) or 'search, test' files",
-                    DEMO_DATA.get(name, ""),
-                )
-            )
-            entry: dict[str, Any] = {"name": name}
-            entry.update({"data": files[0]} if len(files) == 1 else {"search": files[0], "test": files[1]})
-            if files and files[0].startswith("demo:"):  # the demo answers are exact strings
-                entry.update({"extractor": "exact", "strict": True, "max_new_tokens": 24, "batch_size": 128})
-            tasks.append(entry)
-    method = get(answers.method, "Merge method", "task_arithmetic")
-    algorithm = get(answers.algorithm, "Search algorithm (pymoo name)", "GA" if mode == "single" else "NSGA2")
+            continue
+        question = f"Data for {name!r}: one file (split for you) or 'search, test' files"
+        files = _split(get(given.get(name), question, DEMO_DATA.get(name, "") if demo else "", flag))
+        if len(files) > 2:
+            raise ValueError(f"data for {name!r}: one file or two (search, test), got {len(files)}")
+        entry: dict[str, Any] = {"name": name}
+        entry.update({"data": files[0]} if len(files) == 1 else {"search": files[0], "test": files[1]})
+        if files[0].startswith("demo:"):  # the demo answers are exact strings
+            if not demo:
+                raise ValueError(f"data for {name!r}: the demo family's data fits only the demo's models")
+            entry.update({"extractor": "exact", "strict": True, "max_new_tokens": 24, "batch_size": 128})
+        tasks.append(entry)
+    method = get(answers.method, "Merge method", "task_arithmetic", "--method")
+    algorithm = get(
+        answers.algorithm, "Search algorithm (pymoo name)", "GA" if mode == "single" else "NSGA2", "--algorithm"
+    )
     from .fitness.estimators import ESTIMATORS, MPIRT
 
-    estimator = get(answers.estimator, f"Fitness estimator ({', '.join(ESTIMATORS)})", MPIRT.name)
+    estimator = get(answers.estimator, f"Fitness estimator ({', '.join(ESTIMATORS)})", MPIRT.name, "--estimator")
     fitness: dict[str, Any] = {"estimator": estimator}
     if estimator in ESTIMATORS and ESTIMATORS[estimator].default_selection != "all":
-        fitness["anchors"] = int(get(answers.anchors, "Items scored per candidate (anchors)", "60"))
+        fitness["anchors"] = number(answers.anchors, "Items scored per candidate (anchors)", "60", "--anchors")
     config = {
         "models": {"base": base, "endpoints": endpoints},
         "merge": {"method": method},
@@ -100,13 +134,24 @@ def build_config(answers: Answers, ask: Ask) -> dict[str, Any]:
         "fitness": fitness,
         "search": {
             "algorithm": algorithm,
-            "population_size": int(get(answers.population_size, "Population size", "12")),
-            "generations": int(get(answers.generations, "Generations", "10")),
+            "population_size": number(answers.population_size, "Population size", "12", "--population-size"),
+            "generations": number(answers.generations, "Generations", "10", "--generations"),
         },
-        "output": {"run_dir": get(answers.run_dir, "Run directory", "runs/my-run")},
+        "output": {"run_dir": get(answers.run_dir, "Run directory", "runs/my-run", "--run-dir")},
     }
     load_config(config, resolve_demo=False)  # raises ConfigError, naming the key, before anything is written
     return config
+
+
+def _data_flags(flags: list[str]) -> dict[str, str]:
+    """``--data NAME=FILES`` flags as {name: files}; a flag without ``NAME=`` is keyed ``""``."""
+    given: dict[str, str] = {}
+    for flag in flags:
+        name, sep, files = flag.partition("=")
+        if not sep or "/" in name or ":" in name:  # a bare path (which may hold '=' later on)
+            name, files = "", flag
+        given[name.strip()] = files.strip()
+    return given
 
 
 def write_config(config: dict[str, Any], out: Path) -> Path:

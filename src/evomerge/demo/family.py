@@ -70,6 +70,7 @@ class FamilySpec:
     # strength interferes on this family (measured), pairs do not.
     grid: tuple[float, ...] = (0.0, 0.5, 1.0)
     max_new_tokens: int = 24
+    bf16: bool = False  # CPU bf16 autocast while training (see train.train)
 
 
 def cache_root() -> Path:
@@ -167,6 +168,7 @@ def _build(out: Path, spec: FamilySpec) -> None:
         lr=spec.base_lr,
         batch_size=spec.batch_size,
         warmup=50,
+        bf16=spec.bf16,
     )
     timings["base"] = time.perf_counter() - t0
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -186,6 +188,7 @@ def _build(out: Path, spec: FamilySpec) -> None:
             spec.specialist_steps,
             lr=spec.specialist_lr,
             batch_size=spec.batch_size,
+            bf16=spec.bf16,
         )
         timings[skill] = time.perf_counter() - t0
         endpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
+from evomerge.config import ConfigError, load_config
 from test_search_run import small_config
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
@@ -194,3 +195,9 @@ def test_concurrent_atomic_writes_of_one_file_never_collide(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda text: write_text_atomically(target, text), texts))
     assert target.read_text() in texts and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_a_revision_for_a_model_not_in_the_config_is_refused():
+    config = {"models": {"base": "org/base", "endpoints": ["org/a", "org/b"], "revision": {"org/c": "v1"}}}
+    with pytest.raises(ConfigError, match=r"revision names \['org/c'\]"):
+        load_config({**config, "tasks": [{"name": "t", "data": "x.jsonl"}]}, resolve_demo=False)

@@ -140,3 +140,37 @@ def test_hub_ids_are_downloaded(members, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     ckpt = checkpoint_module.Checkpoint.open("someone/add-model", revision="main")
     assert calls == [("someone/add-model", "main")] and "lm_head.weight" in ckpt.tensor_names
+
+
+def test_a_model_that_needs_its_own_code_is_refused_unless_trusted(members, tmp_path):
+    """config.json with auto_map (or an unknown model_type) means loading runs the repository's code."""
+    custom = variant(
+        members["add"], tmp_path / "custom", config_edit=lambda c: c.update(auto_map={"AutoConfig": "x.X"})
+    )
+    with pytest.raises(CheckpointError, match=r"auto_map.*models\.trust_remote_code: true"):
+        ModelPool.open(members["base"], [custom])
+    unknown = variant(members["add"], tmp_path / "unknown", config_edit=lambda c: c.update(model_type="mystery"))
+    with pytest.raises(CheckpointError, match="model_type 'mystery'"):
+        Checkpoint.open(unknown)
+    pool = ModelPool.open(members["base"], [custom], trust_remote_code=True)
+    assert pool.endpoints[0].trust_remote_code and pool.endpoints[0].tensor_names == pool.base.tensor_names
+
+
+def test_hub_ids_are_fetched_at_their_revision_and_code_only_when_trusted(members, monkeypatch):
+    """The hub cannot be reached here: snapshot_download is replaced by a stand-in that
+    records its arguments and answers with a local model."""
+    import huggingface_hub
+
+    calls: list[tuple[str, str | None, list[str]]] = []
+
+    def fake_snapshot_download(repo_id: str, revision: str | None = None, allow_patterns=()) -> str:
+        calls.append((repo_id, revision, list(allow_patterns)))
+        return str(members["base"] if repo_id == "org/base" else members["add"])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    ModelPool.open("org/base", ["org/math"], revision={"org/math": "v1.2"})
+    assert [(c[0], c[1]) for c in calls] == [("org/base", None), ("org/math", "v1.2")]
+    assert all("*.py" not in c[2] for c in calls)
+    calls.clear()
+    ModelPool.open("org/base", ["org/math"], revision="abc123", trust_remote_code=True)
+    assert [(c[1], "*.py" in c[2]) for c in calls] == [("abc123", True), ("abc123", True)]

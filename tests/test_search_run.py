@@ -156,6 +156,37 @@ def test_resuming_a_finished_run_repeats_nothing(finished):
     assert [t.scores for t in again.tests] == [t.scores for t in finished.tests]
 
 
+def test_resume_with_a_larger_budget_extends_a_finished_run_as_if_started_with_it(finished, demo_family, tmp_path):
+    """`evomerge resume RUN --set search.generations=4` on the finished 3-generation run
+    equals a run started with 4 generations: same evaluations, winner and test table."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished.run_dir, copy)
+    with pytest.raises(ResumeError, match="only the budget"):
+        resume_run(copy, budget=["search.population_size=7"])
+    with pytest.raises(ResumeError, match="not cut it"):
+        resume_run(copy, budget=["search.generations=2"])
+    assert resume_run(copy).evaluations == 18  # the refusals changed nothing
+
+    out = subprocess.run(
+        [sys.executable, "-m", "evomerge", "resume", str(copy), "--no-progress", "--set", "search.generations=4"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    longer = run_experiment(load_config(small_config(demo_family, generations=4)), tmp_path / "longer")
+    assert longer.evaluations == 24
+    assert csv_without_times(copy / "evaluations.csv") == csv_without_times(longer.run_dir / "evaluations.csv")
+    extended = json.loads((copy / "results.json").read_text())
+    fresh = json.loads((longer.run_dir / "results.json").read_text())
+    assert extended["stop_reason"] == fresh["stop_reason"] == "4 generations"
+    assert [(r["name"], r["recipe"], r["test"]) for r in extended["rows"]] == [
+        (r["name"], r["recipe"], r["test"]) for r in fresh["rows"]
+    ]
+    assert yaml.safe_load((copy / "config.yaml").read_text())["search"]["generations"] == 4
+    assert (copy / "best" / "model.safetensors").exists()
+
+
 def start_run(demo_family: Path, run_dir: Path, **popen: object) -> subprocess.Popen:
     """`evomerge run` of the small config into ``run_dir``, in a process of its own."""
     config = run_dir.parent / f"{run_dir.name}.yaml"

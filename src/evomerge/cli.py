@@ -293,13 +293,18 @@ def config_schema() -> None:
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="A run directory that `evomerge run` wrote.")],
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A larger budget, e.g. search.generations=20 (budget keys only; repeatable)."),
+    ] = None,
 ) -> None:
-    """Continue a run that stopped (a crash, Ctrl-C, a kill): nothing finished is evaluated again."""
+    """Continue a run that stopped (a crash, Ctrl-C, a kill): nothing finished is evaluated again.
+    With --set search.generations=N (or another budget), extend a finished run."""
     from .search.experiment import resume_run
 
     try:
         with _interrupt_hint(run_dir):
-            result = resume_run(run_dir, progress=progress)
+            result = resume_run(run_dir, progress=progress, budget=list(set_ or []))
     except EvomergeError as err:
         raise _fail(err) from err
     _show_results(result)

@@ -90,6 +90,23 @@ class ModelsConfig(_Section):
     base: str | None = Field(None, description="The model the endpoints were fine-tuned from (dir or hub id).")
     endpoints: list[str] = Field(min_length=1, description="The models to merge (dirs or hub ids).")
     allow_pickle: bool = Field(False, description="Also read pickled .bin checkpoints (trusted sources only).")
+    revision: str | dict[str, str] | None = Field(
+        None,
+        description="Hub ids only: a branch, tag or commit for every model, or {hub id: revision}; default: main.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run a hub repository's own model code (config.json with auto_map). Off: such a model is "
+        "refused. Opt in only for sources you trust.",
+    )
+
+    @model_validator(mode="after")
+    def _revisions_name_models(self) -> ModelsConfig:
+        if isinstance(self.revision, dict):
+            unknown = sorted(set(self.revision) - {*self.endpoints, *([self.base] if self.base else [])})
+            if unknown:
+                raise ValueError(f"revision names {unknown}, which are not among the models")
+        return self
 
 
 class MergeConfig(_Section):

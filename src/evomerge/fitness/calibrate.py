@@ -25,7 +25,7 @@ from ..config import ExperimentConfig, FitnessConfig
 from ..evaluate.evaluator import evaluator_for
 from ..evaluate.generation import use_engine
 from ..merge.engine import Merger
-from ..merge.run import load_live_model
+from ..merge.run import load_live_model, load_live_tokenizer
 from ..models.pool import ModelPool
 from ..threads import one_blas_thread
 from .build import IRTFits, build_estimator, item_strata, random_merges, run_respondents, scoring_context
@@ -76,8 +76,6 @@ def calibrate(
     device: str = "cpu",
 ) -> list[CalibrationRow]:
     """Write ``calibration.csv``, ``calibration.json`` and ``calibration.png`` to ``out``."""
-    from transformers import AutoTokenizer
-
     from ..search.rundir import RunDir  # the respondents' file is named as in a run directory
 
     out = Path(out)
@@ -86,14 +84,20 @@ def calibrate(
     m, f = config.models, config.fitness
     base = m.base or m.endpoints[0]
     merger = Merger(
-        ModelPool.open(base, [e for e in [*m.endpoints, *f.checkpoints] if e != base], allow_pickle=m.allow_pickle),
+        ModelPool.open(
+            base,
+            [e for e in [*m.endpoints, *f.checkpoints] if e != base],
+            allow_pickle=m.allow_pickle,
+            revision=m.revision,
+            trust_remote_code=m.trust_remote_code,
+        ),
         device=device,
         tier=config.merge.tier,
         memory_budget=config.merge.memory_budget,
     )
     model = load_live_model(merger)
     use_engine(model, config.output.generation)
-    tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)
+    tokenizer = load_live_tokenizer(merger)
 
     respondents = run_respondents(config)
     sample, rng = random_merges(config), np.random.default_rng([f.seed, 1])  # a stream apart from the respondents'

@@ -16,7 +16,7 @@ import logging
 import shutil
 import textwrap
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -25,6 +25,9 @@ from ..models.checkpoint import Checkpoint, resolve
 from ..models.save import SafetensorsStream, model_card, write_atomically
 from .engine import Merger, _dtype
 from .recipe import Recipe, parse_yaml
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,8 @@ def load_live_model(merger: Merger, *, out_dtype: str | None = None) -> torch.nn
     from transformers import AutoModelForCausalLM
 
     dtype = _dtype(out_dtype) if out_dtype else "auto"
-    model: Any = AutoModelForCausalLM.from_pretrained(merger.pool.base.path, dtype=dtype)
+    base = merger.pool.base
+    model: Any = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype, trust_remote_code=base.trust_remote_code)
     embeddings: Any = model.get_input_embeddings()
     name = next((n for n, p in model.named_parameters() if p is embeddings.weight), None)
     if merger.pool.align_vocab and name is not None:  # the output vocabulary may differ from the base's
@@ -149,6 +153,14 @@ def load_live_model(merger: Merger, *, out_dtype: str | None = None) -> torch.nn
         if rows != embeddings.weight.shape[0]:
             model.resize_token_embeddings(rows, mean_resizing=False)
     return model.to(merger.device).eval()
+
+
+def load_live_tokenizer(merger: Merger) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer (its code runs only with the pool's trust_remote_code)."""
+    from transformers import AutoTokenizer
+
+    base = merger.pool.base
+    return AutoTokenizer.from_pretrained(base.path, trust_remote_code=base.trust_remote_code)
 
 
 def _tokenizer_source(recipe: Recipe, merger: Merger) -> Path:

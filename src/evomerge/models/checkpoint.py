@@ -39,8 +39,10 @@ SAFETENSORS_DTYPES = {
 _HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 
 
-def resolve(name_or_path: str | Path, *, revision: str | None = None) -> Path:
-    """A local directory as is; anything else is taken for a hub id and downloaded (cached)."""
+def resolve(name_or_path: str | Path, *, revision: str | None = None, trust_remote_code: bool = False) -> Path:
+    """A local directory as is; anything else is taken for a hub id and downloaded (cached),
+    at ``revision`` (a branch, tag or commit; default: main). The repository's Python
+    files come along only with ``trust_remote_code``."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -49,30 +51,59 @@ def resolve(name_or_path: str | Path, *, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=_HUB_FILES))
+        patterns = [*_HUB_FILES, "*.py"] if trust_remote_code else _HUB_FILES
+        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=patterns))
     except Exception as err:  # the hub client raises many types; all mean "could not get it"
         raise CheckpointError(
             f"{name_or_path}: no such local directory, and it could not be fetched from the Hugging Face hub ({err})"
         ) from err
 
 
+def needs_remote_code(config: dict[str, Any]) -> str:
+    """Why loading a model with this config.json would run the repository's own code
+    (``""`` if it would not): an ``auto_map``, or a model type transformers does not know."""
+    from transformers import CONFIG_MAPPING
+
+    if config.get("auto_map"):
+        return f"auto_map {sorted(config['auto_map'])}"
+    model_type = config.get("model_type")
+    if model_type and model_type not in CONFIG_MAPPING:
+        return f"model_type {model_type!r}, which this transformers does not know"
+    return ""
+
+
 class Checkpoint:
     """A model's config and tensors, by name, without loading them all."""
 
-    def __init__(self, name: str, path: Path, *, allow_pickle: bool = False) -> None:
+    def __init__(self, name: str, path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
         self.name = name
         self.path = path
+        self.trust_remote_code = trust_remote_code
         if not (path / "config.json").exists():
             raise CheckpointError(f"{name}: {path} has no config.json; is it a Hugging Face model directory?")
         self.config: dict[str, Any] = json.loads((path / "config.json").read_text())
+        if needs_remote_code(self.config) and not trust_remote_code:
+            raise CheckpointError(
+                f"{name}: its config.json asks for the repository's own model code "
+                f"({needs_remote_code(self.config)}). evomerge runs no downloaded code unless you opt in: set "
+                "models.trust_remote_code: true (--trust-remote-code for evomerge merge) if you trust its source."
+            )
         self._handles: dict[Path, Any] = {}
         self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
         self._headers: dict[Path, tuple[int, dict[str, Any]]] = {}
         self._files = self._index(allow_pickle)
 
     @classmethod
-    def open(cls, name_or_path: str | Path, *, allow_pickle: bool = False, revision: str | None = None) -> Checkpoint:
-        return cls(str(name_or_path), resolve(name_or_path, revision=revision), allow_pickle=allow_pickle)
+    def open(
+        cls,
+        name_or_path: str | Path,
+        *,
+        allow_pickle: bool = False,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> Checkpoint:
+        path = resolve(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        return cls(str(name_or_path), path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
     def _index(self, allow_pickle: bool) -> dict[str, Path]:
         """Map every tensor name to the file that holds it."""

@@ -6,7 +6,7 @@ the model and the tensor or field at fault.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -98,14 +98,23 @@ class ModelPool:
 
     @classmethod
     def open(
-        cls, base: str | Path, endpoints: Sequence[str | Path], *, allow_pickle: bool = False, align_vocab: bool = False
+        cls,
+        base: str | Path,
+        endpoints: Sequence[str | Path],
+        *,
+        allow_pickle: bool = False,
+        align_vocab: bool = False,
+        revision: str | Mapping[str, str] | None = None,
+        trust_remote_code: bool = False,
     ) -> ModelPool:
-        """Open a base and endpoints from local directories or hub ids."""
-        return cls(
-            Checkpoint.open(base, allow_pickle=allow_pickle),
-            [Checkpoint.open(e, allow_pickle=allow_pickle) for e in endpoints],
-            align_vocab=align_vocab,
-        )
+        """Open a base and endpoints from local directories or hub ids. ``revision``: one
+        for every hub id, or {hub id: revision}."""
+
+        def one(name: str | Path) -> Checkpoint:
+            rev = revision.get(str(name)) if isinstance(revision, Mapping) else revision
+            return Checkpoint.open(name, allow_pickle=allow_pickle, revision=rev, trust_remote_code=trust_remote_code)
+
+        return cls(one(base), [one(e) for e in endpoints], align_vocab=align_vocab)
 
     @property
     def models(self) -> list[Checkpoint]:

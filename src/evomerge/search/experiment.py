@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..errors import EvomergeError
 from ..evaluate.generation import use_engine
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
-from ..merge.run import load_live_model, merge_config, save_merged
+from ..merge.run import load_live_model, load_live_tokenizer, merge_config, save_merged
 from ..models.pool import ModelPool
 from ..threads import one_blas_thread
 from .algorithms import make_algorithm
@@ -108,14 +109,55 @@ def run_experiment(
             store.close()
 
 
-def resume_run(run_dir: Path | str, *, progress: bool = False, search: bool = True) -> RunResult:
+#: The only settings a resume may change: the budget. Anything else would mix two runs.
+BUDGET_KEYS = ("search.generations", "search.max_evaluations", "search.max_seconds", "search.patience")
+
+
+def resume_run(
+    run_dir: Path | str, *, progress: bool = False, search: bool = True, budget: Sequence[str] = ()
+) -> RunResult:
     """Continue the run in ``run_dir`` from its ``config.yaml`` (``search=False``: only
-    test what it has found so far)."""
+    test what it has found so far). ``budget``: ``key=value`` changes to ``BUDGET_KEYS``
+    (``search.generations=20``), which extend a run, finished or not; the stored
+    generations are replayed, so the result equals a run started with that budget."""
     rd = RunDir(Path(run_dir))
     if not rd.holds_run():
         raise ResumeError(f"{rd} holds no run ({rd.store_file.name} is missing); start one with evomerge run")
-    config = load_config(rd.config)
+    for change in budget:
+        key = change.partition("=")[0].strip()
+        if key not in BUDGET_KEYS:
+            raise ResumeError(
+                f"--set {change!r}: a resume may change only the budget ({', '.join(BUDGET_KEYS)}); "
+                "for other changes start a new run"
+            )
+    config = load_config(rd.config, budget)
     return run_experiment(config, rd.path, resume=True, progress=progress, search=search)
+
+
+def _without_budget(text: str) -> str:
+    raw = yaml.safe_load(text)
+    for key in BUDGET_KEYS:
+        section, _, name = key.partition(".")
+        raw.get(section, {}).pop(name, None)
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def _extend_budget(store: RunStore, rd: RunDir, text: str) -> None:
+    """Store a resume's new budget: the config, and the run is open again until it is spent
+    (best/ is saved again at the end, since the winner may change)."""
+    config = load_config(text, resolve_demo=False)
+    done, evaluated = len(store.generations()), store.count()
+    if (config.search.generations or done) < done or (config.search.max_evaluations or evaluated) < evaluated:
+        raise ResumeError(
+            f"{rd} has run {done} generations ({evaluated} evaluations): a resume can extend its budget, "
+            "not cut it (the results already stored would not be the smaller run's)"
+        )
+    log.info("the run's budget changed: searching on until the new budget is spent")
+    rd.config.write_text(text)
+    store.set("config", text)
+    store.unset("stop_reason")
+    if rd.best.exists():
+        shutil.rmtree(rd.best)
 
 
 def _same_config(stored: str, now: str) -> bool:
@@ -149,7 +191,9 @@ def _check_store(
             f"{run_dir} already holds a run; continue it with `evomerge resume {run_dir}`, "
             "or give another output.run_dir"
         )
-    if not _same_config(stored, text):
+    if not _same_config(stored, text) and _same_config(_without_budget(stored), _without_budget(text)):
+        _extend_budget(store, rd, text)
+    elif not _same_config(stored, text):
         diff = "".join(difflib.unified_diff(stored.splitlines(True), text.splitlines(True), "stored", "now", n=1))
         raise ResumeError(
             f"the config differs from the one {run_dir} was run with, so resuming would mix two runs. "
@@ -164,7 +208,13 @@ def open_models(config: ExperimentConfig, *, device: str | None = None) -> Merge
     ``output.device``): all from the checkpoints' headers."""
     m = config.models
     base = m.base or m.endpoints[0]
-    pool = ModelPool.open(base, [e for e in m.endpoints if e != base], allow_pickle=m.allow_pickle)
+    pool = ModelPool.open(
+        base,
+        [e for e in m.endpoints if e != base],
+        allow_pickle=m.allow_pickle,
+        revision=m.revision,
+        trust_remote_code=m.trust_remote_code,
+    )
     return Merger(
         pool, device=device or config.output.device, tier=config.merge.tier, memory_budget=config.merge.memory_budget
     )
@@ -195,11 +245,9 @@ def _run(
     merger: Merger,
     callbacks: Sequence[Callback],
 ) -> RunResult:
-    from transformers import AutoTokenizer
-
     model = load_live_model(merger)
     use_engine(model, config.output.generation)
-    tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)
+    tokenizer = load_live_tokenizer(merger)
     executor = EXECUTORS[config.search.executor].create(merger, model, tokenizer, config)  # Ray: connects now
     try:
         m, pool = config.models, merger.pool

@@ -62,10 +62,8 @@ class Worker:
     """One actor's state: the run's models opened once, the problem, a local executor."""
 
     def __init__(self, config: dict[str, Any], problem: MergeProblem | None, threads: int, gpu: bool) -> None:
-        from transformers import AutoTokenizer
-
         from ..config import ExperimentConfig
-        from ..merge.run import load_live_model
+        from ..merge.run import load_live_model, load_live_tokenizer
         from .experiment import open_models
 
         torch.set_num_threads(threads)
@@ -74,7 +72,7 @@ class Worker:
         merger = open_models(experiment, device="cuda" if gpu else "cpu")
         model = load_live_model(merger)
         use_engine(model, experiment.output.generation)
-        tokenizer = AutoTokenizer.from_pretrained(merger.pool.base.path)
+        tokenizer = load_live_tokenizer(merger)
         self.local = LocalExecutor(merger, model, tokenizer)
         self.problem = problem
 

@@ -181,6 +181,9 @@ class RunStore:
     def set(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO run VALUES (?, ?)", (key, json.dumps(value)))
 
+    def unset(self, key: str) -> None:
+        self.db.execute("DELETE FROM run WHERE key = ?", (key,))
+
     # -- evaluations -----------------------------------------------------------------
 
     def add_evaluation(

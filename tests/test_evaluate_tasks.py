@@ -128,3 +128,28 @@ def test_prompt_template_with_fewshot_and_choices():
         PromptTemplate("{answer}").render(Item("t", "q", answer="a"))
     with pytest.raises(PromptError, match="chat template"):
         PromptTemplate(chat=True).render(Item("t", "q", answer="a"))
+
+
+def test_a_task_config_maps_the_files_columns(tmp_path):
+    """The config's `columns` does what the Python API's Columns does: a file that says
+    problem/solution/uid is read without renaming its columns."""
+    from evomerge.config import ConfigError, load_config
+    from evomerge.evaluate.evaluator import evaluator_for
+
+    rows = [{"uid": f"q{i}", "problem": f"{i}+1=", "solution": str(i + 1)} for i in range(10)]
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = {"name": "math", "data": str(data), "columns": {"question": "problem", "answer": "solution", "id": "uid"}}
+    config = load_config({"models": {"base": "o", "endpoints": ["a", "b"]}, "tasks": [task]}, resolve_demo=False)
+    splits = evaluator_for(config.tasks[0]).splits
+    items = {it.id: it for it in [*splits.search, *splits.test]}
+    assert len(items) == 10 and items["q3"].question == "3+1=" and items["q3"].answer == "4"
+    unmapped = {**task, "columns": {}}
+    with pytest.raises(TaskDataError, match="no 'question'"):
+        evaluator_for(
+            load_config(
+                {"models": {"base": "o", "endpoints": ["a", "b"]}, "tasks": [unmapped]}, resolve_demo=False
+            ).tasks[0]
+        )
+    with pytest.raises(ConfigError, match="did you mean 'answer'"):
+        load_config({"models": {"base": "o", "endpoints": ["a", "b"]}, "tasks": [{**task, "columns": {"answr": "x"}}]})

@@ -152,6 +152,39 @@ def test_demo_paths_resolve_into_the_demo_family(demo_family, monkeypatch):
     assert config.fitness.chosen_selection == "random" and config.fitness.strata == "skill"
 
 
+def test_paths_in_a_config_file_resolve_against_its_folder(tmp_path, monkeypatch, caplog):
+    """They resolved against the current directory, so a config ran only from one place."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "models" / "base").mkdir(parents=True)
+    (project / "data" / "qa.jsonl").write_text('{"question": "1+1=", "answer": "2"}\n')
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "legacy").mkdir(parents=True)
+    (elsewhere / "legacy" / "t.yaml").write_text("task: t\n")
+    config_file = project / "exp.yaml"
+    config_file.write_text(
+        "models: {base: models/base, endpoints: [org/math-7b, models/base]}\n"
+        "tasks:\n"
+        "  - {name: qa, data: data/qa.jsonl}\n"
+        "  - {name: missing, search: data/nope.jsonl, test: data/nope2.jsonl}\n"
+        "  - {name: old, lm_eval: legacy/t.yaml}\n"
+        "  - {name: named, lm_eval: gsm8k}\n"
+        "search: {algorithm: NSGA2}\n"
+    )
+    monkeypatch.chdir(elsewhere)
+    with caplog.at_level("WARNING", logger="evomerge.config"):
+        config = load_config(config_file)
+    assert config.models.base == str(project / "models" / "base")
+    assert config.models.endpoints == ["org/math-7b", str(project / "models" / "base")]  # a hub id stays
+    qa, missing, old, named = config.tasks
+    assert qa.data == str(project / "data" / "qa.jsonl")
+    assert missing.search == str(project / "data" / "nope.jsonl")  # its error will name the full path
+    assert old.lm_eval == str(elsewhere / "legacy" / "t.yaml") and "relative to its folder" in caplog.text
+    assert named.lm_eval == "gsm8k"
+    text = load_config(config_file.read_text(), resolve_demo=False)  # YAML text: the current directory, as before
+    assert text.tasks[0].data == "data/qa.jsonl"
+
+
 @pytest.mark.parametrize("true_dim", [1, 2])
 def test_auto_dimension_finds_the_simulated_one(true_dim):
     """Items load on ``true_dim`` separate skills; 30 extra respondents, 10 of them for validation."""

@@ -187,6 +187,22 @@ def test_resume_with_a_larger_budget_extends_a_finished_run_as_if_started_with_i
     assert (copy / "best" / "model.safetensors").exists()
 
 
+def test_a_run_stored_with_relative_paths_still_resumes(finished, demo_family, tmp_path, monkeypatch):
+    """Runs stored before paths were made absolute hold paths relative to where they ran."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished.run_dir, copy)
+    monkeypatch.chdir(demo_family.parent)
+    relative = (copy / "config.yaml").read_text().replace(str(demo_family), demo_family.name)
+    assert relative != (copy / "config.yaml").read_text()
+    (copy / "config.yaml").write_text(relative)
+    store = RunStore.in_dir(copy)
+    store.set("config", store.get("config").replace(str(demo_family), demo_family.name))
+    store.close()
+    assert resume_run(copy).evaluations == 18
+
+
 def start_run(demo_family: Path, run_dir: Path, **popen: object) -> subprocess.Popen:
     """`evomerge run` of the small config into ``run_dir``, in a process of its own."""
     config = run_dir.parent / f"{run_dir.name}.yaml"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +36,8 @@ from .errors import EvomergeError, MergeConfigError
 
 if TYPE_CHECKING:
     from .registry import Registry
+
+log = logging.getLogger(__name__)
 
 DEMO_PREFIX = "demo:"
 
@@ -171,6 +175,11 @@ class TaskConfig(_Section):
     )
     pattern: str | None = Field(None, description="The regex extractor's pattern (its first group is the answer).")
     strict: bool = Field(False, description="exact: compare the raw stripped text, not a normalised one.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Which column of the data holds what, for files that name them otherwise: "
+        "{question: problem, answer: solution} (keys: question, answer, choices, label, id).",
+    )
     template: str = Field("{question}", description="The prompt; fields of the item in braces.")
     max_new_tokens: int = Field(32, ge=1, description="Generation length.")
     batch_size: int | Literal["auto"] = Field(64, description="Items per forward pass; auto backs off on OOM.")
@@ -194,6 +203,21 @@ class TaskConfig(_Section):
         return name
 
     _known_scorer = field_validator("scorer")(_registered)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, columns: dict[str, str]) -> dict[str, str]:
+        from dataclasses import fields
+
+        from .evaluate.tasks import Columns
+
+        known = [f.name for f in fields(Columns)]
+        for key in columns:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{key!r} is not a column role (roles: {', '.join(known)}){hint}")
+        return columns
 
     @field_validator("language")
     @classmethod
@@ -432,12 +456,18 @@ class ExperimentConfig(_Section):
 
 
 def load_config(
-    source: str | Path | dict[str, Any], overrides: Sequence[str] = (), *, resolve_demo: bool = True
+    source: str | Path | dict[str, Any],
+    overrides: Sequence[str] = (),
+    *,
+    resolve_demo: bool = True,
+    base_dir: Path | str | None = None,
 ) -> ExperimentConfig:
     """A validated config from a YAML file, YAML text or a dict, ``demo:`` paths resolved.
 
     ``overrides`` are ``dotted.key=value`` strings (the CLI's ``--set``); values are YAML,
-    list items are addressed by index (``tasks.0.anchors=45``).
+    list items are addressed by index (``tasks.0.anchors=45``). Relative input paths
+    (models, data files, task YAMLs) resolve against ``base_dir``: by default the config
+    file's folder, and nothing for YAML text or a dict (the current directory).
     """
     if isinstance(source, dict):
         raw = copy.deepcopy(source)
@@ -447,6 +477,7 @@ def load_config(
             if not path.is_file():
                 raise ConfigError(f"config file {path} not found")
             source = path.read_text()
+            base_dir = base_dir or path.parent
         try:
             raw = yaml.safe_load(source)
         except yaml.YAMLError as err:
@@ -455,11 +486,62 @@ def load_config(
             raise ConfigError("a config is a YAML mapping with sections models, merge, tasks, fitness, search, output")
     for override in overrides:
         apply_override(raw, override)
+    if base_dir is not None:
+        resolve_relative_paths(raw, Path(base_dir))
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_errors(err)) from None
     return resolve_demo_paths(config) if resolve_demo else config
+
+
+def resolve_relative_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    """Make ``raw``'s relative input paths absolute against ``base_dir`` (the config's folder),
+    so a config runs from any directory and the run stores where its inputs were.
+
+    A path found only from the current directory is taken from there, with a warning (configs
+    written before paths followed the config file). A model that exists in neither is left
+    as written: it is a hub id. ``output.run_dir`` stays relative to the current directory.
+    """
+
+    def fix(value: Any, *, model: bool) -> Any:
+        if not isinstance(value, str) or not value or value.startswith(DEMO_PREFIX) or Path(value).is_absolute():
+            return value
+        beside = base_dir / value
+        if beside.exists():
+            return str(beside.resolve())
+        if Path(value).exists() and base_dir.resolve() != Path.cwd().resolve():
+            log.warning(
+                "%s: not found beside the config (%s) but in the current directory; taken from there. "
+                "Paths in a config are relative to its folder: write %s",
+                value,
+                base_dir,
+                os.path.relpath(Path(value).resolve(), base_dir.resolve()),
+            )
+            return str(Path(value).resolve())
+        return value if model else str(beside.resolve())
+
+    def fix_fitness(section: Any) -> None:
+        if isinstance(section, dict) and isinstance(section.get("checkpoints"), list):
+            section["checkpoints"] = [fix(c, model=True) for c in section["checkpoints"]]
+
+    models = raw.get("models")
+    if isinstance(models, dict):
+        if "base" in models:
+            models["base"] = fix(models["base"], model=True)
+        if isinstance(models.get("endpoints"), list):
+            models["endpoints"] = [fix(e, model=True) for e in models["endpoints"]]
+    fix_fitness(raw.get("fitness"))
+    for task in raw.get("tasks") or []:
+        if not isinstance(task, dict):
+            continue
+        for key in ("data", "search", "test"):
+            if key in task:
+                task[key] = fix(task[key], model=False)
+        lm_eval = task.get("lm_eval")
+        if isinstance(lm_eval, str) and lm_eval.endswith((".yaml", ".yml")):
+            task["lm_eval"] = fix(lm_eval, model=False)
+        fix_fitness(task.get("fitness"))
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

@@ -155,6 +155,12 @@ def _data_flags(flags: list[str]) -> dict[str, str]:
 
 
 def write_config(config: dict[str, Any], out: Path) -> Path:
+    """Write ``config`` to ``out``, its file paths (given from the current directory)
+    rewritten to hold from ``out``'s folder, which is what paths in a config are relative to."""
+    for task in config["tasks"]:
+        for key in ("data", "search", "test", "lm_eval"):
+            if key in task:
+                task[key] = _from_folder(task[key], out.parent)
     out.write_text(
         "# Written by `evomerge init`; run it with `evomerge run "
         + str(out)
@@ -162,6 +168,18 @@ def write_config(config: dict[str, Any], out: Path) -> Path:
         + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     )
     return out
+
+
+def _from_folder(path: str, folder: Path) -> str:
+    """``path`` (relative to the current directory) as seen from ``folder``: relative if
+    inside it, else absolute. Names (gsm8k), ``demo:`` paths and missing files are kept."""
+    here = Path(path)
+    if path.startswith("demo:") or here.is_absolute() or not here.exists():
+        return path
+    try:
+        return str(here.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(here.resolve())
 
 
 def _split(text: str) -> list[str]:

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..errors import EvomergeError
 from .prompts import PromptTemplate
 from .scorers import SCORERS, Scorer
-from .tasks import Item, Splits, TaskDataError, load_items, split_items
+from .tasks import Columns, Item, Splits, TaskDataError, load_items, split_items
 
 if TYPE_CHECKING:
     from ..config import TaskConfig
@@ -87,14 +87,15 @@ def evaluator_for(task: TaskConfig) -> Evaluator:
     """The evaluator a ``tasks:`` entry of the config describes."""
     if task.lm_eval is not None:
         return _lmeval_evaluator(task)
+    columns = Columns(**task.columns)
     if task.data is not None:
         splits = split_items(
-            load_items(task.data), seed=task.seed, test_fraction=task.test_fraction, fewshot=task.fewshot
+            load_items(task.data, columns), seed=task.seed, test_fraction=task.test_fraction, fewshot=task.fewshot
         )
     else:
         assert task.search is not None and task.test is not None
-        search = load_items(task.search, id_prefix="search:")
-        test = load_items(task.test, id_prefix="test:")
+        search = load_items(task.search, columns, id_prefix="search:")
+        test = load_items(task.test, columns, id_prefix="test:")
         shared = {it.id for it in search} & {it.id for it in test}
         if shared:
             raise TaskDataError(

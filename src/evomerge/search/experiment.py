@@ -160,13 +160,15 @@ def _extend_budget(store: RunStore, rd: RunDir, text: str) -> None:
         shutil.rmtree(rd.best)
 
 
-def _same_config(stored: str, now: str) -> bool:
+def _same_config(stored: str, now: str, run_dir: Path) -> bool:
     """Whether a stored config is ``now``'s. The stored text is read through today's schema
-    first, so keys added since (with their defaults) do not tell an older run apart."""
+    first, so keys added since (with their defaults) do not tell an older run apart, and
+    its relative paths (runs stored before paths were made absolute) resolve as
+    ``config.yaml``'s do on resume."""
     if stored == now:
         return True
     try:
-        return config_yaml(load_config(stored, resolve_demo=False)) == now
+        return config_yaml(load_config(stored, resolve_demo=False, base_dir=run_dir)) == now
     except EvomergeError:
         return False
 
@@ -191,9 +193,11 @@ def _check_store(
             f"{run_dir} already holds a run; continue it with `evomerge resume {run_dir}`, "
             "or give another output.run_dir"
         )
-    if not _same_config(stored, text) and _same_config(_without_budget(stored), _without_budget(text)):
+    if not _same_config(stored, text, run_dir) and _same_config(
+        _without_budget(stored), _without_budget(text), run_dir
+    ):
         _extend_budget(store, rd, text)
-    elif not _same_config(stored, text):
+    elif not _same_config(stored, text, run_dir):
         diff = "".join(difflib.unified_diff(stored.splitlines(True), text.splitlines(True), "stored", "now", n=1))
         raise ResumeError(
             f"the config differs from the one {run_dir} was run with, so resuming would mix two runs. "

@@ -48,8 +48,15 @@ def _registries() -> dict[str, Registry[Any]]:
     from .fitness.anchors import SELECTIONS
     from .fitness.estimators import ESTIMATORS
     from .search.executors import EXECUTORS
+    from .search.trackers import TRACKERS
 
-    return {"scorer": SCORERS, "estimator": ESTIMATORS, "selection": SELECTIONS, "executor": EXECUTORS}
+    return {
+        "scorer": SCORERS,
+        "estimator": ESTIMATORS,
+        "selection": SELECTIONS,
+        "executor": EXECUTORS,
+        "tracker": TRACKERS,
+    }
 
 
 def _registered(name: str | None, info: ValidationInfo) -> str | None:
@@ -389,6 +396,25 @@ class OutputConfig(_Section):
         json_schema_extra=lambda schema: schema.update(enum=list[Any](_engine_names())),
     )
 
+    trackers: list[str] = Field(
+        default_factory=list,
+        description="Experiment trackers to log evaluations, generations and the test table to (listed below; "
+        "each is an extra: pip install 'evomerge[wandb]'). They write inside the run directory by default.",
+    )
+    tracker_project: str = Field("evomerge", description="The trackers' project (wandb) or experiment (MLflow).")
+
+    @field_validator("trackers")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        from .search.trackers import TRACKERS
+
+        for name in names:
+            try:
+                TRACKERS.get(name)
+            except EvomergeError as err:
+                raise ValueError(str(err)) from None
+        return names
+
     @field_validator("generation")
     @classmethod
     def _an_engine(cls, name: str) -> str:
@@ -656,7 +682,12 @@ def config_reference() -> str:
             lines.append(f"| `{f.alias or name}` | {_type_name(f.annotation)} | {default} | {f.description or ''} |")
     from .registry import summary
 
-    lines += ["", "## Registered names", "", "What `scorer`, `estimator`, `selection` and `executor` accept."]
+    lines += [
+        "",
+        "## Registered names",
+        "",
+        "What `scorer`, `estimator`, `selection`, `executor` and `trackers` accept.",
+    ]
     for kind, registry in _registries().items():
         lines += ["", f"### {kind}", ""]
         lines += [f"- `{name}`: {summary(entry)}" for name, entry in registry.items()]

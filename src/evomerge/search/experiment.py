@@ -37,6 +37,7 @@ from .problem import MergeProblem
 from .rundir import RUNS, RunDir
 from .space import SearchSpace
 from .store import EvaluationRow, RunStore, TestRow, storage_errors
+from .trackers import Tracker, open_trackers
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,9 @@ def _run(
     use_engine(model, config.output.generation)
     tokenizer = load_live_tokenizer(merger)
     executor = EXECUTORS[config.search.executor].create(merger, model, tokenizer, config)  # Ray: connects now
+    trackers: list[Tracker] = []
     try:
+        trackers = open_trackers(config, rd.path)
         m, pool = config.models, merger.pool
         for objective in objectives:
             objective.prepare(merger, model, tokenizer, rd.path, executor)
@@ -269,7 +272,7 @@ def _run(
                 termination = Termination(s.generations, s.max_evaluations, s.max_seconds, s.patience)
                 reason = Searcher(
                     problem, algorithm, executor, store, termination, seed=config.seed, progress=progress,
-                    on_error=s.on_error, callbacks=callbacks,
+                    on_error=s.on_error, callbacks=[*callbacks, *trackers],
                 ).run()  # fmt: skip
         finally:  # also when a candidate failed: evaluations.csv shows it
             store.export_csv(rd.evaluations_csv, [g.name for g in problem.space.all_genes], problem.names)
@@ -277,6 +280,8 @@ def _run(
         rows = list(store.evaluations())
         best = winners(rows, problem.maximize)
         tests = run_tests(store, executor, problem, candidates(best, problem, config.merge.method, m.endpoints, m.base))
+        for tracker in trackers:
+            tracker.log_tests(tests)
         write_results(
             rd.results, tests, problem, {"stop_reason": reason, "evaluations": len(rows), "seed": config.seed}
         )
@@ -292,6 +297,8 @@ def _run(
         write_report(rd.path)
         return RunResult(rd.path, reason, len(rows), problem, best, tests, merger, model, tokenizer)
     finally:
+        for tracker in trackers:
+            tracker.finish()
         close(executor)
 
 

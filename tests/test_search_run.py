@@ -211,6 +211,20 @@ def start_run(demo_family: Path, run_dir: Path, **popen: object) -> subprocess.P
     return subprocess.Popen(command, **popen)  # type: ignore[call-overload]
 
 
+def test_the_cli_shows_a_bar_with_an_eta_for_respondents_and_the_test(demo_family, tmp_path):
+    """Minutes of respondent scoring and the held-out test showed nothing without -v."""
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(small_config(demo_family, generations=1)))
+    command = [sys.executable, "-m", "evomerge", "run", str(config), "--run-dir", str(tmp_path / "r")]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    respondents = next(line for line in lines if line.startswith("scoring respondents (mix)"))
+    test = next(line for line in lines if line.startswith("held-out test"))
+    assert "7/7" in respondents and "6/6" in test and all("eta" in line for line in (respondents, test))
+    assert "Loading weights" not in out.stdout + out.stderr  # third-party bars stay off without -v
+
+
 def evaluations_so_far(run_dir: Path) -> int:
     """The evaluations a running run has committed (0 before its store has a schema).
     Only an existing store is opened: connecting would create the file under the run."""
@@ -455,6 +469,44 @@ def test_export_writes_the_winner_or_a_chosen_evaluation(finished, tmp_path):
     assert yaml.safe_load((first / "mergekit_config.yml").read_text()) == yaml.safe_load(row.recipe)
     with pytest.raises(EvomergeError, match=r"pareto:0..0 or id:1..18"):
         export_run(finished.run_dir, tmp_path / "x", member="pareto:3")
+
+
+def test_export_push_to_hub_uploads_the_card_and_weights(finished, tmp_path, monkeypatch):
+    """The hub cannot be reached from here: HfApi's create_repo and upload_folder are replaced
+    by stand-ins that record what they were given (and what the folder held at upload)."""
+    import huggingface_hub
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    calls: dict[str, object] = {}
+
+    def create_repo(self, repo_id, *, private=False, repo_type=None, exist_ok=False):
+        calls["create"] = (repo_id, private, exist_ok)
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type=None, commit_message=None):
+        folder = Path(folder_path)
+        calls["upload"] = (repo_id, sorted(p.name for p in folder.iterdir()), (folder / "README.md").read_text())
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    out = tmp_path / "e"
+    args = ["export", str(finished.run_dir), "--out", str(out), "--push-to-hub", "me/demo-merge", "--private"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "pushed to https://huggingface.co/me/demo-merge" in result.output
+    assert calls["create"] == ("me/demo-merge", True, True)
+    repo, files, card = calls["upload"]
+    assert repo == "me/demo-merge" and {"model.safetensors", "config.json", "mergekit_config.yml"} <= set(files)
+    assert "## Held-out test" in card and "| best | best |" in card
+
+    def refused(self, *args, **kwargs):
+        raise OSError("401 Unauthorized")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", refused)
+    again = CliRunner().invoke(app, [*args[:3], str(tmp_path / "f"), *args[4:]])
+    assert again.exit_code == 2 and "huggingface-cli login" in again.output and (tmp_path / "f" / "README.md").exists()
 
 
 def test_testing_an_unfinished_run_scores_its_best_so_far(finished, tmp_path):

@@ -349,15 +349,22 @@ def export(
         str | None, typer.Option(help="best (default), pareto:K, or id:N (a row of evaluations.csv).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="Then upload --out to this hub repo (user/name), created if absent.")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="With --push-to-hub: create the repo private.")] = False,
 ) -> None:
     """Save a run's winner, or a chosen Pareto member, as an HF checkpoint with its mergekit YAML."""
+    from .models.hub import push_to_hub as push
     from .search.experiment import export_run
 
     try:
         path = export_run(run_dir, out, member=member, force=force)
+        console.print(f"merged model and mergekit_config.yml written to {path}")
+        if push_to_hub:
+            console.print(f"pushed to {escape(push(path, push_to_hub, private=private))}")
     except EvomergeError as err:
         raise _fail(err) from err
-    console.print(f"merged model and mergekit_config.yml written to {path}")
 
 
 def _show_results(result: RunResult) -> None:

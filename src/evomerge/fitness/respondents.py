@@ -29,6 +29,7 @@ from ..merge.engine import Merger
 from ..merge.methods import get_method, search_range, searched_params
 from ..merge.recipe import Recipe
 from ..models.save import write_text_atomically
+from ..progress import phase
 
 log = logging.getLogger(__name__)
 
@@ -179,17 +180,19 @@ def collect_responses(
         results = executor.score_items(evaluator, [r.recipe for r in todo])
     else:
         results = ((k, _score_here(evaluator, model, tokenizer, merger, r.recipe)) for k, r in enumerate(todo))
-    for k, scores in results:
-        entry = {"name": todo[k].name, "scores": [scores[j] for j in item_ids]}
-        stored[todo[k].recipe.digest] = entry
-        _write_cache(cache, task, item_ids, stored)
-        if pool_file is not None:
-            pool[_content_key(todo[k].recipe)] = entry
-            try:
-                _write_cache(pool_file, task, item_ids, pool)
-            except OSError as err:  # the run's own copy is written: nothing is lost
-                log.warning("cannot keep respondents' scores for later runs in %s (%s)", pool_file, err)
-                pool_file = None
+    with phase(f"scoring respondents ({evaluator.name})", len(todo)) as bar:
+        for k, scores in results:
+            entry = {"name": todo[k].name, "scores": [scores[j] for j in item_ids]}
+            stored[todo[k].recipe.digest] = entry
+            _write_cache(cache, task, item_ids, stored)
+            if pool_file is not None:
+                pool[_content_key(todo[k].recipe)] = entry
+                try:
+                    _write_cache(pool_file, task, item_ids, pool)
+                except OSError as err:  # the run's own copy is written: nothing is lost
+                    log.warning("cannot keep respondents' scores for later runs in %s (%s)", pool_file, err)
+                    pool_file = None
+            bar.advance()
     rows = [stored[r.recipe.digest]["scores"] for r in respondents]
     return Responses(tuple(respondents), item_ids, np.asarray(rows, dtype=float))
 

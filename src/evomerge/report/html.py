@@ -45,7 +45,7 @@ def write_report(run_dir: Path | str) -> Path:
     with plots.literal_text():  # names are the user's text: "$" is a dollar, not mathtext
         figures = {
             "Fitness per generation": plots.fitness_per_generation(generations, names, maximize, rd.figure("fitness")),
-            "Pareto front": plots.pareto_front(rows, front, names, rd.figure("pareto")),
+            "Pareto front": plots.pareto_front(rows, front, names, rd.figure("pareto"), tests),
             "Evolved genes": plots.genes_heatmap(front[0], rd.figure("genes")) if front else None,
             "Estimated vs held-out score": plots.estimates_vs_test(tests, names, rd.figure("estimates")),
         }

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ..search.store import EvaluationRow, GenerationRow, TestRow
 
@@ -42,6 +43,7 @@ def fitness_per_generation(
         ax.plot(x, [g.best["best"][k] for g in generations], marker="o", label="best so far")
         ax.plot(x, [g.best["mean"][k] for g in generations], marker=".", linestyle="--", label="generation mean")
         ax.set_xlabel("generation")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # generations are whole numbers
         ax.set_ylabel(f"{name} ({'higher' if up else 'lower'} is better)")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -50,20 +52,43 @@ def fitness_per_generation(
 
 
 def pareto_front(
-    rows: Sequence[EvaluationRow], front: Sequence[EvaluationRow], names: Sequence[str], out: Path
+    rows: Sequence[EvaluationRow],
+    front: Sequence[EvaluationRow],
+    names: Sequence[str],
+    out: Path,
+    baselines: Sequence[TestRow] = (),
 ) -> Path | None:
-    """Every evaluation on the first two objectives, the front highlighted."""
+    """Every evaluation on the first two objectives, the front highlighted and its members
+    labelled as ``evomerge export --member`` names them (``pareto:K``), and the baselines
+    (endpoints, base, default merge) at their search estimates: a front that a specialist
+    dominates is visibly no success."""
     if len(names) < 2 or not rows:
         return None
     f = np.array([r.objectives[:2] for r in rows])
     p = np.array(sorted(r.objectives[:2] for r in front))
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    ax.scatter(f[:, 0], f[:, 1], s=14, alpha=0.4, label="evaluated")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    ax.scatter(f[:, 0], f[:, 1], s=14, alpha=0.35, color="C0", label="evaluated")
     ax.plot(p[:, 0], p[:, 1], marker="o", color="C3", label="Pareto front")
-    ax.set_xlabel(names[0])
-    ax.set_ylabel(names[1])
+    for k, member in enumerate(front):
+        ax.annotate(
+            f"pareto:{k}",
+            (member.objectives[0], member.objectives[1]),
+            fontsize=7,
+            color="C3",
+            xytext=(5, 4),
+            textcoords="offset points",
+        )
+    markers = {"endpoint": ("s", "C2"), "base": ("D", "k"), "default": ("^", "C1")}
+    for t in baselines:
+        if t.kind not in markers or not t.search_scores or not all(n in t.search_scores for n in names[:2]):
+            continue
+        marker, color = markers[t.kind]
+        x, y = (t.search_scores[n] for n in names[:2])
+        ax.scatter(x, y, s=60, marker=marker, color=color, label=t.name, zorder=3)
+    ax.set_xlabel(f"{names[0]} (search estimate)")
+    ax.set_ylabel(f"{names[1]} (search estimate)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title("Pareto front" + (f" (objectives 1-2 of {len(names)})" if len(names) > 2 else ""))
     return _save(fig, out)
 
@@ -90,36 +115,43 @@ def genes_heatmap(best: EvaluationRow, out: Path) -> Path | None:
     for i in range(len(rows)):
         for j in range(len(groups)):
             if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+                ink = _ink_on(tuple(image.cmap(image.norm(grid[i, j]))))
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color=ink, fontsize=8)
     fig.colorbar(image, ax=ax)
     ax.set_title("Evolved genes of the winner")
     return _save(fig, out)
 
 
 def estimates_vs_test(tests: Sequence[TestRow], names: Sequence[str], out: Path) -> Path | None:
-    """The search's estimate of each tested candidate against its held-out score."""
+    """The search's estimate of each tested candidate against its held-out score. Each
+    candidate has its own marker and a legend entry, so no label covers another."""
     points = [(t, n) for t in tests for n in names if t.search_scores and n in t.search_scores]
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    labels: dict[tuple[float, float], list[str]] = {}  # candidates at the same point share one label
-    for t, n in points:
-        xy = (round(t.search_scores[n], 3), round(t.scores[n], 3))  # type: ignore[index]
-        labels.setdefault(xy, []).append(t.name + (f" ({n})" if len(names) > 1 else ""))
-        ax.scatter(*xy, s=30, color="C3" if t.kind in ("best", "pareto") else "C0")
-    for xy, who in labels.items():
-        text = who[0] + (f" +{len(who) - 1} more" if len(who) > 1 else "")  # the table lists them all
-        ax.annotate(text, xy, fontsize=7, xytext=(4, 2), textcoords="offset points")
-    values = [v for xy in labels for v in xy]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    shapes = "o^sDvP*Xh<>p"
+    values: list[float] = []
+    for k, (t, n) in enumerate(points):
+        xy = (t.search_scores[n], t.scores[n])  # type: ignore[index]
+        values += xy
+        label = t.name + (f" ({n})" if len(names) > 1 else "")
+        big = t.kind in ("best", "pareto")
+        ax.scatter(xy[0], xy[1], s=70 if big else 40, marker=shapes[k % len(shapes)], color=f"C{k % 10}", label=label)
     low, high = min(values), max(values)
     pad = 0.05 * (high - low or 1)
     ax.plot([low - pad, high + pad], [low - pad, high + pad], color="grey", linestyle=":", label="estimate = test")
     ax.set_xlabel("search estimate (anchors)")
     ax.set_ylabel("held-out test score")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title("Estimated vs held-out score")
     return _save(fig, out)
+
+
+def _ink_on(rgba: Sequence[float]) -> str:
+    """Black on a light cell, white on a dark one (relative luminance, WCAG weights)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
 
 
 def _save(fig: plt.Figure, out: Path) -> Path:

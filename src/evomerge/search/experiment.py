@@ -27,6 +27,7 @@ from ..merge.engine import Merger
 from ..merge.recipe import Recipe
 from ..merge.run import load_live_model, load_live_tokenizer, merge_config, save_merged
 from ..models.pool import ModelPool
+from ..progress import showing
 from ..threads import one_blas_thread
 from .algorithms import make_algorithm
 from .executors import EXECUTORS, close
@@ -96,7 +97,7 @@ def run_experiment(
         raise ConfigError("tasks: give at least one task (each task is an objective)")
     fresh = not rd.holds_run()
     merger = open_models(config)  # before the run directory exists: a model or memory error leaves nothing
-    with storage_errors(rd.path), rd.lock(), one_blas_thread():
+    with storage_errors(rd.path), rd.lock(), one_blas_thread(), showing(progress):
         store = rd.open_store()
         try:
             _check_store(store, rd, config, objectives, resume)

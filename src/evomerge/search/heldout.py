@@ -20,6 +20,7 @@ from ..fitness.respondents import single_model
 from ..merge.methods import get_method
 from ..merge.recipe import Recipe
 from ..models.save import write_text_atomically
+from ..progress import phase
 from .executors import Executor
 from .problem import MergeProblem
 from .store import EvaluationRow, RunStore, TestRow
@@ -77,19 +78,19 @@ def candidates(
 def run_tests(store: RunStore, executor: Executor, problem: MergeProblem, todo: Sequence[Candidate]) -> list[TestRow]:
     """Score every candidate on the test split, skipping those the store already holds."""
     done = {t.name: t for t in store.tests()}
-    for position, c in enumerate(todo):
-        recipe_yaml = c.recipe.to_yaml()
-        if c.name in done and done[c.name].recipe == recipe_yaml:
-            continue
-        log.info("test %d/%d: %s", position + 1, len(todo), c.name)
-        values, seconds = executor.test(problem, c.recipe)
-        scores = dict(zip(problem.names, values, strict=True))
-        estimate = c.search_scores
-        if estimate is None:  # a baseline: what the search would have estimated for it
-            measured = executor.evaluate_one(problem, c.recipe).measurement
-            assert measured is not None  # evaluate_one raises rather than fail quietly
-            estimate = dict(zip(problem.names, measured.values, strict=True))
-        store.add_test(TestRow(c.name, c.kind, recipe_yaml, scores, estimate, seconds), position)
+    left = [(p, c) for p, c in enumerate(todo) if c.name not in done or done[c.name].recipe != c.recipe.to_yaml()]
+    with phase("held-out test", len(left)) as bar:
+        for position, c in left:
+            log.info("test %d/%d: %s", position + 1, len(todo), c.name)
+            values, seconds = executor.test(problem, c.recipe)
+            scores = dict(zip(problem.names, values, strict=True))
+            estimate = c.search_scores
+            if estimate is None:  # a baseline: what the search would have estimated for it
+                measured = executor.evaluate_one(problem, c.recipe).measurement
+                assert measured is not None  # evaluate_one raises rather than fail quietly
+                estimate = dict(zip(problem.names, measured.values, strict=True))
+            store.add_test(TestRow(c.name, c.kind, c.recipe.to_yaml(), scores, estimate, seconds), position)
+            bar.advance()
     wanted = {c.name for c in todo}
     return [t for t in store.tests() if t.name in wanted]
 

@@ -24,7 +24,7 @@ def test_the_four_modes_are_there():
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs_end_to_end(example: Path, demo_family, tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)  # examples name their lm-eval task files from the repository root
+    monkeypatch.chdir(tmp_path)  # paths in a config are relative to its folder: any directory will do
     raw = load_config(example)
     small = SMALL + (["fitness.respondents=2"] if raw.fitness.estimator != "mean" else [])
     config = load_config(example, small)
@@ -37,3 +37,16 @@ def test_example_runs_end_to_end(example: Path, demo_family, tmp_path, monkeypat
     for row in results["rows"]:
         assert set(row["test"]) == set(names) and all(0 <= v <= 1 for v in row["test"].values())
     assert (result.run_dir / "report.html").exists()
+
+
+def test_the_example_merge_config_runs_as_is(demo_family, tmp_path, monkeypatch):
+    """`demo:` paths work in a merge config too (they did only in experiment configs)."""
+    from transformers import AutoModelForCausalLM
+
+    from evomerge.merge import merge_config
+
+    monkeypatch.setenv("EVOMERGE_DEMO_DIR", str(demo_family))
+    out = merge_config(ROOT / "examples" / "merges" / "demo-ties.yaml", tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2
+    assert str(demo_family / "models" / "greek") in (out / "mergekit_config.yml").read_text()

@@ -42,12 +42,15 @@ def merge_config(
     card: str = "",
 ) -> Path:
     """Merge as ``config`` (a YAML path, YAML text or a Recipe) says and save the result to
-    ``out``; ``card`` is added to the model card (a run's test table, say)."""
+    ``out``; ``card`` is added to the model card (a run's test table, say). ``demo:``
+    paths point into the demo family (built on first use)."""
     if isinstance(config, Recipe):
         recipe, raw = config, config.to_mergekit()
     else:
+        from ..config import resolve_demo_text  # demo:models/add, as in experiment configs
+
         text = Path(config).read_text() if _is_path(config) else str(config)
-        raw = parse_yaml(text)
+        raw = parse_yaml(resolve_demo_text(text))
         if raw.get("slices") or raw.get("modules"):
             return _mergekit_run(raw, out, force=force, allow_pickle=allow_pickle, device=device)
         recipe = Recipe.from_mergekit(raw)

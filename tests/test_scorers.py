@@ -93,7 +93,8 @@ def test_continuation_logprobs_match_one_sequence_at_a_time(members):
     pairs = [("47+38=", "85"), ("gr bado=", "βαδο"), ("1+1=", "2")]
     batched = continuation_logprobs(model, tok, pairs, batch_size=8)
     for (context, continuation), got in zip(pairs, batched, strict=True):
-        ctx = tok(context, add_special_tokens=False)["input_ids"]
+        ctx = tok(context)["input_ids"]  # the prompt as the tokenizer encodes it: with BOS, as for generation
+        assert ctx[0] == tok.bos_token_id
         cont = tok(continuation, add_special_tokens=False)["input_ids"]
         with torch.inference_mode():
             logits = model(input_ids=torch.tensor([ctx + cont])).logits.log_softmax(-1)[0]

@@ -50,7 +50,7 @@ def main(
 
 
 def _announce_build(target: Path) -> None:
-    console.print(f"building the demo family in {target}: about 7 minutes on 2 CPU cores, once (add -v for progress)")
+    console.print(f"building the demo family in {target}: about 3 minutes on 2 CPU cores, once (add -v for progress)")
 
 
 def _fail(err: EvomergeError) -> typer.Exit:

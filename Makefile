@@ -15,7 +15,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,lmeval,lang,ray,trackers]"
+	$(PY) -m pip install -q -e ".[dev,lmeval,lang,ray,trackers,gui]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -279,6 +279,32 @@ def init(
     console.print(f"config written to {out}; run it with: evomerge run {out}")
 
 
+@app.command()
+def gui(
+    port: Annotated[int, typer.Option(help="The port to serve on.")] = 7860,
+    runs: Annotated[Path, typer.Option(help="The folder whose run directories the GUI lists and writes.")] = Path(
+        "runs"
+    ),
+    share: Annotated[
+        bool, typer.Option(help="Also open a public gradio.live link (anyone with it can run code here).")
+    ] = False,
+) -> None:
+    """Configure, launch and watch runs in the browser (http://127.0.0.1:PORT; needs evomerge[gui])."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise _fail(EvomergeError("the GUI needs Gradio: pip install 'evomerge[gui]'")) from None
+    from .gui import serve
+
+    if share:
+        console.print(
+            "[yellow]warning:[/yellow] --share makes a public link: anyone who has it can launch runs and read "
+            "files on this machine. Stop the GUI when you are done."
+        )
+    console.print(f"evomerge GUI on http://127.0.0.1:{port} (runs in {escape(str(runs))}); Ctrl-C stops it")
+    serve(port, runs, share=share)
+
+
 @app.command("config-schema")
 def config_schema() -> None:
     """Print the experiment config's JSON schema (for editors and validation)."""

@@ -137,15 +137,21 @@ def pareto_figure(status: RunStatus) -> str | None:
     return str(path) if path else None
 
 
-def test_table(status: RunStatus) -> list[list[Any]]:
-    return [[t.name, t.kind, *(round(t.scores[n], 4) for n in status.objectives)] for t in status.tests]
+def test_table(status: RunStatus) -> Any:
+    import pandas as pd  # a Gradio dependency
+
+    rows = [[t.name, t.kind, *(round(t.scores[n], 4) for n in status.objectives)] for t in status.tests]
+    return pd.DataFrame(rows, columns=["candidate", "kind", *status.objectives])
 
 
-def best_genes(status: RunStatus) -> list[list[Any]]:
+def best_genes(status: RunStatus) -> Any:
+    import pandas as pd
+
     from ..search.loop import winners
 
     rows = winners(status.evaluations, status.maximize) if status.evaluations else []
-    return [[name, round(value, 4)] for name, value in rows[0].genes.items()] if rows else []
+    genes = [[name, round(value, 4)] for name, value in rows[0].genes.items()] if rows else []
+    return pd.DataFrame(genes, columns=["gene", "best so far"])
 
 
 def build_app(runs: Path | str = "runs") -> Any:
@@ -197,7 +203,7 @@ def build_app(runs: Path | str = "runs") -> Any:
 
     def watch(name: str) -> tuple[Any, ...]:
         if not name.strip():
-            return "No run selected.", None, None, [], []
+            return "No run selected.", None, None, None, None
         status = run_status(runs / name.strip())
         if launcher.running(status.path) and status.state != "running":
             status.state = "running"  # started, its lock not taken yet
@@ -214,11 +220,14 @@ def build_app(runs: Path | str = "runs") -> Any:
             return str(err)
         return f"Resumed **{name.strip()}**."
 
-    def table_of_runs() -> list[list[Any]]:
-        return [
+    def table_of_runs() -> Any:
+        import pandas as pd
+
+        rows = [
             [s.path.name, s.state, len(s.evaluations), ", ".join(f"{b:.4f}" for b in s.best if b is not None)]
             for s in list_runs(runs)
         ]
+        return pd.DataFrame(rows, columns=["run", "state", "evaluations", "best"])
 
     def export(name: str, member: str, out: str) -> str:
         try:
@@ -253,16 +262,14 @@ def build_app(runs: Path | str = "runs") -> Any:
             with gr.Row():
                 fitness = gr.Image(label="Fitness per generation", elem_id="fitness", type="filepath")
                 pareto = gr.Image(label="Pareto front", elem_id="pareto", type="filepath")
-            genes = gr.Dataframe(headers=["gene", "best value"], label="Best recipe's genes", elem_id="genes")
+            genes = gr.Dataframe(label="Best recipe's genes", elem_id="genes")
             tests = gr.Dataframe(label="Held-out test", elem_id="tests")
             with gr.Row():
                 stop_button = gr.Button("Stop", elem_id="stop")
                 resume_button = gr.Button("Resume", elem_id="resume")
             control = gr.Markdown(elem_id="control")
         with gr.Tab("Runs"):
-            listing = gr.Dataframe(
-                table_of_runs(), headers=["run", "state", "evaluations", "best"], label="Runs", elem_id="runs"
-            )
+            listing = gr.Dataframe(table_of_runs(), label="Runs", elem_id="runs")
             refresh = gr.Button("Refresh", elem_id="refresh")
             with gr.Row():
                 export_run_name = gr.Textbox(label="Run", elem_id="export-run")

@@ -75,3 +75,13 @@ def test_pareto_plot_names_members_and_draws_the_baselines(drawn, tmp_path):
     assert labels == {f"pareto:{k}": (r.objectives[0], r.objectives[1]) for k, r in enumerate(front)}
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["evaluated", "Pareto front", *[b.name for b in baselines]]
+
+
+def test_members_at_one_point_share_a_label_and_many_candidates_are_grouped(drawn, tmp_path):
+    rows = [evaluation(k, [0.5, 0.5]) for k in range(4)] + [evaluation(4, [0.9, 0.1])]
+    plots.pareto_front(rows, rows, ["greek", "cyrillic"], tmp_path / "p.png")
+    assert sorted(t.get_text() for t in drawn[0].axes[0].texts) == ["pareto:0, pareto:1 +2", "pareto:4"]
+    tests = [StoredTest(f"pareto:{k}", "pareto", "", {"a": 0.5, "b": 0.5}, {"a": 0.5, "b": 0.5}, 1.0) for k in range(8)]
+    tests.append(StoredTest("base", "base", "", {"a": 0.3, "b": 0.3}, {"a": 0.3, "b": 0.3}, 1.0))
+    plots.estimates_vs_test(tests, ["a", "b"], tmp_path / "e.png")  # 18 points: a legend by kind
+    assert [t.get_text() for t in drawn[1].axes[0].get_legend().get_texts()] == ["pareto", "base", "estimate = test"]

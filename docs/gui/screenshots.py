@@ -50,7 +50,7 @@ def main() -> None:
             page.wait_for_function(
                 "document.querySelector('#progress').innerText.startsWith('finished')", timeout=300_000
             )
-            page.wait_for_function("document.querySelectorAll('#tests tbody tr').length >= 6", timeout=60_000)
+            page.wait_for_function("document.querySelector('#tests').innerText.includes('default')", timeout=60_000)
             page.screenshot(path=str(OUT / "monitor.png"), full_page=True)
             page.get_by_role("tab", name="Runs").click()
             page.locator("#refresh").click()

@@ -59,7 +59,7 @@ def shoot(run_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    runs = [Path(a) for a in sys.argv[1:]] or example_runs()
+    runs = [Path(a).resolve() for a in sys.argv[1:]] or example_runs()
     for run in runs:
         for path in shoot(run):
             print(path.relative_to(ROOT))

@@ -69,22 +69,20 @@ def pareto_front(
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ax.scatter(f[:, 0], f[:, 1], s=14, alpha=0.35, color="C0", label="evaluated")
     ax.plot(p[:, 0], p[:, 1], marker="o", color="C3", label="Pareto front")
+    at: dict[tuple[float, float], list[int]] = {}  # members with the same estimates share one label
     for k, member in enumerate(front):
-        ax.annotate(
-            f"pareto:{k}",
-            (member.objectives[0], member.objectives[1]),
-            fontsize=7,
-            color="C3",
-            xytext=(5, 4),
-            textcoords="offset points",
-        )
-    markers = {"endpoint": ("s", "C2"), "base": ("D", "k"), "default": ("^", "C1")}
+        at.setdefault((member.objectives[0], member.objectives[1]), []).append(k)
+    for xy, members in at.items():
+        text = ", ".join(f"pareto:{k}" for k in members[:2]) + (f" +{len(members) - 2}" if len(members) > 2 else "")
+        ax.annotate(text, xy, fontsize=7, color="C3", xytext=(5, 4), textcoords="offset points")
+    markers = {"endpoint": "s", "base": "D", "default": "^"}
+    colors = iter(["C2", "C4", "C5", "C6", "C8", "C9", "C7"])
     for t in baselines:
         if t.kind not in markers or not t.search_scores or not all(n in t.search_scores for n in names[:2]):
             continue
-        marker, color = markers[t.kind]
+        color = next(colors, "C7") if t.kind == "endpoint" else {"base": "k", "default": "C1"}[t.kind]
         x, y = (t.search_scores[n] for n in names[:2])
-        ax.scatter(x, y, s=60, marker=marker, color=color, label=t.name, zorder=3)
+        ax.scatter(x, y, s=60, marker=markers[t.kind], color=color, label=t.name, zorder=3, alpha=0.85)
     ax.set_xlabel(f"{names[0]} (search estimate)")
     ax.set_ylabel(f"{names[1]} (search estimate)")
     ax.grid(alpha=0.3)
@@ -124,19 +122,29 @@ def genes_heatmap(best: EvaluationRow, out: Path) -> Path | None:
 
 def estimates_vs_test(tests: Sequence[TestRow], names: Sequence[str], out: Path) -> Path | None:
     """The search's estimate of each tested candidate against its held-out score. Each
-    candidate has its own marker and a legend entry, so no label covers another."""
+    candidate has its own marker and a legend entry, so no label covers another (with
+    more than 12 points, one entry per kind: best, pareto, endpoint, base, default)."""
     points = [(t, n) for t in tests for n in names if t.search_scores and n in t.search_scores]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     shapes = "o^sDvP*Xh<>p"
     values: list[float] = []
+    by_kind = len(points) > 12  # a legend of every Pareto member x objective would not be read
+    kinds = ["best", "pareto", "endpoint", "base", "default"]
+    shown: set[str] = set()
     for k, (t, n) in enumerate(points):
         xy = (t.search_scores[n], t.scores[n])  # type: ignore[index]
         values += xy
-        label = t.name + (f" ({n})" if len(names) > 1 else "")
-        big = t.kind in ("best", "pareto")
-        ax.scatter(xy[0], xy[1], s=70 if big else 40, marker=shapes[k % len(shapes)], color=f"C{k % 10}", label=label)
+        size = 70 if t.kind in ("best", "pareto") else 40
+        if by_kind:
+            style = kinds.index(t.kind) if t.kind in kinds else len(kinds)
+            label = None if t.kind in shown else t.kind
+            shown.add(t.kind)
+            ax.scatter(xy[0], xy[1], s=size, marker=shapes[style], color=f"C{style}", label=label)
+        else:
+            label = t.name + (f" ({n})" if len(names) > 1 else "")
+            ax.scatter(xy[0], xy[1], s=size, marker=shapes[k % len(shapes)], color=f"C{k % 10}", label=label)
     low, high = min(values), max(values)
     pad = 0.05 * (high - low or 1)
     ax.plot([low - pad, high + pad], [low - pad, high + pad], color="grey", linestyle=":", label="estimate = test")
@@ -156,6 +164,6 @@ def _ink_on(rgba: Sequence[float]) -> str:
 
 def _save(fig: plt.Figure, out: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # a legend beside the axes stays in
     plt.close(fig)
     return out

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from evomerge.search.store import TIME_COLUMNS
 
@@ -85,7 +86,10 @@ def set_number(page, elem_id: str, value: int) -> None:
 
 def launch(page, name: str, population: int, generations: int) -> None:
     page.get_by_role("tab", name="New experiment").click()
+    page.get_by_label("multi-objective, custom data (demo)").check()  # then back: the form is the preset's again
+    page.wait_for_function("document.querySelector('#config').innerText.includes('NSGA2')")
     page.get_by_label("single objective, custom data (demo)").check()
+    page.wait_for_function("document.querySelector('#config').innerText.includes('algorithm: GA')")
     set_number(page, "population", population)
     set_number(page, "generations", generations)
     page.locator("#run-name textarea, #run-name input").first.fill(name)
@@ -159,6 +163,31 @@ def test_launch_watch_and_test_table(page, server):
     table = page.locator("#tests").inner_text()
     assert all(name in table for name in ("candidate", "mix", "best", "endpoint:greek", "base"))
     assert (server[2] / "a" / "results.json").exists()
+
+
+def test_the_yaml_downloads_and_a_pasted_config_fills_the_form(page, server):
+    page.get_by_role("tab", name="New experiment").click()
+    set_number(page, "population", 6)
+    page.wait_for_function("document.querySelector('#config').innerText.includes('population_size: 6')")
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    saved = yaml.safe_load(Path(download.value.path()).read_text())
+    assert saved["search"]["population_size"] == 6 and saved["models"]["base"] == "demo:models/base"
+    pasted = {**saved, "search": {**saved["search"], "population_size": 11, "algorithm": "DE"}}
+    page.locator("#config .cm-content").fill(yaml.safe_dump(pasted, sort_keys=False))  # as a paste would
+    page.locator("#load").click()
+    page.wait_for_function("document.querySelector('#message').innerText.includes('Loaded')")
+    assert page.locator("#population input").input_value() == "11"
+
+
+def test_try_a_model_generates_from_an_evaluated_candidate(page, server):
+    """Run `a` (finished above): its best recipe, merged in memory, answers a cipher prompt."""
+    page.get_by_role("tab", name="Try a model").click()
+    page.locator("#try-run textarea, #try-run input").first.fill("a")
+    page.locator("#prompt textarea").fill("gr bado=")
+    page.locator("#generate").click()
+    page.wait_for_function("document.querySelector('#completion textarea').value.length > 0", timeout=120_000)
+    assert page.locator("#completion textarea").input_value().startswith("βαδο")
 
 
 def test_stop_then_resume_finishes_with_the_same_results(page, server):

@@ -1,4 +1,4 @@
-"""The Gradio app: New experiment, Monitor, Runs.
+"""The Gradio app: New experiment, Monitor, Runs, Try a model.
 
 Why Gradio: it is what Mergenetic's users know, it serves forms, plots and tables from
 Python with no front-end build, and it binds where we say (127.0.0.1 by default).
@@ -158,37 +158,74 @@ def build_app(runs: Path | str = "runs") -> Any:
     """The Blocks app over the run directories under ``runs``."""
     import gradio as gr
 
+    from ..fitness.estimators import ESTIMATORS
     from ..merge.methods import methods
     from ..search.algorithms import ALGORITHMS
     from ..search.experiment import export_run
 
     runs = Path(runs)
     launcher = Launcher(runs)
+    loaded: dict[tuple[str, str], Any] = {}  # "try a model": the candidate merged last
+    scratch = Path(tempfile.mkdtemp(prefix="evomerge-gui-"))
     first = next(iter(PRESETS))
 
     def compose(preset: str, base: str, endpoints: str, method: str, algorithm: str, population: float,
-                generations: float, tasks: str) -> str:  # fmt: skip
+                generations: float, estimator: str, anchors: float, granularity: str, options: str, frozen: str,
+                tasks: str) -> str:  # fmt: skip
         raw = preset_config(preset)
-        raw["models"] = {
-            "base": base.strip() or None,
-            "endpoints": [e.strip() for e in endpoints.split(",") if e.strip()],
-        }
-        if not raw["models"]["base"]:
-            raw["models"].pop("base")
+        models = [e.strip() for e in endpoints.split(",") if e.strip()]
+        raw["models"] = {"base": base.strip(), "endpoints": models} if base.strip() else {"endpoints": models}
         raw["merge"] = {"method": method}
         raw["search"].update(algorithm=algorithm, population_size=_int(population), generations=_int(generations))
-        with contextlib.suppress(yaml.YAMLError):  # until it parses, the preset's tasks stay
+        raw["search"]["granularity"] = granularity
+        raw["fitness"] = {"estimator": estimator, **({"anchors": _int(anchors)} if anchors else {})}
+        for key, text in (("options", options), ("frozen", frozen)):
+            with contextlib.suppress(yaml.YAMLError):  # until it parses, the YAML view keeps the last value
+                raw["search"][key] = yaml.safe_load(text) or {}
+        with contextlib.suppress(yaml.YAMLError):
             raw["tasks"] = yaml.safe_load(tasks)
         return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
 
-    def fill(preset: str) -> tuple[Any, ...]:
-        raw = preset_config(preset)
-        s = raw["search"]
+    def form_from(raw: dict[str, Any]) -> tuple[Any, ...]:
+        s, f = raw.get("search") or {}, raw.get("fitness") or {}
         return (
-            raw["models"].get("base", ""), ", ".join(raw["models"]["endpoints"]), raw["merge"]["method"],
-            s["algorithm"], s["population_size"], s["generations"],
-            yaml.safe_dump(raw["tasks"], sort_keys=False, allow_unicode=True),
+            (raw.get("models") or {}).get("base") or "", ", ".join((raw.get("models") or {}).get("endpoints") or []),
+            (raw.get("merge") or {}).get("method", "task_arithmetic"), s.get("algorithm", "GA"),
+            s.get("population_size"), s.get("generations"), f.get("estimator", "mpirt"), f.get("anchors"),
+            s.get("granularity", "global"), yaml.safe_dump(s.get("options") or {}).strip(),
+            yaml.safe_dump(s.get("frozen") or {}).strip(), yaml.safe_dump(raw.get("tasks") or [], sort_keys=False),
         )  # fmt: skip
+
+    def fill(preset: str) -> tuple[Any, ...]:
+        return form_from(preset_config(preset))
+
+    def paste(text: str) -> tuple[Any, ...]:
+        """The YAML view, pasted or edited, back into the form (if it is a valid config)."""
+        raw, message = validate(text)
+        if raw is None:
+            return (*(gr.update() for _ in range(12)), f"**Not loaded.** {message}")
+        return (*form_from(raw), "Loaded into the form.")
+
+    def download(text: str) -> str:
+        path = scratch / "evomerge-config.yaml"  # Gradio serves a copy of it, taken now
+        path.write_text(text)
+        return str(path)
+
+    def try_model(name: str, member: str, prompt: str, max_new_tokens: float) -> str:
+        from ..evaluate.generation import generate
+        from ..search.experiment import load_member
+
+        if not prompt.strip():
+            return "Type a prompt."
+        key = (name.strip(), member.strip() or "best")
+        try:
+            if key not in loaded:
+                loaded.clear()  # one model in memory at a time
+                loaded[key] = load_member(runs / key[0], key[1])
+            model, tokenizer = loaded[key]
+            return generate(model, tokenizer, [prompt], max_new_tokens=int(max_new_tokens or 32), stop=())[0]
+        except EvomergeError as err:
+            return f"error: {err}"
 
     def launch(text: str, name: str) -> tuple[str, str]:
         raw, message = validate(text)
@@ -249,10 +286,29 @@ def build_app(runs: Path | str = "runs") -> Any:
                 algorithm = gr.Dropdown(list(ALGORITHMS), value=defaults[3], label="Algorithm", elem_id="algorithm")
                 population = gr.Number(defaults[4], label="Population size", precision=0, elem_id="population")
                 generations = gr.Number(defaults[5], label="Generations", precision=0, elem_id="generations")
-            tasks = gr.Code(defaults[6], language="yaml", label="Tasks (YAML)", elem_id="tasks")
+            with gr.Row():
+                estimator = gr.Dropdown(
+                    list(ESTIMATORS), value=defaults[6], label="Fitness estimator", elem_id="estimator"
+                )
+                anchors = gr.Number(defaults[7], label="Anchors (items per candidate)", precision=0, elem_id="anchors")
+                granularity = gr.Radio(
+                    ["global", "module", "layer"], value=defaults[8], label="Genes", elem_id="granularity"
+                )
+            with gr.Row():
+                options = gr.Code(defaults[9], language="yaml", label="Algorithm options (YAML)", elem_id="options")
+                frozen = gr.Code(
+                    defaults[10], language="yaml", label="Frozen genes (YAML: name: value)", elem_id="frozen"
+                )
+            tasks = gr.Code(defaults[11], language="yaml", label="Tasks (YAML)", elem_id="tasks")
             config = gr.Code(
-                compose(first, *defaults), language="yaml", label="The config that will run", elem_id="config"
-            )
+                compose(first, *defaults), language="yaml", label="The config that will run (edit or paste, then Load)",
+                elem_id="config", interactive=True,
+            )  # fmt: skip
+            with gr.Row():
+                load_button = gr.Button("Load this YAML into the form", elem_id="load")
+                download_button = gr.DownloadButton(
+                    "Download the YAML", value=download(compose(first, *defaults)), elem_id="download"
+                )
             name = gr.Textbox("gui-run", label="Run name (a folder under the runs directory)", elem_id="run-name")
             launch_button = gr.Button("Launch", variant="primary", elem_id="launch")
             message = gr.Markdown(elem_id="message")
@@ -277,8 +333,18 @@ def build_app(runs: Path | str = "runs") -> Any:
                 export_out = gr.Textbox(label="Export to (folder)", elem_id="export-out")
             export_button = gr.Button("Export", elem_id="export")
             exported = gr.Markdown(elem_id="exported")
+        with gr.Tab("Try a model"):
+            gr.Markdown("Any evaluated candidate, merged in memory on demand: `best`, `pareto:K` or `id:N`.")
+            with gr.Row():
+                try_run = gr.Textbox(label="Run", elem_id="try-run")
+                try_member = gr.Textbox("best", label="Member", elem_id="try-member")
+                try_tokens = gr.Number(32, label="New tokens", precision=0, elem_id="try-tokens")
+            prompt = gr.Textbox(label="Prompt", elem_id="prompt", lines=3)
+            generate_button = gr.Button("Generate", elem_id="generate")
+            completion = gr.Textbox(label="Completion", elem_id="completion", lines=4)
 
-        fields = [preset, base, endpoints, method, algorithm, population, generations, tasks]
+        fields = [preset, base, endpoints, method, algorithm, population, generations, estimator, anchors, granularity,
+                  options, frozen, tasks]  # fmt: skip
         preset.change(fill, preset, fields[1:]).then(compose, fields, config)
         for field in fields[1:]:
             field.change(compose, fields, config)  # type: ignore[attr-defined]
@@ -290,6 +356,9 @@ def build_app(runs: Path | str = "runs") -> Any:
         resume_button.click(resume, watched, control)
         refresh.click(table_of_runs, None, listing)
         export_button.click(export, [export_run_name, member, export_out], exported)
+        load_button.click(paste, config, [*fields[1:], message])
+        config.change(download, config, download_button)  # the button always holds the YAML shown
+        generate_button.click(try_model, [try_run, try_member, prompt, try_tokens], completion)
     return app
 
 

@@ -303,9 +303,9 @@ def _run(
         close(executor)
 
 
-def export_run(run_dir: Path | str, out: Path | str, *, member: str | None = None, force: bool = False) -> Path:
-    """Save a run's winner as an HF checkpoint with its mergekit YAML. ``member``: a
-    Pareto member (``pareto:K``) or any evaluation (``id:N``, as in evaluations.csv)."""
+def member_recipe(run_dir: Path | str, member: str | None = None) -> tuple[ExperimentConfig, Recipe]:
+    """A run's config and one evaluated recipe: ``best`` (default; the first Pareto
+    member), ``pareto:K``, or ``id:N`` (a row of evaluations.csv)."""
     rd = RunDir(Path(run_dir))
     if not rd.holds_run():
         raise ResumeError(f"{rd} holds no run ({rd.store_file.name} is missing)")
@@ -328,15 +328,31 @@ def export_run(run_dir: Path | str, out: Path | str, *, member: str | None = Non
         )
     if not pool[index].ok:
         raise EvomergeError(f"member {member!r} failed during the search ({pool[index].error}); choose another")
-    recipe = Recipe.from_yaml(pool[index].recipe)
+    return config, Recipe.from_yaml(pool[index].recipe)
+
+
+def export_run(run_dir: Path | str, out: Path | str, *, member: str | None = None, force: bool = False) -> Path:
+    """Save a run's winner as an HF checkpoint with its mergekit YAML. ``member``: a
+    Pareto member (``pareto:K``) or any evaluation (``id:N``, as in evaluations.csv)."""
+    config, recipe = member_recipe(run_dir, member)
     return merge_config(
         recipe,
         out,
         force=force,
         allow_pickle=config.models.allow_pickle,
         device=config.output.device,
-        card=results_card(rd.results),
+        card=results_card(RunDir(Path(run_dir)).results),
     )
+
+
+def load_member(run_dir: Path | str, member: str | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """One evaluated recipe of a run, merged in memory (nothing written): to try it."""
+    config, recipe = member_recipe(run_dir, member)
+    merger = open_models(config)
+    model = load_live_model(merger)
+    use_engine(model, config.output.generation)
+    merger.merge_into(model, recipe)
+    return model, load_live_tokenizer(merger)
 
 
 def search_space(config: ExperimentConfig, num_layers: int) -> SearchSpace:

@@ -42,7 +42,7 @@ def main() -> None:
             page.wait_for_selector("#launch")
             for elem_id, value in (("population", "8"), ("generations", "6")):
                 page.locator(f"#{elem_id} input").fill(value)
-                page.locator(f"#{elem_id} input").press("Tab")
+                page.locator("h1").click()  # leave the field: its change applies
             time.sleep(1)
             page.screenshot(path=str(OUT / "new-experiment.png"), full_page=True)
             page.locator("#launch").click()

@@ -173,8 +173,8 @@ def build_app(runs: Path | str = "runs") -> Any:
                 generations: float, estimator: str, anchors: float, granularity: str, options: str, frozen: str,
                 tasks: str) -> str:  # fmt: skip
         raw = preset_config(preset)
-        models = [e.strip() for e in endpoints.split(",") if e.strip()]
-        raw["models"] = {"base": base.strip(), "endpoints": models} if base.strip() else {"endpoints": models}
+        models = [e.strip() for e in _text(endpoints).split(",") if e.strip()]
+        raw["models"] = {"base": _text(base), "endpoints": models} if _text(base) else {"endpoints": models}
         raw["merge"] = {"method": method}
         raw["search"].update(algorithm=algorithm, population_size=_int(population), generations=_int(generations))
         raw["search"]["granularity"] = granularity
@@ -215,9 +215,9 @@ def build_app(runs: Path | str = "runs") -> Any:
         from ..evaluate.generation import generate
         from ..search.experiment import load_member
 
-        if not prompt.strip():
+        if not _text(prompt):
             return "Type a prompt."
-        key = (name.strip(), member.strip() or "best")
+        key = (_text(name), _text(member) or "best")
         try:
             if key not in loaded:
                 loaded.clear()  # one model in memory at a time
@@ -231,7 +231,7 @@ def build_app(runs: Path | str = "runs") -> Any:
         raw, message = validate(text)
         if raw is None:
             return f"**Not started.** {message}", ""
-        name = name.strip() or "gui-run"
+        name = _text(name) or "gui-run"
         try:
             run_dir = launcher.start(raw, name)
         except EvomergeError as err:
@@ -239,23 +239,23 @@ def build_app(runs: Path | str = "runs") -> Any:
         return f"Started **{name}** in `{run_dir}`; follow it on Monitor.", name
 
     def watch(name: str) -> tuple[Any, ...]:
-        if not name.strip():
+        if not _text(name):
             return "No run selected.", None, None, None, None
-        status = run_status(runs / name.strip())
+        status = run_status(runs / _text(name))
         if launcher.running(status.path) and status.state != "running":
             status.state = "running"  # started, its lock not taken yet
         return status.summary(), fitness_figure(status), pareto_figure(status), best_genes(status), test_table(status)
 
     def stop(name: str) -> str:
-        stopped = launcher.stop((runs / name.strip()).resolve())
+        stopped = launcher.stop((runs / _text(name)).resolve())
         return "Stopped; every finished evaluation is stored. Resume continues it." if stopped else "Not running."
 
     def resume(name: str) -> str:
         try:
-            launcher.resume((runs / name.strip()).resolve())
+            launcher.resume((runs / _text(name)).resolve())
         except EvomergeError as err:
             return str(err)
-        return f"Resumed **{name.strip()}**."
+        return f"Resumed **{_text(name)}**."
 
     def table_of_runs() -> Any:
         import pandas as pd
@@ -268,7 +268,7 @@ def build_app(runs: Path | str = "runs") -> Any:
 
     def export(name: str, member: str, out: str) -> str:
         try:
-            path = export_run(runs / name.strip(), out.strip(), member=member.strip() or None)
+            path = export_run(runs / _text(name), _text(out), member=_text(member) or None)
         except EvomergeError as err:
             return f"**Not exported.** {err}"
         return f"Exported to `{path}` (HF checkpoint, mergekit_config.yml, model card)."
@@ -370,3 +370,8 @@ def serve(port: int = 7860, runs: Path | str = "runs", *, share: bool = False, h
 
 def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
+
+
+def _text(value: str | None) -> str:
+    """A text field's value, stripped (Gradio gives None for a field never typed in)."""
+    return (value or "").strip()

@@ -209,3 +209,17 @@ def test_docs_config_reference_is_generated_from_the_schema():
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text() == config_reference()
+
+
+def test_respondent_scores_are_kept_apart_per_pinned_revision():
+    """Hub ids are fingerprinted by name, so the shared respondent cache keys the revision too."""
+    import torch
+
+    from evomerge.fitness.build import scoring_context
+
+    base = {"models": {"base": "org/base", "endpoints": ["org/a", "org/b"]}, "tasks": [{"name": "t", "data": "x"}]}
+    plain = load_config(base, resolve_demo=False)
+    pinned = load_config({**base, "models": {**base["models"], "revision": "v2"}}, resolve_demo=False)
+    model = torch.nn.Linear(2, 2)
+    assert scoring_context(plain, model) == "cpu:torch.float32"  # unchanged: existing caches stay valid
+    assert scoring_context(pinned, model) != scoring_context(plain, model)

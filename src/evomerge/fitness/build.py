@@ -9,6 +9,7 @@ respondents' full scores.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -211,9 +212,11 @@ def scoring_context(config: ExperimentConfig, model: torch.nn.Module) -> str:
     """Where and in what precision respondents are scored: scores from elsewhere (a GPU in
     bf16, say) may differ in a few items, so they are kept apart."""
     dtype = next(model.parameters()).dtype
+    # hub ids are fingerprinted by name: a pinned revision is another checkpoint
+    pinned = f":revision={json.dumps(config.models.revision, sort_keys=True)}" if config.models.revision else ""
     if config.search.executor == "ray":
-        return f"ray:gpus={config.search.ray.gpus_per_worker}:{dtype}"
-    return f"{config.output.device}:{dtype}"
+        return f"ray:gpus={config.search.ray.gpus_per_worker}:{dtype}{pinned}"
+    return f"{config.output.device}:{dtype}{pinned}"
 
 
 def item_strata(config: FitnessConfig, evaluator: Evaluator) -> list[str] | None:

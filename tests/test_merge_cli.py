@@ -28,9 +28,29 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-def run_mergekit_yaml(config: Path, out: Path) -> None:
-    mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
-    subprocess.run([str(mergekit_yaml), str(config), str(out)], check=True, capture_output=True, timeout=600)
+# `mergekit-yaml`, with mergekit's magnitude sorts made stable: equal magnitudes at a
+# TIES/breadcrumbs cut are then kept in index order, as evomerge keeps them (torch's
+# default order of equal values is unspecified; test_merge_engine shows that only
+# entries at the cut's magnitude differ otherwise). Everything else is mergekit's CLI.
+STABLE_MERGEKIT_YAML = """
+import sys, torch, mergekit.sparsify
+class StableSorts:
+    def __getattr__(self, name): return getattr(torch, name)
+    def argsort(self, x, **kwargs): return torch.argsort(x, stable=True, **kwargs)
+    def sort(self, x, **kwargs): return torch.sort(x, stable=True, **kwargs)
+mergekit.sparsify.torch = StableSorts()
+from mergekit.scripts.run_yaml import main
+sys.exit(main())
+"""
+
+
+def run_mergekit_yaml(config: Path, out: Path, *flags: str, stable: bool = True) -> None:
+    """``stable=False``: stock mergekit-yaml (what a bf16 merge, which runs mergekit's own
+    kernels in evomerge too, is compared with)."""
+    program = (
+        [sys.executable, "-c", STABLE_MERGEKIT_YAML] if stable else [str(Path(sys.executable).parent / "mergekit-yaml")]
+    )
+    subprocess.run([*program, str(config), str(out), *flags], check=True, capture_output=True, timeout=600)
 
 
 def assert_same_checkpoint(ours: Path, theirs: Path) -> None:
@@ -182,8 +202,7 @@ def test_different_vocabularies_merge_as_mergekit_aligns_them(source, demo_famil
         config["tokenizer_source"] = "base" if source == "base" else str(extended_vocab)
     path = write_config(tmp_path / "v.yml", config)
     ours = merge_config(path, tmp_path / "ours")
-    mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
-    subprocess.run([str(mergekit_yaml), str(path), str(tmp_path / "theirs"), *flags], check=True, capture_output=True)
+    run_mergekit_yaml(path, tmp_path / "theirs", *flags)
     assert_same_checkpoint(ours, tmp_path / "theirs")
     merged = AutoModelForCausalLM.from_pretrained(ours)
     rows = 105 if source == "add_ext" else 103
@@ -235,7 +254,7 @@ def test_dtype_bfloat16_computes_in_bf16_as_mergekit_yaml_does(method, demo_fami
             write_config(tmp_path / "f.yml", {**config, "dtype": "float32", "out_dtype": "bfloat16"}), tmp_path / "fp32"
         ),
     )
-    run_mergekit_yaml(path, tmp_path / "theirs")
+    run_mergekit_yaml(path, tmp_path / "theirs", stable=False)
     a, b = load_file(ours / "model.safetensors"), load_file(tmp_path / "theirs" / "model.safetensors")
     c = load_file(fp32 / "model.safetensors")
     differ = sum(int((a[n] != b[n]).sum()) for n in a)

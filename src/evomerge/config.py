@@ -88,7 +88,12 @@ def _engine_names() -> list[str]:
 
 
 class ConfigError(EvomergeError):
-    """An experiment config that does not validate."""
+    """An experiment config that does not validate. ``problems`` holds (key, message)
+    pairs, the key dotted as in the YAML, so that a form can show each next to its field."""
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class _Section(BaseModel):
@@ -465,7 +470,7 @@ class ExperimentConfig(_Section):
             try:
                 make_algorithm(s.algorithm, len(self.tasks), s.options, population_size=s.population_size)
             except AlgorithmError as err:
-                raise ValueError(f"search: {err}") from None
+                raise ValueError(f"search.{err.key}: {err}") from None
         for i, task in enumerate(self.tasks):
             fitness = self.fitness_for(task)
             binary = task.lm_eval is not None or SCORERS[task.scorer].binary
@@ -517,7 +522,8 @@ def load_config(
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_errors(err)) from None
+        problems = config_problems(err)
+        raise ConfigError(format_problems(problems), problems) from None
     return resolve_demo_paths(config) if resolve_demo else config
 
 
@@ -597,18 +603,24 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             node = node[part]
 
 
-def format_errors(err: ValidationError) -> str:
-    """One line per problem, naming the key; unknown keys get a "did you mean"."""
-    lines = []
+def config_problems(err: ValidationError) -> list[tuple[str, str]]:
+    """(dotted key, message) per problem; unknown keys get a "did you mean"."""
+    problems = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "config"
         if e["type"] == "extra_forbidden":
             valid = _fields_at(e["loc"][:-1])
             close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            lines.append(f"{where}: unknown key{hint} (valid: {', '.join(valid)})")
+            problems.append((where, f"unknown key{hint} (valid: {', '.join(valid)})"))
         else:
-            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+            problems.append((where, e["msg"].removeprefix("Value error, ")))
+    return problems
+
+
+def format_problems(problems: list[tuple[str, str]]) -> str:
+    """One line per problem, naming the key."""
+    lines = [f"{where}: {message}" for where, message in problems]
     if len(lines) == 1:  # one mistake, one line
         return f"invalid config: {lines[0]}"
     return "invalid config:\n  " + "\n  ".join(lines)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import yaml
 from ..config import ConfigError, load_config, resolve_relative_paths
 from ..errors import EvomergeError
 from ..search.monitor import RunStatus, list_runs, run_status
+from ..search.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +55,72 @@ def preset_config(name: str) -> dict[str, Any]:
     return config
 
 
-def validate(text: str) -> tuple[dict[str, Any] | None, str]:
-    """The YAML as a config dict and "" when valid, else None and the config's own message
-    (one line per problem, naming the key)."""
+def validate(text: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
+    """The YAML as a config dict and no problems when valid, else None and the config's own
+    (key, message) problems: the same pydantic check as ``evomerge run``."""
     try:
         raw = yaml.safe_load(text)
         if not isinstance(raw, dict):
             raise ConfigError("a config is a YAML mapping with sections models, merge, tasks, fitness, search")
         load_config(raw, resolve_demo=False)
     except yaml.YAMLError as err:
-        return None, f"not valid YAML: {err}"
+        return None, [("config", f"not valid YAML: {err}")]
+    except ConfigError as err:
+        return None, err.problems or [("config", str(err))]
     except EvomergeError as err:
-        return None, str(err)
-    return raw, ""
+        return None, [("config", str(err))]
+    return raw, []
+
+
+#: The config key each form field sets: a problem with that key (or one under it) is
+#: shown under the field. Section-wide problems go to the field that most often causes them.
+FIELD_KEYS = {
+    "base": "models.base", "endpoints": "models.endpoints", "method": "merge", "algorithm": "search.algorithm",
+    "population": "search.population_size", "generations": "search.generations",
+    "estimator": "fitness.estimator", "anchors": "fitness.anchors", "granularity": "search.granularity",
+    "options": "search.options", "frozen": "search.frozen", "bounds": "search.bounds", "tasks": "tasks",
+}  # fmt: skip
+SECTION_FIELDS = {"models": "endpoints", "fitness": "anchors", "search": "generations"}
+
+
+def problems_by_field(problems: list[tuple[str, str]]) -> tuple[dict[str, list[str]], list[str]]:
+    """Each problem's message under its field's name; those of no field in a list of lines."""
+    fields: dict[str, list[str]] = {}
+    rest: list[str] = []
+    for key, message in problems:
+        if key == "config" and (named := re.match(r"([a-z_]+(?:\.\w+)+):? ", message)):
+            key = named[1]  # a whole-config check that names its key first ("merge.method ties needs ...")
+        field = next((f for f, k in FIELD_KEYS.items() if key == k or key.startswith(k + ".")), None)
+        field = field or SECTION_FIELDS.get(key)
+        if field:
+            fields.setdefault(field, []).append(message)
+        else:
+            rest.append(f"{key}: {message}")
+    return fields, rest
+
+
+def method_help(name: str) -> str:
+    """What a search varies for ``name`` by default, with the ranges, and what it keeps fixed."""
+    from ..merge.methods import get_method, search_range, searched_params
+
+    try:
+        spec = get_method(name)
+    except EvomergeError as err:
+        return str(err)
+    searched = searched_params(spec)
+    genes = []
+    for param in searched:
+        low, high = search_range(spec, param) or (0.0, 1.0)
+        genes.append(f"`{param}` {'per model' if spec.param(param).per_model else 'shared'} in [{low:g}, {high:g}]")
+    if spec.name == "layer_select":
+        genes.append("`source`: which model each layer group is taken from")
+    fixed = [f"`{p.name}` = {p.default!r}" for p in spec.params if p.name not in searched and not p.required]
+    base = {"required": "needs a base", "optional": "base optional", "none": "no base"}.get(spec.base, spec.base)
+    return (
+        f"**{spec.name}** ({base}). Searched: {', '.join(genes) or 'nothing by default'}."
+        + (f" Fixed (set under `merge.parameters`): {', '.join(fixed)}." if fixed else "")
+        + " Narrow a range under Parameter ranges."
+    )
 
 
 class Launcher:
@@ -112,29 +168,57 @@ class Launcher:
         return run_dir
 
 
-def fitness_figure(status: RunStatus) -> str | None:
-    """The report's fitness-per-generation figure for the run so far, as a PNG path."""
-    from ..report import plots
+class Figures:
+    """The monitor's plots, drawn only when the run moved (the timer asks every second), into
+    one scratch folder; the previous picture of a run is removed once Gradio has its copy."""
 
-    if not status.generations:
-        return None
-    out = Path(tempfile.gettempdir()) / f"evomerge-gui-{abs(hash(status.path))}-{len(status.generations)}.png"
-    with plots.literal_text():
-        path = plots.fitness_per_generation(status.generations, status.objectives, status.maximize, out)
-    return str(path) if path else None
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.drawn: dict[tuple[Path, str], tuple[tuple[Any, ...], Path]] = {}
+
+    def fitness(self, status: RunStatus) -> Any:
+        from ..report import plots
+
+        if not status.generations:
+            return None
+        state = (len(status.generations), status.state)
+        return self._draw(status.path, "fitness", state, lambda out: plots.fitness_per_generation(
+            status.generations, status.objectives, status.maximize, out))  # fmt: skip
+
+    def pareto(self, status: RunStatus) -> Any:
+        import gradio as gr
+
+        from ..report import plots
+        from ..search.loop import winners
+
+        if len(status.objectives) < 2:
+            return gr.update(visible=False, value=None)
+        if not status.evaluations:
+            return gr.update(visible=True, value=None)
+        state = (len(status.evaluations), len(status.tests))
+        front = winners(status.evaluations, status.maximize)
+        drawn = self._draw(status.path, "pareto", state, lambda out: plots.pareto_front(
+            status.evaluations, front, status.objectives, out, status.tests))  # fmt: skip
+        return gr.update(visible=True) if drawn is _UNCHANGED else gr.update(visible=True, value=drawn)
+
+    def _draw(self, run: Path, kind: str, state: tuple[Any, ...], draw: Any) -> Any:
+        from ..report import plots
+
+        last = self.drawn.get((run, kind))
+        if last is not None and last[0] == state:
+            return _UNCHANGED
+        out = self.folder / f"{run.name}-{kind}-{'-'.join(map(str, state))}.png"
+        with plots.literal_text():
+            path = draw(out)
+        if last is not None:
+            last[1].unlink(missing_ok=True)
+        if path is None:
+            return None
+        self.drawn[(run, kind)] = (state, Path(path))
+        return str(path)
 
 
-def pareto_figure(status: RunStatus) -> str | None:
-    from ..report import plots
-    from ..search.loop import winners
-
-    if len(status.objectives) < 2 or not status.evaluations:
-        return None
-    out = Path(tempfile.gettempdir()) / f"evomerge-gui-pareto-{abs(hash(status.path))}-{len(status.evaluations)}.png"
-    front = winners(status.evaluations, status.maximize)
-    with plots.literal_text():
-        path = plots.pareto_front(status.evaluations, front, status.objectives, out, status.tests)
-    return str(path) if path else None
+_UNCHANGED: Any = object()
 
 
 def test_table(status: RunStatus) -> Any:
@@ -161,29 +245,31 @@ def build_app(runs: Path | str = "runs") -> Any:
     from ..fitness.estimators import ESTIMATORS
     from ..merge.methods import methods
     from ..search.algorithms import ALGORITHMS
-    from ..search.experiment import export_run
+    from ..search.experiment import export_run, load_exported, load_member
 
     runs = Path(runs)
     launcher = Launcher(runs)
-    loaded: dict[tuple[str, str], Any] = {}  # "try a model": the candidate merged last
+    loaded: dict[tuple[str, str], Any] = {}  # "try a model": the model loaded last
     scratch = Path(tempfile.mkdtemp(prefix="evomerge-gui-"))
+    figures = Figures(scratch)
     first = next(iter(PRESETS))
 
     def compose(preset: str, base: str, endpoints: str, method: str, algorithm: str, population: float,
                 generations: float, estimator: str, anchors: float, granularity: str, options: str, frozen: str,
-                tasks: str) -> str:  # fmt: skip
+                bounds: str, tasks: str) -> str:  # fmt: skip
         raw = preset_config(preset)
         models = [e.strip() for e in _text(endpoints).split(",") if e.strip()]
         raw["models"] = {"base": _text(base), "endpoints": models} if _text(base) else {"endpoints": models}
         raw["merge"] = {"method": method}
         raw["search"].update(algorithm=algorithm, population_size=_int(population), generations=_int(generations))
         raw["search"]["granularity"] = granularity
-        raw["fitness"] = {"estimator": estimator, **({"anchors": _int(anchors)} if anchors else {})}
-        for key, text in (("options", options), ("frozen", frozen)):
+        full = estimator == "full"  # it scores every item: anchors are not its setting
+        raw["fitness"] = {"estimator": estimator, **({"anchors": _int(anchors)} if anchors and not full else {})}
+        for key, text in (("options", options), ("frozen", frozen), ("bounds", bounds)):
             with contextlib.suppress(yaml.YAMLError):  # until it parses, the YAML view keeps the last value
-                raw["search"][key] = yaml.safe_load(text) or {}
+                raw["search"][key] = yaml.safe_load(_text(text)) or {}
         with contextlib.suppress(yaml.YAMLError):
-            raw["tasks"] = yaml.safe_load(tasks)
+            raw["tasks"] = yaml.safe_load(_text(tasks))
         return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
 
     def form_from(raw: dict[str, Any]) -> tuple[Any, ...]:
@@ -193,17 +279,28 @@ def build_app(runs: Path | str = "runs") -> Any:
             (raw.get("merge") or {}).get("method", "task_arithmetic"), s.get("algorithm", "GA"),
             s.get("population_size"), s.get("generations"), f.get("estimator", "mpirt"), f.get("anchors"),
             s.get("granularity", "global"), yaml.safe_dump(s.get("options") or {}).strip(),
-            yaml.safe_dump(s.get("frozen") or {}).strip(), yaml.safe_dump(raw.get("tasks") or [], sort_keys=False),
+            yaml.safe_dump(s.get("frozen") or {}).strip(), yaml.safe_dump(s.get("bounds") or {}).strip(),
+            yaml.safe_dump(raw.get("tasks") or [], sort_keys=False, allow_unicode=True),
         )  # fmt: skip
 
     def fill(preset: str) -> tuple[Any, ...]:
         return form_from(preset_config(preset))
 
+    def messages(problems: list[tuple[str, str]], ok: str = "") -> tuple[str, ...]:
+        """A message under each field with a problem, the others under the form."""
+        fields, rest = problems_by_field(problems)
+        under = [f"**{'; '.join(fields[f])}**" if f in fields else "" for f in FIELD_KEYS]
+        return (*under, "\n".join(f"- {line}" for line in rest) if rest else ok)
+
+    def check(text: str) -> tuple[Any, ...]:
+        """Every edit: the messages by the fields, and the download button holds the YAML shown."""
+        return (*messages(validate(text)[1]), download(text))
+
     def paste(text: str) -> tuple[Any, ...]:
         """The YAML view, pasted or edited, back into the form (if it is a valid config)."""
-        raw, message = validate(text)
+        raw, _ = validate(text)
         if raw is None:
-            return (*(gr.update() for _ in range(12)), f"**Not loaded.** {message}")
+            return (*(gr.update() for _ in FIELD_KEYS), "**Not loaded**: see the messages under the fields.")
         return (*form_from(raw), "Loaded into the form.")
 
     def download(text: str) -> str:
@@ -211,40 +308,45 @@ def build_app(runs: Path | str = "runs") -> Any:
         path.write_text(text)
         return str(path)
 
-    def try_model(name: str, member: str, prompt: str, max_new_tokens: float) -> str:
-        from ..evaluate.generation import generate
-        from ..search.experiment import load_member
-
-        if not _text(prompt):
-            return "Type a prompt."
-        key = (_text(name), _text(member) or "best")
+    def upload(file: str | None, tasks_text: str) -> str:
+        """An uploaded JSONL/CSV file, kept under the runs directory, added as a task."""
+        if not file:
+            return tasks_text
+        source = Path(file)
+        kept = (runs / "uploads" / source.name).resolve()
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, kept)
         try:
-            if key not in loaded:
-                loaded.clear()  # one model in memory at a time
-                loaded[key] = load_member(runs / key[0], key[1])
-            model, tokenizer = loaded[key]
-            return generate(model, tokenizer, [prompt], max_new_tokens=int(max_new_tokens or 32), stop=())[0]
-        except EvomergeError as err:
-            return f"error: {err}"
+            tasks_list = yaml.safe_load(_text(tasks_text)) or []
+        except yaml.YAMLError:
+            tasks_list = []
+        tasks_list = tasks_list if isinstance(tasks_list, list) else []
+        names = {t.get("name") for t in tasks_list if isinstance(t, dict)}
+        name = re.sub(r"\W+", "_", source.stem).strip("_") or "task"
+        name = next(n for n in (name, *(f"{name}_{i}" for i in range(2, 1000))) if n not in names)
+        tasks_list.append({"name": name, "data": str(kept), "scorer": "generation", "extractor": "number"})
+        return yaml.safe_dump(tasks_list, sort_keys=False, allow_unicode=True)
 
-    def launch(text: str, name: str) -> tuple[str, str]:
-        raw, message = validate(text)
+    def launch(text: str, name: str) -> tuple[str, ...]:
+        raw, problems = validate(text)
         if raw is None:
-            return f"**Not started.** {message}", ""
+            return (*messages(problems)[:-1], "**Not started**: see the messages under the fields.", "")
         name = _text(name) or "gui-run"
         try:
             run_dir = launcher.start(raw, name)
         except EvomergeError as err:
-            return f"**Not started.** {err}", ""
-        return f"Started **{name}** in `{run_dir}`; follow it on Monitor.", name
+            return (*messages([])[:-1], f"**Not started.** {err}", "")
+        return (*messages([])[:-1], f"Started **{name}** in `{run_dir}`; follow it on Monitor.", name)
 
     def watch(name: str) -> tuple[Any, ...]:
         if not _text(name):
-            return "No run selected.", None, None, None, None
+            return "No run selected.", None, gr.update(visible=False), None, None
         status = run_status(runs / _text(name))
         if launcher.running(status.path) and status.state != "running":
             status.state = "running"  # started, its lock not taken yet
-        return status.summary(), fitness_figure(status), pareto_figure(status), best_genes(status), test_table(status)
+        fitness = figures.fitness(status)
+        return (status.summary(), gr.update() if fitness is _UNCHANGED else fitness, figures.pareto(status),
+                best_genes(status), test_table(status))  # fmt: skip
 
     def stop(name: str) -> str:
         stopped = launcher.stop((runs / _text(name)).resolve())
@@ -266,40 +368,119 @@ def build_app(runs: Path | str = "runs") -> Any:
         ]
         return pd.DataFrame(rows, columns=["run", "state", "evaluations", "best"])
 
+    def pick(listing: Any, event: Any) -> str:
+        return str(listing.iloc[event.index[0], 0])
+
+    pick.__annotations__["event"] = gr.SelectData  # how Gradio knows to pass the clicked cell
+
+    def details(name: str) -> tuple[Any, ...]:
+        """The chosen run's status, test table and report."""
+        if not _text(name):
+            return "", None, None
+        status = run_status(runs / _text(name))
+        if status.state == "empty":
+            return f"No run named {_text(name)!r} under `{runs}`.", None, None
+        report = status.path / "report.html"
+        return status.summary(), test_table(status), str(report) if report.exists() else None
+
     def export(name: str, member: str, out: str) -> str:
+        if not _text(out):
+            return "**Not exported.** Give a folder to export to."
         try:
             path = export_run(runs / _text(name), _text(out), member=_text(member) or None)
         except EvomergeError as err:
             return f"**Not exported.** {err}"
         return f"Exported to `{path}` (HF checkpoint, mergekit_config.yml, model card)."
 
-    with gr.Blocks(title="evomerge") as app:
+    def try_model(target: str, member: str, prompt: str, max_new_tokens: float) -> tuple[str, str]:
+        """The completion, and which model gave it."""
+        from ..evaluate.generation import generate
+
+        if not _text(prompt):
+            return "", "Type a prompt."
+        key = (_text(target), _text(member) or "best")
+        is_run = RunDir(runs / key[0]).holds_run()
+        source = f"run {key[0]}, member {key[1]}, merged in memory" if is_run else f"exported model {key[0]}"
+        try:
+            if key not in loaded:
+                loaded.clear()  # one model in memory at a time
+                loaded[key] = load_member(runs / key[0], key[1]) if is_run else load_exported(Path(key[0]).expanduser())
+            model, tokenizer = loaded[key]
+            text = generate(model, tokenizer, [prompt], max_new_tokens=int(max_new_tokens or 32), stop=())[0]
+        except EvomergeError as err:
+            return "", f"error: {err}"
+        return text, f"From {source}."
+
+    def under(field_id: str) -> Any:
+        return gr.Markdown(elem_id=f"{field_id}-error", elem_classes="field-error")
+
+    with gr.Blocks(title="evomerge", delete_cache=(3600, 3600)) as app:
         gr.Markdown("# evomerge: evolutionary model merging")
+        errors: dict[str, Any] = {}
         with gr.Tab("New experiment"):
             preset = gr.Radio(list(PRESETS), value=first, label="Preset", elem_id="preset")
             defaults = fill(first)
             with gr.Row():
-                base = gr.Textbox(defaults[0], label="Base model (dir or hub id)", elem_id="base")
-                endpoints = gr.Textbox(defaults[1], label="Models to merge (comma-separated)", elem_id="endpoints")
+                with gr.Column():
+                    base = gr.Textbox(defaults[0], label="Base model (dir or hub id)", elem_id="base")
+                    errors["base"] = under("base")
+                with gr.Column():
+                    endpoints = gr.Textbox(defaults[1], label="Models to merge (comma-separated)", elem_id="endpoints")
+                    errors["endpoints"] = under("endpoints")
             with gr.Row():
-                method = gr.Dropdown(list(methods()), value=defaults[2], label="Merge method", elem_id="method")
-                algorithm = gr.Dropdown(list(ALGORITHMS), value=defaults[3], label="Algorithm", elem_id="algorithm")
-                population = gr.Number(defaults[4], label="Population size", precision=0, elem_id="population")
-                generations = gr.Number(defaults[5], label="Generations", precision=0, elem_id="generations")
+                with gr.Column():
+                    method = gr.Dropdown(list(methods()), value=defaults[2], label="Merge method", elem_id="method")
+                    errors["method"] = under("method")
+                with gr.Column():
+                    algorithm = gr.Dropdown(list(ALGORITHMS), value=defaults[3], label="Algorithm", elem_id="algorithm")
+                    errors["algorithm"] = under("algorithm")
+                with gr.Column():
+                    population = gr.Number(defaults[4], label="Population size", precision=0, elem_id="population")
+                    errors["population"] = under("population")
+                with gr.Column():
+                    generations = gr.Number(defaults[5], label="Generations", precision=0, elem_id="generations")
+                    errors["generations"] = under("generations")
+            method_info = gr.Markdown(method_help(defaults[2]), elem_id="method-info")
             with gr.Row():
-                estimator = gr.Dropdown(
-                    list(ESTIMATORS), value=defaults[6], label="Fitness estimator", elem_id="estimator"
-                )
-                anchors = gr.Number(defaults[7], label="Anchors (items per candidate)", precision=0, elem_id="anchors")
-                granularity = gr.Radio(
-                    ["global", "module", "layer"], value=defaults[8], label="Genes", elem_id="granularity"
-                )
+                with gr.Column():
+                    estimator = gr.Dropdown(
+                        list(ESTIMATORS), value=defaults[6], label="Fitness estimator", elem_id="estimator"
+                    )
+                    errors["estimator"] = under("estimator")
+                with gr.Column():
+                    anchors = gr.Number(
+                        defaults[7], label="Anchors (items per candidate)", precision=0, elem_id="anchors"
+                    )
+                    errors["anchors"] = under("anchors")
+                with gr.Column():
+                    granularity = gr.Radio(
+                        ["global", "module", "layer"], value=defaults[8], label="Genes", elem_id="granularity"
+                    )
+                    errors["granularity"] = under("granularity")
             with gr.Row():
-                options = gr.Code(defaults[9], language="yaml", label="Algorithm options (YAML)", elem_id="options")
-                frozen = gr.Code(
-                    defaults[10], language="yaml", label="Frozen genes (YAML: name: value)", elem_id="frozen"
-                )
-            tasks = gr.Code(defaults[11], language="yaml", label="Tasks (YAML)", elem_id="tasks")
+                with gr.Column():
+                    options = gr.Code(defaults[9], language="yaml", label="Algorithm options (YAML)", elem_id="options")
+                    errors["options"] = under("options")
+                with gr.Column():
+                    frozen = gr.Code(
+                        defaults[10], language="yaml", label="Frozen genes (YAML: name: value)", elem_id="frozen"
+                    )
+                    errors["frozen"] = under("frozen")
+                with gr.Column():
+                    bounds = gr.Code(
+                        defaults[11], language="yaml", label="Parameter ranges (YAML: name: [low, high])",
+                        elem_id="bounds",
+                    )  # fmt: skip
+                    errors["bounds"] = under("bounds")
+            tasks = gr.Code(
+                defaults[12], language="yaml", elem_id="tasks",
+                label="Tasks (YAML: name; data, or search and test files, or lm_eval; columns, template, scorer, "
+                "extractor; see docs/config.md)",
+            )  # fmt: skip
+            errors["tasks"] = under("tasks")
+            add_file = gr.UploadButton(
+                "Add a data file as a task (JSONL or CSV)", file_types=[".jsonl", ".csv", ".json"], elem_id="upload"
+            )
             config = gr.Code(
                 compose(first, *defaults), language="yaml", label="The config that will run (edit or paste, then Load)",
                 elem_id="config", interactive=True,
@@ -317,48 +498,62 @@ def build_app(runs: Path | str = "runs") -> Any:
             progress = gr.Markdown("No run selected.", elem_id="progress")
             with gr.Row():
                 fitness = gr.Image(label="Fitness per generation", elem_id="fitness", type="filepath")
-                pareto = gr.Image(label="Pareto front", elem_id="pareto", type="filepath")
+                pareto = gr.Image(label="Pareto front", elem_id="pareto", type="filepath", visible=False)
             genes = gr.Dataframe(label="Best recipe's genes", elem_id="genes")
             tests = gr.Dataframe(label="Held-out test", elem_id="tests")
             with gr.Row():
                 stop_button = gr.Button("Stop", elem_id="stop")
                 resume_button = gr.Button("Resume", elem_id="resume")
             control = gr.Markdown(elem_id="control")
-        with gr.Tab("Runs"):
-            listing = gr.Dataframe(table_of_runs(), label="Runs", elem_id="runs")
+        with gr.Tab("Runs") as runs_tab:
+            gr.Markdown(f"Every run under `{runs}`. Click a run to see its test table and report.")
+            listing = gr.Dataframe(table_of_runs(), label="Runs", elem_id="runs", interactive=False)
             refresh = gr.Button("Refresh", elem_id="refresh")
+            chosen = gr.Textbox(label="Run", elem_id="runs-run")
+            chosen_status = gr.Markdown(elem_id="runs-status")
+            chosen_tests = gr.Dataframe(label="Held-out test", elem_id="runs-tests")
+            report = gr.File(label="Report (report.html)", elem_id="report")
             with gr.Row():
-                export_run_name = gr.Textbox(label="Run", elem_id="export-run")
                 member = gr.Textbox("best", label="Member: best, pareto:K or id:N", elem_id="member")
                 export_out = gr.Textbox(label="Export to (folder)", elem_id="export-out")
             export_button = gr.Button("Export", elem_id="export")
             exported = gr.Markdown(elem_id="exported")
         with gr.Tab("Try a model"):
-            gr.Markdown("Any evaluated candidate, merged in memory on demand: `best`, `pareto:K` or `id:N`.")
+            gr.Markdown(
+                "A run's evaluated candidate (`best`, `pareto:K` or `id:N`), merged in memory on demand, or the "
+                "folder of an exported model."
+            )
             with gr.Row():
-                try_run = gr.Textbox(label="Run", elem_id="try-run")
-                try_member = gr.Textbox("best", label="Member", elem_id="try-member")
+                try_run = gr.Textbox(label="Run name, or an exported model's folder", elem_id="try-run")
+                try_member = gr.Textbox("best", label="Member (runs only)", elem_id="try-member")
                 try_tokens = gr.Number(32, label="New tokens", precision=0, elem_id="try-tokens")
             prompt = gr.Textbox(label="Prompt", elem_id="prompt", lines=3)
             generate_button = gr.Button("Generate", elem_id="generate")
             completion = gr.Textbox(label="Completion", elem_id="completion", lines=4)
+            answered_by = gr.Markdown(elem_id="answered-by")
 
-        fields = [preset, base, endpoints, method, algorithm, population, generations, estimator, anchors, granularity,
-                  options, frozen, tasks]  # fmt: skip
-        preset.change(fill, preset, fields[1:]).then(compose, fields, config)
-        for field in fields[1:]:
-            field.change(compose, fields, config)  # type: ignore[attr-defined]
-        launch_button.click(launch, [config, name], [message, watched])
-        outputs = [progress, fitness, pareto, genes, tests]
-        gr.Timer(1.0).tick(watch, watched, outputs)
-        watched.change(watch, watched, outputs)
+        form = [base, endpoints, method, algorithm, population, generations, estimator, anchors, granularity,
+                options, frozen, bounds, tasks]  # fmt: skip  # in FIELD_KEYS' order
+        error_boxes = [errors[f] for f in FIELD_KEYS]
+        preset.change(fill, preset, form).then(compose, [preset, *form], config)
+        for field in form:
+            field.change(compose, [preset, *form], config)  # type: ignore[attr-defined]
+        method.change(method_help, method, method_info)
+        config.change(check, config, [*error_boxes, message, download_button])
+        add_file.upload(upload, [add_file, tasks], tasks)
+        load_button.click(paste, config, [*form, message])
+        launch_button.click(launch, [config, name], [*error_boxes, message, watched])
+        monitored = [progress, fitness, pareto, genes, tests]
+        gr.Timer(1.0).tick(watch, watched, monitored)
+        watched.change(watch, watched, monitored)
         stop_button.click(stop, watched, control)
         resume_button.click(resume, watched, control)
         refresh.click(table_of_runs, None, listing)
-        export_button.click(export, [export_run_name, member, export_out], exported)
-        load_button.click(paste, config, [*fields[1:], message])
-        config.change(download, config, download_button)  # the button always holds the YAML shown
-        generate_button.click(try_model, [try_run, try_member, prompt, try_tokens], completion)
+        runs_tab.select(table_of_runs, None, listing)
+        listing.select(pick, listing, chosen)
+        chosen.change(details, chosen, [chosen_status, chosen_tests, report])
+        export_button.click(export, [chosen, member, export_out], exported)
+        generate_button.click(try_model, [try_run, try_member, prompt, try_tokens], [completion, answered_by])
     return app
 
 

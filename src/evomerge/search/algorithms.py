@@ -51,7 +51,12 @@ GA_PRESET_KEYS = ("population_size", "crossover_rate", "mutation_rate", "elitism
 
 
 class AlgorithmError(EvomergeError):
-    """An unknown algorithm or option, or an algorithm that cannot serve the objectives."""
+    """An unknown algorithm or option, or an algorithm that cannot serve the objectives.
+    ``key``: the config key at fault under ``search`` (algorithm or options)."""
+
+    def __init__(self, message: str, key: str = "options") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def _folded(name: str) -> str:
@@ -70,7 +75,7 @@ def canonical_algorithm(name: str) -> str:
         return by_folded[_folded(name)]
     close = difflib.get_close_matches(_folded(name), list(by_folded), n=1, cutoff=0.6)
     hint = f"; did you mean {by_folded[close[0]]!r}?" if close else ""
-    raise AlgorithmError(f"unknown algorithm {name!r}{hint} Choose one of: {', '.join(ALGORITHMS)}")
+    raise AlgorithmError(f"unknown algorithm {name!r}{hint} Choose one of: {', '.join(ALGORITHMS)}", "algorithm")
 
 
 def algorithm_class(name: str) -> type:
@@ -98,7 +103,7 @@ def make_algorithm(
     kind = ALGORITHMS[name][1]
     if kind == "single" and n_obj > 1:
         multi = ", ".join(n for n, (_, k) in ALGORITHMS.items() if k == "multi")
-        raise AlgorithmError(f"{name} optimises one objective; this search has {n_obj}. Use one of: {multi}")
+        raise AlgorithmError(f"{name} optimises one objective; this search has {n_obj}. Use one of: {multi}", "algorithm")
     accepted = _accepted_options(cls)
     if name == "GA":
         options = _ga_preset(options, population_size)

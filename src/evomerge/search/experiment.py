@@ -355,6 +355,20 @@ def load_member(run_dir: Path | str, member: str | None = None) -> tuple[torch.n
     return model, load_live_tokenizer(merger)
 
 
+def load_exported(folder: Path | str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """A model that ``evomerge export`` (or ``merge``) wrote, to try it: safetensors only,
+    no repository code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise EvomergeError(f"{folder} is not a run under the runs directory, nor a model folder (no config.json)")
+    if not any(folder.glob("*.safetensors")):
+        raise EvomergeError(f"{folder} has no .safetensors weights; export the model again with evomerge export")
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
 def search_space(config: ExperimentConfig, num_layers: int) -> SearchSpace:
     s, m = config.search, config.models
     return SearchSpace(

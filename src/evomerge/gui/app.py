@@ -177,13 +177,17 @@ class Figures:
         self.drawn: dict[tuple[Path, str], tuple[tuple[Any, ...], Path]] = {}
 
     def fitness(self, status: RunStatus) -> Any:
+        """A new picture's path, None for none yet, or Gradio's "no change"."""
+        import gradio as gr
+
         from ..report import plots
 
         if not status.generations:
             return None
         state = (len(status.generations), status.state)
-        return self._draw(status.path, "fitness", state, lambda out: plots.fitness_per_generation(
+        drawn = self._draw(status.path, "fitness", state, lambda out: plots.fitness_per_generation(
             status.generations, status.objectives, status.maximize, out))  # fmt: skip
+        return gr.update() if drawn is _UNCHANGED else drawn
 
     def pareto(self, status: RunStatus) -> Any:
         import gradio as gr
@@ -267,7 +271,11 @@ def build_app(runs: Path | str = "runs") -> Any:
         raw["fitness"] = {"estimator": estimator, **({"anchors": _int(anchors)} if anchors and not full else {})}
         for key, text in (("options", options), ("frozen", frozen), ("bounds", bounds)):
             with contextlib.suppress(yaml.YAMLError):  # until it parses, the YAML view keeps the last value
-                raw["search"][key] = yaml.safe_load(_text(text)) or {}
+                value = yaml.safe_load(_text(text))
+                if value:
+                    raw["search"][key] = value
+                else:
+                    raw["search"].pop(key, None)  # empty: the config's default, not written
         with contextlib.suppress(yaml.YAMLError):
             raw["tasks"] = yaml.safe_load(_text(tasks))
         return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
@@ -278,8 +286,7 @@ def build_app(runs: Path | str = "runs") -> Any:
             (raw.get("models") or {}).get("base") or "", ", ".join((raw.get("models") or {}).get("endpoints") or []),
             (raw.get("merge") or {}).get("method", "task_arithmetic"), s.get("algorithm", "GA"),
             s.get("population_size"), s.get("generations"), f.get("estimator", "mpirt"), f.get("anchors"),
-            s.get("granularity", "global"), yaml.safe_dump(s.get("options") or {}).strip(),
-            yaml.safe_dump(s.get("frozen") or {}).strip(), yaml.safe_dump(s.get("bounds") or {}).strip(),
+            s.get("granularity", "global"), _yaml(s.get("options")), _yaml(s.get("frozen")), _yaml(s.get("bounds")),
             yaml.safe_dump(raw.get("tasks") or [], sort_keys=False, allow_unicode=True),
         )  # fmt: skip
 
@@ -344,9 +351,7 @@ def build_app(runs: Path | str = "runs") -> Any:
         status = run_status(runs / _text(name))
         if launcher.running(status.path) and status.state != "running":
             status.state = "running"  # started, its lock not taken yet
-        fitness = figures.fitness(status)
-        return (status.summary(), gr.update() if fitness is _UNCHANGED else fitness, figures.pareto(status),
-                best_genes(status), test_table(status))  # fmt: skip
+        return status.summary(), figures.fitness(status), figures.pareto(status), best_genes(status), test_table(status)
 
     def stop(name: str) -> str:
         stopped = launcher.stop((runs / _text(name)).resolve())
@@ -421,52 +426,52 @@ def build_app(runs: Path | str = "runs") -> Any:
             preset = gr.Radio(list(PRESETS), value=first, label="Preset", elem_id="preset")
             defaults = fill(first)
             with gr.Row():
-                with gr.Column():
+                with gr.Column(min_width=200):
                     base = gr.Textbox(defaults[0], label="Base model (dir or hub id)", elem_id="base")
                     errors["base"] = under("base")
-                with gr.Column():
+                with gr.Column(min_width=200):
                     endpoints = gr.Textbox(defaults[1], label="Models to merge (comma-separated)", elem_id="endpoints")
                     errors["endpoints"] = under("endpoints")
             with gr.Row():
-                with gr.Column():
+                with gr.Column(min_width=200):
                     method = gr.Dropdown(list(methods()), value=defaults[2], label="Merge method", elem_id="method")
                     errors["method"] = under("method")
-                with gr.Column():
+                with gr.Column(min_width=200):
                     algorithm = gr.Dropdown(list(ALGORITHMS), value=defaults[3], label="Algorithm", elem_id="algorithm")
                     errors["algorithm"] = under("algorithm")
-                with gr.Column():
+                with gr.Column(min_width=200):
                     population = gr.Number(defaults[4], label="Population size", precision=0, elem_id="population")
                     errors["population"] = under("population")
-                with gr.Column():
+                with gr.Column(min_width=200):
                     generations = gr.Number(defaults[5], label="Generations", precision=0, elem_id="generations")
                     errors["generations"] = under("generations")
             method_info = gr.Markdown(method_help(defaults[2]), elem_id="method-info")
             with gr.Row():
-                with gr.Column():
+                with gr.Column(min_width=200):
                     estimator = gr.Dropdown(
                         list(ESTIMATORS), value=defaults[6], label="Fitness estimator", elem_id="estimator"
                     )
                     errors["estimator"] = under("estimator")
-                with gr.Column():
+                with gr.Column(min_width=200):
                     anchors = gr.Number(
                         defaults[7], label="Anchors (items per candidate)", precision=0, elem_id="anchors"
                     )
                     errors["anchors"] = under("anchors")
-                with gr.Column():
+                with gr.Column(min_width=200):
                     granularity = gr.Radio(
                         ["global", "module", "layer"], value=defaults[8], label="Genes", elem_id="granularity"
                     )
                     errors["granularity"] = under("granularity")
             with gr.Row():
-                with gr.Column():
+                with gr.Column(min_width=200):
                     options = gr.Code(defaults[9], language="yaml", label="Algorithm options (YAML)", elem_id="options")
                     errors["options"] = under("options")
-                with gr.Column():
+                with gr.Column(min_width=200):
                     frozen = gr.Code(
                         defaults[10], language="yaml", label="Frozen genes (YAML: name: value)", elem_id="frozen"
                     )
                     errors["frozen"] = under("frozen")
-                with gr.Column():
+                with gr.Column(min_width=200):
                     bounds = gr.Code(
                         defaults[11], language="yaml", label="Parameter ranges (YAML: name: [low, high])",
                         elem_id="bounds",
@@ -565,6 +570,11 @@ def serve(port: int = 7860, runs: Path | str = "runs", *, share: bool = False, h
 
 def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
+
+
+def _yaml(value: Any) -> str:
+    """A mapping as YAML for a code box; empty when there is nothing (not ``{}``)."""
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).strip() if value else ""
 
 
 def _text(value: str | None) -> str:

@@ -103,7 +103,9 @@ def make_algorithm(
     kind = ALGORITHMS[name][1]
     if kind == "single" and n_obj > 1:
         multi = ", ".join(n for n, (_, k) in ALGORITHMS.items() if k == "multi")
-        raise AlgorithmError(f"{name} optimises one objective; this search has {n_obj}. Use one of: {multi}", "algorithm")
+        raise AlgorithmError(
+            f"{name} optimises one objective; this search has {n_obj}. Use one of: {multi}", "algorithm"
+        )
     accepted = _accepted_options(cls)
     if name == "GA":
         options = _ga_preset(options, population_size)

@@ -1,0 +1,80 @@
+"""The GUI's form logic without a browser: where each config problem is shown, what a
+method's help says, and that the monitor's plots are drawn once per state."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evomerge.config import ConfigError, load_config
+from evomerge.gui.app import Figures, method_help, preset_config, problems_by_field, validate
+from evomerge.search.monitor import RunStatus
+from evomerge.search.store import GenerationRow
+
+PRESET = preset_config("single objective, custom data (demo)")
+
+
+def problems_of(change) -> list[tuple[str, str]]:
+    raw = copy.deepcopy(PRESET)
+    change(raw)
+    return validate(yaml.safe_dump(raw))[1]
+
+
+def test_the_preset_is_valid_and_config_errors_carry_their_keys():
+    assert validate(yaml.safe_dump(PRESET)) == (PRESET, [])
+    raw = copy.deepcopy(PRESET)
+    raw["search"]["population_size"] = -3
+    raw["search"]["algoritm"] = "GA"
+    with pytest.raises(ConfigError) as err:
+        load_config(raw, resolve_demo=False)
+    keys = [key for key, _ in err.value.problems]
+    assert keys == ["search.population_size", "search.algoritm"]
+    assert "did you mean 'algorithm'" in str(err.value)
+
+
+def test_each_problem_goes_under_the_field_that_sets_it():
+    fields, rest = problems_by_field(problems_of(lambda r: r["search"].update(population_size=-3)))
+    assert list(fields) == ["population"] and "greater than or equal to 1" in fields["population"][0] and not rest
+    fields, _ = problems_by_field(problems_of(lambda r: r["search"].update(options={"bogus": 1})))
+    assert list(fields) == ["options"] and "no option 'bogus'" in fields["options"][0]
+    fields, _ = problems_by_field(problems_of(lambda r: r["search"].update(algorithm="GAA")))
+    assert list(fields) == ["algorithm"]
+    fields, _ = problems_by_field(problems_of(lambda r: (r["models"].pop("base"), r.update(merge={"method": "ties"}))))
+    assert list(fields) == ["method"] and "set models.base" in fields["method"][0]  # a whole-config check
+    fields, _ = problems_by_field(problems_of(lambda r: r["tasks"][0].pop("search")))
+    assert list(fields) == ["tasks"]
+    fields, rest = problems_by_field(problems_of(lambda r: r.update(outputs={"run_dir": "x"})))
+    assert not fields and rest and rest[0].startswith("outputs: unknown key; did you mean 'output'")
+    fields, rest = problems_by_field(validate("models: [unclosed")[1])
+    assert not fields and "not valid YAML" in rest[0]
+
+
+def test_a_methods_help_names_its_searched_parameters_and_ranges():
+    assert "`weight` per model in [0, 1]" in method_help("task_arithmetic")
+    assert "`density`" not in method_help("task_arithmetic").split("Fixed")[0]  # no effect there: not searched
+    assert "`density` per model in [0.2, 0.8]" in method_help("della")  # narrowed by its epsilon
+    assert "`t` shared in [0, 1]" in method_help("slerp")
+    assert "unknown merge method" in method_help("tie")
+
+
+def status_after(generations: int, path: Path) -> RunStatus:
+    rows = [
+        GenerationRow(g, [], 4 * (g + 1), {}, {"best": [0.5 + g / 10], "mean": [0.4]}, {}, float(g))
+        for g in range(generations)
+    ]
+    return RunStatus(path, "running", ["mix"], [True], rows, planned_generations=3)
+
+
+def test_plots_are_drawn_once_per_state_and_the_old_picture_removed(tmp_path):
+    figures = Figures(tmp_path / "plots")
+    (tmp_path / "plots").mkdir()
+    first = figures.fitness(status_after(1, tmp_path / "run"))
+    assert first.endswith(".png") and Path(first).exists()
+    assert figures.fitness(status_after(1, tmp_path / "run")) == {"__type__": "update"}  # no change: not redrawn
+    second = figures.fitness(status_after(2, tmp_path / "run"))
+    assert second != first and [p.name for p in (tmp_path / "plots").iterdir()] == [Path(second).name]
+    assert figures.pareto(status_after(2, tmp_path / "run"))["visible"] is False  # one objective: no front
+    assert figures.fitness(status_after(0, tmp_path / "run")) is None

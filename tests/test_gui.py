@@ -183,6 +183,8 @@ def test_launch_watch_and_test_table(page, server):
     table = page.locator("#tests").inner_text()
     assert all(name in table for name in ("candidate", "mix", "best", "endpoint:greek", "base"))
     assert not page.locator("#pareto").is_visible()  # one objective: no Pareto front
+    evaluated = page.locator("#evaluations").inner_text()
+    assert "weight[greek]@all" in evaluated and str(POP * GENERATIONS) in evaluated  # the table, newest first
     assert (server[2] / "a" / "results.json").exists()
 
 

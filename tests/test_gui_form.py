@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from evomerge.config import ConfigError, load_config
-from evomerge.gui.app import Figures, method_help, preset_config, problems_by_field, validate
+from evomerge.gui.app import Figures, evaluations_table, method_help, preset_config, problems_by_field, validate
 from evomerge.search.monitor import RunStatus
-from evomerge.search.store import GenerationRow
+from evomerge.search.store import EvaluationRow, GenerationRow
 
 PRESET = preset_config("single objective, custom data (demo)")
 
@@ -78,3 +79,20 @@ def test_plots_are_drawn_once_per_state_and_the_old_picture_removed(tmp_path):
     assert second != first and [p.name for p in (tmp_path / "plots").iterdir()] == [Path(second).name]
     assert figures.pareto(status_after(2, tmp_path / "run"))["visible"] is False  # one objective: no front
     assert figures.fitness(status_after(0, tmp_path / "run")) is None
+
+
+def evaluation(number: int, ok: bool = True) -> EvaluationRow:
+    return EvaluationRow(
+        number, number // 4, f"d{number}", [0.1], {"weight[a]@all": 0.1 * number}, "", [0.5] if ok else [],
+        {}, 0.01, 0.2, "ok" if ok else "fail", None if ok else "NaN weights",
+    )  # fmt: skip
+
+
+def test_the_evaluations_table_is_newest_first_with_csv_ids_and_failures():
+    every = [evaluation(1), evaluation(2, ok=False), evaluation(3)]
+    status = RunStatus(Path("r"), "running", ["mix"], [True], evaluations=[every[0], every[2]], every=every)
+    table = evaluations_table(status)
+    assert list(table.columns) == ["id", "generation", "weight[a]@all", "mix", "seconds", "error"]
+    assert table["id"].tolist() == [3, 2, 1]  # newest first; ids as evaluations.csv (and id:N) number them
+    assert table.iloc[1]["error"] == "NaN weights" and pd.isna(table.iloc[1]["mix"])  # failed: no score
+    assert len(evaluations_table(status, last=2)) == 2

@@ -232,6 +232,21 @@ def test_table(status: RunStatus) -> Any:
     return pd.DataFrame(rows, columns=["candidate", "kind", *status.objectives])
 
 
+def evaluations_table(status: RunStatus, last: int = 200) -> Any:
+    """The newest evaluations, as evaluations.csv has them (its ids are what ``id:N`` takes)."""
+    import pandas as pd
+
+    rows = []
+    for number, row in list(enumerate(status.every, 1))[-last:][::-1]:
+        values = [round(v, 4) for v in row.objectives] if row.ok else [None] * len(status.objectives)
+        gene_values = [round(v, 4) for v in row.genes.values()]
+        rows.append(
+            [number, row.generation, *gene_values, *values, round(row.merge_s + row.eval_s, 2), row.error or ""]
+        )
+    names = list(status.every[0].genes) if status.every else []
+    return pd.DataFrame(rows, columns=["id", "generation", *names, *status.objectives, "seconds", "error"])
+
+
 def best_genes(status: RunStatus) -> Any:
     import pandas as pd
 
@@ -347,11 +362,12 @@ def build_app(runs: Path | str = "runs") -> Any:
 
     def watch(name: str) -> tuple[Any, ...]:
         if not _text(name):
-            return "No run selected.", None, gr.update(visible=False), None, None
+            return "No run selected.", None, gr.update(visible=False), None, None, None
         status = run_status(runs / _text(name))
         if launcher.running(status.path) and status.state != "running":
             status.state = "running"  # started, its lock not taken yet
-        return status.summary(), figures.fitness(status), figures.pareto(status), best_genes(status), test_table(status)
+        return (status.summary(), figures.fitness(status), figures.pareto(status), best_genes(status),
+                evaluations_table(status), test_table(status))  # fmt: skip
 
     def stop(name: str) -> str:
         stopped = launcher.stop((runs / _text(name)).resolve())
@@ -504,7 +520,8 @@ def build_app(runs: Path | str = "runs") -> Any:
             with gr.Row():
                 fitness = gr.Image(label="Fitness per generation", elem_id="fitness", type="filepath")
                 pareto = gr.Image(label="Pareto front", elem_id="pareto", type="filepath", visible=False)
-            genes = gr.Dataframe(label="Best recipe's genes", elem_id="genes")
+            genes = gr.Dataframe(label="Best recipe's genes (per layer group)", elem_id="genes")
+            table = gr.Dataframe(label="Evaluations, newest first (id:N names one)", elem_id="evaluations")
             tests = gr.Dataframe(label="Held-out test", elem_id="tests")
             with gr.Row():
                 stop_button = gr.Button("Stop", elem_id="stop")
@@ -548,7 +565,7 @@ def build_app(runs: Path | str = "runs") -> Any:
         add_file.upload(upload, [add_file, tasks], tasks)
         load_button.click(paste, config, [*form, message])
         launch_button.click(launch, [config, name], [*error_boxes, message, watched])
-        monitored = [progress, fitness, pareto, genes, tests]
+        monitored = [progress, fitness, pareto, genes, table, tests]
         gr.Timer(1.0).tick(watch, watched, monitored)
         watched.change(watch, watched, monitored)
         stop_button.click(stop, watched, control)

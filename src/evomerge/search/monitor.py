@@ -31,6 +31,7 @@ class RunStatus:
     tests: list[TestRow] = field(default_factory=list)
     planned_generations: int | None = None
     stop_reason: str | None = None
+    every: list[EvaluationRow] = field(default_factory=list)  # failed ones too, in evaluations.csv's order
 
     @property
     def best(self) -> list[float | None]:
@@ -81,13 +82,15 @@ def run_status(run_dir: Path | str) -> RunStatus:
     store = RunStore(rd.store_file)
     try:
         config: dict[str, Any] = _yaml(store.get("config"))
+        every = list(store.evaluations(failed=True))
         status = RunStatus(
             rd.path,
             "running" if running else ("finished" if store.get("stop_reason") else "interrupted"),
             objectives=store.get("objectives") or [],
             maximize=store.get("maximize") or [],
             generations=store.generations(),
-            evaluations=list(store.evaluations()),
+            evaluations=[r for r in every if r.ok],
+            every=every,
             tests=store.tests(),
             planned_generations=(config.get("search") or {}).get("generations"),
             stop_reason=store.get("stop_reason"),

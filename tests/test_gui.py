@@ -284,6 +284,29 @@ def test_stop_then_resume_finishes_with_the_same_results(page, server):
     assert csv_without_times(runs / "b" / "evaluations.csv") == csv_without_times(runs / "a" / "evaluations.csv")
 
 
+def test_a_run_started_by_the_cli_is_stopped_here_and_resumed_by_the_cli(page, server, demo_family):
+    """The config the GUI saved for run `a` runs with `evomerge run`; the GUI stops it through
+    its lock's PID (it did not start it) and `evomerge resume` finishes it as `a` finished."""
+    runs = server[2]
+    env = {**os.environ, "EVOMERGE_DEMO_DIR": str(demo_family)}
+    command = [sys.executable, "-m", "evomerge", "run", str(runs / "a.yaml"), "--run-dir", str(runs / "c")]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        page.get_by_role("tab", name="Monitor").click()
+        page.locator("#monitor-run textarea, #monitor-run input").first.fill("c")
+        wait_for(page, lambda t: t.startswith("running") and evaluations(t) >= 1)
+        page.locator("#stop").click()
+        wait_for(page, lambda t: t.startswith("interrupted"), timeout=120)
+        assert proc.wait(timeout=60) == 130  # Ctrl-C's exit, every finished evaluation stored
+        assert evaluations(progress(page)) < POP * GENERATIONS, "the run finished before it was stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    resume = [sys.executable, "-m", "evomerge", "resume", str(runs / "c"), "--no-progress"]
+    subprocess.run(resume, check=True, capture_output=True, timeout=300, env=env)
+    assert csv_without_times(runs / "c" / "evaluations.csv") == csv_without_times(runs / "a" / "evaluations.csv")
+
+
 def test_the_server_answers_on_loopback_only(server):
     address = non_loopback_address()
     if address is None:

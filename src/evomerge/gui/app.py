@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import yaml
 
 from ..config import ConfigError, load_config, resolve_relative_paths
 from ..errors import EvomergeError
-from ..search.monitor import RunStatus, list_runs, run_status
+from ..search.monitor import RunStatus, is_running, list_runs, lock_holder, run_status
 from ..search.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -145,16 +147,24 @@ class Launcher:
             raise EvomergeError(f"{run_dir.name} is running")
         return self._spawn(run_dir, ["resume", str(run_dir)])
 
-    def stop(self, run_dir: Path) -> bool:
-        """SIGINT, as Ctrl-C: the run stops after storing what finished (exit 130)."""
+    def stop(self, run_dir: Path, timeout: float = 60) -> bool:
+        """SIGINT, as Ctrl-C: the run stops after storing what finished (exit 130). A run this
+        GUI did not start (the CLI's, an earlier GUI's) is reached through its lock's PID."""
         proc = self.processes.get(run_dir)
-        if proc is None or proc.poll() is not None:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+            return True
+        pid = lock_holder(run_dir)
+        if pid is None:
             return False
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while is_running(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
         return True
 
     def running(self, run_dir: Path) -> bool:
@@ -515,7 +525,7 @@ def build_app(runs: Path | str = "runs") -> Any:
             launch_button = gr.Button("Launch", variant="primary", elem_id="launch")
             message = gr.Markdown(elem_id="message")
         with gr.Tab("Monitor"):
-            watched = gr.Textbox(label="Run", elem_id="monitor-run")
+            watched = gr.Textbox(label="Run (its name; or click one on Runs)", elem_id="monitor-run")
             progress = gr.Markdown("No run selected.", elem_id="progress")
             with gr.Row():
                 fitness = gr.Image(label="Fitness per generation", elem_id="fitness", type="filepath")
@@ -572,7 +582,7 @@ def build_app(runs: Path | str = "runs") -> Any:
         resume_button.click(resume, watched, control)
         refresh.click(table_of_runs, None, listing)
         runs_tab.select(table_of_runs, None, listing)
-        listing.select(pick, listing, chosen)
+        listing.select(pick, listing, chosen).then(lambda name: name, chosen, watched)  # and the monitor's
         chosen.change(details, chosen, [chosen_status, chosen_tests, report])
         export_button.click(export, [chosen, member, export_out], exported)
         generate_button.click(try_model, [try_run, try_member, prompt, try_tokens], [completion, answered_by])

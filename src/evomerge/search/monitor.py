@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,15 @@ def is_running(run_dir: Path | str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def lock_holder(run_dir: Path | str) -> int | None:
+    """The PID of the process running ``run_dir`` (it writes itself into the lock), or None
+    when none runs it: so that a run started elsewhere (the CLI, an earlier GUI) can be stopped."""
+    if not is_running(run_dir):
+        return None
+    found = re.match(r"process (\d+)", (Path(run_dir) / LOCK_FILE).read_text(errors="replace"))
+    return int(found[1]) if found else None
 
 
 def run_status(run_dir: Path | str) -> RunStatus:

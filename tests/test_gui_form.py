@@ -11,7 +11,16 @@ import pytest
 import yaml
 
 from evomerge.config import ConfigError, load_config
-from evomerge.gui.app import Figures, evaluations_table, method_help, preset_config, problems_by_field, validate
+from evomerge.errors import EvomergeError
+from evomerge.gui.app import (
+    Figures,
+    Launcher,
+    evaluations_table,
+    method_help,
+    preset_config,
+    problems_by_field,
+    validate,
+)
 from evomerge.search.monitor import RunStatus
 from evomerge.search.store import EvaluationRow, GenerationRow
 
@@ -96,3 +105,10 @@ def test_the_evaluations_table_is_newest_first_with_csv_ids_and_failures():
     assert table["id"].tolist() == [3, 2, 1]  # newest first; ids as evaluations.csv (and id:N) number them
     assert table.iloc[1]["error"] == "NaN weights" and pd.isna(table.iloc[1]["mix"])  # failed: no score
     assert len(evaluations_table(status, last=2)) == 2
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ""])
+def test_a_run_name_is_one_folder_under_the_runs(tmp_path, name):
+    with pytest.raises(EvomergeError, match="run name"):
+        Launcher(tmp_path / "runs").start(copy.deepcopy(PRESET), name)
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing started

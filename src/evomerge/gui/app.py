@@ -133,6 +133,8 @@ class Launcher:
         self.processes: dict[Path, subprocess.Popen[bytes]] = {}
 
     def start(self, raw: dict[str, Any], name: str) -> Path:
+        if not re.fullmatch(r"[\w.-]+", name) or name.strip(".") == "":
+            raise EvomergeError(f"run name {name!r}: use letters, digits, '-', '_' and '.' (a folder under the runs)")
         run_dir = (self.runs / name).resolve()
         if run_dir.exists() and any(run_dir.iterdir()):
             raise EvomergeError(f"{run_dir} exists already; choose another run name (or Resume it on Monitor)")
@@ -143,7 +145,7 @@ class Launcher:
         return self._spawn(run_dir, ["run", str(config), "--run-dir", str(run_dir)])
 
     def resume(self, run_dir: Path) -> Path:
-        if self.running(run_dir):
+        if self.running(run_dir) or is_running(run_dir):
             raise EvomergeError(f"{run_dir.name} is running")
         return self._spawn(run_dir, ["resume", str(run_dir)])
 
@@ -172,9 +174,13 @@ class Launcher:
         return proc is not None and proc.poll() is None
 
     def _spawn(self, run_dir: Path, args: list[str]) -> Path:
-        log_file = (self.runs / f"{run_dir.name}.log").open("ab")
+        """The run in a session of its own: Ctrl-C on the GUI's terminal does not stop it (the
+        GUI, restarted, still reaches it through its lock); its output goes to RUNS/NAME.log."""
         command = [sys.executable, "-m", "evomerge", *args, "--no-progress"]
-        self.processes[run_dir] = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        with (self.runs / f"{run_dir.name}.log").open("ab") as log_file:  # the child keeps its own copy
+            self.processes[run_dir] = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return run_dir
 
 

@@ -188,6 +188,27 @@ def test_launch_watch_and_test_table(page, server):
     assert (server[2] / "a" / "results.json").exists()
 
 
+def test_a_run_that_fails_says_why_on_the_monitor(page, server):
+    """A model path that does not exist passes the config's check (it may be a hub id) and
+    fails in the run's process: the monitor shows the CLI's error line and where the log is."""
+    page.get_by_role("tab", name="New experiment").click()
+    page.get_by_label("multi-objective, custom data (demo)").check()
+    config_shows(page, "NSGA2")
+    page.get_by_label("single objective, custom data (demo)").check()
+    config_shows(page, "algorithm: GA")
+    endpoints = page.locator("#endpoints input, #endpoints textarea").first
+    endpoints.fill("demo:models/add, /nonexistent/greek")
+    endpoints.press("Tab")
+    config_shows(page, "- /nonexistent/greek")
+    page.locator("#run-name textarea, #run-name input").first.fill("broken")
+    page.locator("#launch").click()
+    page.wait_for_function("document.querySelector('#message').innerText.includes('Started')", timeout=30_000)
+    page.get_by_role("tab", name="Monitor").click()
+    page.wait_for_function("document.querySelector('#progress').innerText.includes('process failed')", timeout=120_000)
+    shown = page.locator("#progress").inner_text()
+    assert "error: /nonexistent/greek: not a checkpoint directory" in shown and "broken.log" in shown
+
+
 def test_the_yaml_downloads_and_a_pasted_config_fills_the_form(page, server):
     page.get_by_role("tab", name="New experiment").click()
     set_number(page, "population", 6)

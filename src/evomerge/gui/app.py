@@ -173,11 +173,25 @@ class Launcher:
         proc = self.processes.get(run_dir)
         return proc is not None and proc.poll() is None
 
+    def failure(self, run_dir: Path) -> str | None:
+        """Why a run this GUI started ended with an error (a missing model, a bad data file):
+        its ``error:`` line from the log, or None if it runs, finished or was stopped."""
+        proc = self.processes.get(run_dir)
+        if proc is None or proc.poll() in (None, 0, 130):
+            return None
+        log_path = self.log(run_dir)
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        said = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
+        return f"{said} (exit {proc.returncode}; the whole output is in {log_path})"
+
+    def log(self, run_dir: Path) -> Path:
+        return self.runs / f"{run_dir.name}.log"
+
     def _spawn(self, run_dir: Path, args: list[str]) -> Path:
         """The run in a session of its own: Ctrl-C on the GUI's terminal does not stop it (the
         GUI, restarted, still reaches it through its lock); its output goes to RUNS/NAME.log."""
         command = [sys.executable, "-m", "evomerge", *args, "--no-progress"]
-        with (self.runs / f"{run_dir.name}.log").open("ab") as log_file:  # the child keeps its own copy
+        with self.log(run_dir).open("ab") as log_file:  # the child keeps its own copy
             self.processes[run_dir] = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -382,7 +396,9 @@ def build_app(runs: Path | str = "runs") -> Any:
         status = run_status(runs / _text(name))
         if launcher.running(status.path) and status.state != "running":
             status.state = "running"  # started, its lock not taken yet
-        return (status.summary(), figures.fitness(status), figures.pareto(status), best_genes(status),
+        failure = launcher.failure(status.path)
+        summary = status.summary() + (f"\n\n**The run's process failed.** {failure}" if failure else "")
+        return (summary, figures.fitness(status), figures.pareto(status), best_genes(status),
                 evaluations_table(status), test_table(status))  # fmt: skip
 
     def stop(name: str) -> str:

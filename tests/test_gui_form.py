@@ -13,8 +13,10 @@ import yaml
 from evomerge.config import ConfigError, load_config
 from evomerge.errors import EvomergeError
 from evomerge.gui.app import (
+    FIELD_KEYS,
     Figures,
     Launcher,
+    build_app,
     evaluations_table,
     method_help,
     preset_config,
@@ -54,6 +56,8 @@ def test_each_problem_goes_under_the_field_that_sets_it():
     assert list(fields) == ["algorithm"]
     fields, _ = problems_by_field(problems_of(lambda r: (r["models"].pop("base"), r.update(merge={"method": "ties"}))))
     assert list(fields) == ["method"] and "set models.base" in fields["method"][0]  # a whole-config check
+    fields, _ = problems_by_field(problems_of(lambda r: r["search"].update(max_seconds=-1)))
+    assert list(fields) == ["seconds"]
     fields, _ = problems_by_field(problems_of(lambda r: r["tasks"][0].pop("search")))
     assert list(fields) == ["tasks"]
     fields, rest = problems_by_field(problems_of(lambda r: r.update(outputs={"run_dir": "x"})))
@@ -112,3 +116,11 @@ def test_a_run_name_is_one_folder_under_the_runs(tmp_path, name):
     with pytest.raises(EvomergeError, match="run name"):
         Launcher(tmp_path / "runs").start(copy.deepcopy(PRESET), name)
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing started
+
+
+def test_the_app_builds_over_an_empty_runs_folder(tmp_path):
+    """Its form's fields line up with FIELD_KEYS (checked as it builds); no run is needed."""
+    app = build_app(tmp_path / "runs")
+    ids = {block.elem_id for block in app.blocks.values()}
+    assert {*FIELD_KEYS, "config", "launch", "progress", "evaluations", "runs", "prompt"} <= ids
+    assert not (tmp_path / "runs").exists()  # nothing written until a run is launched

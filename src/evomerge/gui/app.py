@@ -10,6 +10,7 @@ sends it SIGINT, which leaves every finished evaluation stored, and Resume is
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -78,7 +79,7 @@ def validate(text: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
 #: shown under the field. Section-wide problems go to the field that most often causes them.
 FIELD_KEYS = {
     "base": "models.base", "endpoints": "models.endpoints", "method": "merge", "algorithm": "search.algorithm",
-    "population": "search.population_size", "generations": "search.generations",
+    "population": "search.population_size", "generations": "search.generations", "seconds": "search.max_seconds",
     "estimator": "fitness.estimator", "anchors": "fitness.anchors", "granularity": "search.granularity",
     "options": "search.options", "frozen": "search.frozen", "bounds": "search.bounds", "tasks": "tasks",
 }  # fmt: skip
@@ -299,18 +300,21 @@ def build_app(runs: Path | str = "runs") -> Any:
     runs = Path(runs)
     launcher = Launcher(runs)
     loaded: dict[tuple[str, str], Any] = {}  # "try a model": the model loaded last
-    scratch = Path(tempfile.mkdtemp(prefix="evomerge-gui-"))
+    scratch = Path(tempfile.mkdtemp(prefix="evomerge-gui-"))  # plots and the YAML to download
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     figures = Figures(scratch)
     first = next(iter(PRESETS))
 
     def compose(preset: str, base: str, endpoints: str, method: str, algorithm: str, population: float,
-                generations: float, estimator: str, anchors: float, granularity: str, options: str, frozen: str,
-                bounds: str, tasks: str) -> str:  # fmt: skip
+                generations: float, seconds: float, estimator: str, anchors: float, granularity: str, options: str,
+                frozen: str, bounds: str, tasks: str) -> str:  # fmt: skip
         raw = preset_config(preset)
         models = [e.strip() for e in _text(endpoints).split(",") if e.strip()]
         raw["models"] = {"base": _text(base), "endpoints": models} if _text(base) else {"endpoints": models}
         raw["merge"] = {"method": method}
         raw["search"].update(algorithm=algorithm, population_size=_int(population), generations=_int(generations))
+        if seconds:
+            raw["search"]["max_seconds"] = seconds  # whichever comes first, with the generations
         raw["search"]["granularity"] = granularity
         full = estimator == "full"  # it scores every item: anchors are not its setting
         raw["fitness"] = {"estimator": estimator, **({"anchors": _int(anchors)} if anchors and not full else {})}
@@ -330,8 +334,9 @@ def build_app(runs: Path | str = "runs") -> Any:
         return (
             (raw.get("models") or {}).get("base") or "", ", ".join((raw.get("models") or {}).get("endpoints") or []),
             (raw.get("merge") or {}).get("method", "task_arithmetic"), s.get("algorithm", "GA"),
-            s.get("population_size"), s.get("generations"), f.get("estimator", "mpirt"), f.get("anchors"),
-            s.get("granularity", "global"), _yaml(s.get("options")), _yaml(s.get("frozen")), _yaml(s.get("bounds")),
+            s.get("population_size"), s.get("generations"), s.get("max_seconds"), f.get("estimator", "mpirt"),
+            f.get("anchors"), s.get("granularity", "global"), _yaml(s.get("options")), _yaml(s.get("frozen")),
+            _yaml(s.get("bounds")),
             yaml.safe_dump(raw.get("tasks") or [], sort_keys=False, allow_unicode=True),
         )  # fmt: skip
 
@@ -472,61 +477,81 @@ def build_app(runs: Path | str = "runs") -> Any:
         errors: dict[str, Any] = {}
         with gr.Tab("New experiment"):
             preset = gr.Radio(list(PRESETS), value=first, label="Preset", elem_id="preset")
-            defaults = fill(first)
+            defaults = dict(zip(FIELD_KEYS, fill(first), strict=True))
             with gr.Row():
                 with gr.Column(min_width=200):
-                    base = gr.Textbox(defaults[0], label="Base model (dir or hub id)", elem_id="base")
+                    base = gr.Textbox(defaults["base"], label="Base model (dir or hub id)", elem_id="base")
                     errors["base"] = under("base")
                 with gr.Column(min_width=200):
-                    endpoints = gr.Textbox(defaults[1], label="Models to merge (comma-separated)", elem_id="endpoints")
+                    endpoints = gr.Textbox(
+                        defaults["endpoints"], label="Models to merge (comma-separated)", elem_id="endpoints"
+                    )
                     errors["endpoints"] = under("endpoints")
             with gr.Row():
                 with gr.Column(min_width=200):
-                    method = gr.Dropdown(list(methods()), value=defaults[2], label="Merge method", elem_id="method")
+                    method = gr.Dropdown(
+                        list(methods()), value=defaults["method"], label="Merge method", elem_id="method"
+                    )
                     errors["method"] = under("method")
                 with gr.Column(min_width=200):
-                    algorithm = gr.Dropdown(list(ALGORITHMS), value=defaults[3], label="Algorithm", elem_id="algorithm")
+                    algorithm = gr.Dropdown(
+                        list(ALGORITHMS), value=defaults["algorithm"], label="Algorithm", elem_id="algorithm"
+                    )
                     errors["algorithm"] = under("algorithm")
                 with gr.Column(min_width=200):
-                    population = gr.Number(defaults[4], label="Population size", precision=0, elem_id="population")
+                    population = gr.Number(
+                        defaults["population"], label="Population size", precision=0, elem_id="population"
+                    )
                     errors["population"] = under("population")
                 with gr.Column(min_width=200):
-                    generations = gr.Number(defaults[5], label="Generations", precision=0, elem_id="generations")
+                    generations = gr.Number(
+                        defaults["generations"], label="Generations", precision=0, elem_id="generations"
+                    )
                     errors["generations"] = under("generations")
-            method_info = gr.Markdown(method_help(defaults[2]), elem_id="method-info")
+                with gr.Column(min_width=200):
+                    seconds = gr.Number(
+                        defaults["seconds"], label="Time limit, s (optional)", precision=0, elem_id="seconds"
+                    )
+                    errors["seconds"] = under("seconds")
+            method_info = gr.Markdown(method_help(defaults["method"]), elem_id="method-info")
             with gr.Row():
                 with gr.Column(min_width=200):
                     estimator = gr.Dropdown(
-                        list(ESTIMATORS), value=defaults[6], label="Fitness estimator", elem_id="estimator"
+                        list(ESTIMATORS), value=defaults["estimator"], label="Fitness estimator", elem_id="estimator"
                     )
                     errors["estimator"] = under("estimator")
                 with gr.Column(min_width=200):
                     anchors = gr.Number(
-                        defaults[7], label="Anchors (items per candidate)", precision=0, elem_id="anchors"
+                        defaults["anchors"], label="Anchors (items per candidate)", precision=0, elem_id="anchors"
                     )
                     errors["anchors"] = under("anchors")
                 with gr.Column(min_width=200):
                     granularity = gr.Radio(
-                        ["global", "module", "layer"], value=defaults[8], label="Genes", elem_id="granularity"
+                        ["global", "module", "layer"],
+                        value=defaults["granularity"],
+                        label="Genes",
+                        elem_id="granularity",
                     )
                     errors["granularity"] = under("granularity")
             with gr.Row():
                 with gr.Column(min_width=200):
-                    options = gr.Code(defaults[9], language="yaml", label="Algorithm options (YAML)", elem_id="options")
+                    options = gr.Code(
+                        defaults["options"], language="yaml", label="Algorithm options (YAML)", elem_id="options"
+                    )
                     errors["options"] = under("options")
                 with gr.Column(min_width=200):
                     frozen = gr.Code(
-                        defaults[10], language="yaml", label="Frozen genes (YAML: name: value)", elem_id="frozen"
+                        defaults["frozen"], language="yaml", label="Frozen genes (YAML: name: value)", elem_id="frozen"
                     )
                     errors["frozen"] = under("frozen")
                 with gr.Column(min_width=200):
                     bounds = gr.Code(
-                        defaults[11], language="yaml", label="Parameter ranges (YAML: name: [low, high])",
+                        defaults["bounds"], language="yaml", label="Parameter ranges (YAML: name: [low, high])",
                         elem_id="bounds",
                     )  # fmt: skip
                     errors["bounds"] = under("bounds")
             tasks = gr.Code(
-                defaults[12], language="yaml", elem_id="tasks",
+                defaults["tasks"], language="yaml", elem_id="tasks",
                 label="Tasks (YAML: name; data, or search and test files, or lm_eval; columns, template, scorer, "
                 "extractor; see docs/config.md)",
             )  # fmt: skip
@@ -535,13 +560,13 @@ def build_app(runs: Path | str = "runs") -> Any:
                 "Add a data file as a task (JSONL or CSV)", file_types=[".jsonl", ".csv", ".json"], elem_id="upload"
             )
             config = gr.Code(
-                compose(first, *defaults), language="yaml", label="The config that will run (edit or paste, then Load)",
-                elem_id="config", interactive=True,
+                compose(first, *defaults.values()), language="yaml", elem_id="config", interactive=True,
+                label="The config that will run (edit or paste, then Load)",
             )  # fmt: skip
             with gr.Row():
                 load_button = gr.Button("Load this YAML into the form", elem_id="load")
                 download_button = gr.DownloadButton(
-                    "Download the YAML", value=download(compose(first, *defaults)), elem_id="download"
+                    "Download the YAML", value=download(compose(first, *defaults.values())), elem_id="download"
                 )
             name = gr.Textbox("gui-run", label="Run name (a folder under the runs directory)", elem_id="run-name")
             launch_button = gr.Button("Launch", variant="primary", elem_id="launch")
@@ -586,8 +611,9 @@ def build_app(runs: Path | str = "runs") -> Any:
             completion = gr.Textbox(label="Completion", elem_id="completion", lines=4)
             answered_by = gr.Markdown(elem_id="answered-by")
 
-        form = [base, endpoints, method, algorithm, population, generations, estimator, anchors, granularity,
+        form = [base, endpoints, method, algorithm, population, generations, seconds, estimator, anchors, granularity,
                 options, frozen, bounds, tasks]  # fmt: skip  # in FIELD_KEYS' order
+        assert [c.elem_id for c in form] == list(FIELD_KEYS), "the form's fields are in FIELD_KEYS' order"
         error_boxes = [errors[f] for f in FIELD_KEYS]
         preset.change(fill, preset, form).then(compose, [preset, *form], config)
         for field in form:

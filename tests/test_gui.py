@@ -166,6 +166,12 @@ def test_a_bad_population_shows_the_message_by_the_field_and_starts_nothing(page
     assert not (server[2] / "bad").exists()
     set_number(page, "population", POP)  # fixed: the message goes
     page.wait_for_function("document.querySelector('#population-error').innerText.trim() === ''")
+    shown = yaml.safe_load(page.locator("#config .cm-content").inner_text())
+    page.locator("#config .cm-content").fill(yaml.safe_dump({**shown, "outputs": {"run_dir": "x"}}))
+    page.locator("#launch").click()  # a problem that no field shows is said under the form
+    page.wait_for_function("document.querySelector('#message').innerText.includes(\"did you mean 'output'\")")
+    assert "Not started" in page.locator("#message").inner_text()
+    assert not (server[2] / "bad").exists()
 
 
 def test_launch_watch_and_test_table(page, server):

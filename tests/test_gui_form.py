@@ -16,6 +16,7 @@ from evomerge.gui.app import (
     FIELD_KEYS,
     Figures,
     Launcher,
+    _unused_path,
     build_app,
     evaluations_table,
     method_help,
@@ -124,3 +125,11 @@ def test_the_app_builds_over_an_empty_runs_folder(tmp_path):
     ids = {block.elem_id for block in app.blocks.values()}
     assert {*FIELD_KEYS, "config", "launch", "progress", "evaluations", "runs", "prompt"} <= ids
     assert not (tmp_path / "runs").exists()  # nothing written until a run is launched
+
+
+def test_an_upload_never_replaces_a_different_earlier_file_of_its_name(tmp_path):
+    kept = tmp_path / "data.jsonl"
+    assert _unused_path(kept, b"one") == kept
+    kept.write_bytes(b"one")
+    assert _unused_path(kept, b"one") == kept  # the same bytes again: the same file
+    assert _unused_path(kept, b"two") == tmp_path / "data_2.jsonl"  # an earlier run's data stays as it was

@@ -370,7 +370,7 @@ def build_app(runs: Path | str = "runs") -> Any:
         if not file:
             return tasks_text
         source = Path(file)
-        kept = (runs / "uploads" / source.name).resolve()
+        kept = _unused_path((runs / "uploads" / source.name).resolve(), source.read_bytes())
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, kept)
         try:
@@ -387,7 +387,8 @@ def build_app(runs: Path | str = "runs") -> Any:
     def launch(text: str, name: str) -> tuple[str, ...]:
         raw, problems = validate(text)
         if raw is None:
-            return (*messages(problems)[:-1], "**Not started**: see the messages under the fields.", "")
+            *under, rest = messages(problems)
+            return (*under, f"**Not started.** {rest or 'See the messages under the fields.'}", "")
         name = _text(name) or "gui-run"
         try:
             run_dir = launcher.start(raw, name)
@@ -645,6 +646,16 @@ def serve(port: int = 7860, runs: Path | str = "runs", *, share: bool = False, h
 
 def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
+
+
+def _unused_path(path: Path, content: bytes) -> Path:
+    """``path``, or ``name_2.ext``, ... where a different file is there already: an earlier
+    upload of the same name may be the data of a run, which must not change under it."""
+    for i in range(1, 10_000):
+        candidate = path if i == 1 else path.with_name(f"{path.stem}_{i}{path.suffix}")
+        if not candidate.exists() or candidate.read_bytes() == content:
+            return candidate
+    raise EvomergeError(f"too many uploads named {path.name} in {path.parent}")
 
 
 def _yaml(value: Any) -> str:

@@ -470,93 +470,43 @@ def build_app(runs: Path | str = "runs") -> Any:
             return "", f"error: {err}"
         return text, f"From {source}."
 
-    def under(field_id: str) -> Any:
-        return gr.Markdown(elem_id=f"{field_id}-error", elem_classes="field-error")
-
     with gr.Blocks(title="evomerge", delete_cache=(3600, 3600)) as app:
         gr.Markdown("# evomerge: evolutionary model merging")
-        errors: dict[str, Any] = {}
+        fields: dict[str, Any] = {}  # by FIELD_KEYS' names
+        errors: dict[str, Any] = {}  # the message box under each
+
+        def field(kind: Any, field_id: str, label: str, **options: Any) -> None:
+            """One form field, with the box under it where its config problems are shown."""
+            with gr.Column(min_width=200):
+                fields[field_id] = kind(value=defaults[field_id], label=label, elem_id=field_id, **options)
+                errors[field_id] = gr.Markdown(elem_id=f"{field_id}-error", elem_classes="field-error")
+
         with gr.Tab("New experiment"):
             preset = gr.Radio(list(PRESETS), value=first, label="Preset", elem_id="preset")
             defaults = dict(zip(FIELD_KEYS, fill(first), strict=True))
+            yaml_box = {"language": "yaml"}
             with gr.Row():
-                with gr.Column(min_width=200):
-                    base = gr.Textbox(defaults["base"], label="Base model (dir or hub id)", elem_id="base")
-                    errors["base"] = under("base")
-                with gr.Column(min_width=200):
-                    endpoints = gr.Textbox(
-                        defaults["endpoints"], label="Models to merge (comma-separated)", elem_id="endpoints"
-                    )
-                    errors["endpoints"] = under("endpoints")
+                field(gr.Textbox, "base", "Base model (dir or hub id)")
+                field(gr.Textbox, "endpoints", "Models to merge (comma-separated)")
             with gr.Row():
-                with gr.Column(min_width=200):
-                    method = gr.Dropdown(
-                        list(methods()), value=defaults["method"], label="Merge method", elem_id="method"
-                    )
-                    errors["method"] = under("method")
-                with gr.Column(min_width=200):
-                    algorithm = gr.Dropdown(
-                        list(ALGORITHMS), value=defaults["algorithm"], label="Algorithm", elem_id="algorithm"
-                    )
-                    errors["algorithm"] = under("algorithm")
-                with gr.Column(min_width=200):
-                    population = gr.Number(
-                        defaults["population"], label="Population size", precision=0, elem_id="population"
-                    )
-                    errors["population"] = under("population")
-                with gr.Column(min_width=200):
-                    generations = gr.Number(
-                        defaults["generations"], label="Generations", precision=0, elem_id="generations"
-                    )
-                    errors["generations"] = under("generations")
-                with gr.Column(min_width=200):
-                    seconds = gr.Number(
-                        defaults["seconds"], label="Time limit, s (optional)", precision=0, elem_id="seconds"
-                    )
-                    errors["seconds"] = under("seconds")
+                field(gr.Dropdown, "method", "Merge method", choices=list(methods()))
+                field(gr.Dropdown, "algorithm", "Algorithm", choices=list(ALGORITHMS))
+                field(gr.Number, "population", "Population size", precision=0)
+                field(gr.Number, "generations", "Generations", precision=0)
+                field(gr.Number, "seconds", "Time limit, s (optional)", precision=0)
             method_info = gr.Markdown(method_help(defaults["method"]), elem_id="method-info")
             with gr.Row():
-                with gr.Column(min_width=200):
-                    estimator = gr.Dropdown(
-                        list(ESTIMATORS), value=defaults["estimator"], label="Fitness estimator", elem_id="estimator"
-                    )
-                    errors["estimator"] = under("estimator")
-                with gr.Column(min_width=200):
-                    anchors = gr.Number(
-                        defaults["anchors"], label="Anchors (items per candidate)", precision=0, elem_id="anchors"
-                    )
-                    errors["anchors"] = under("anchors")
-                with gr.Column(min_width=200):
-                    granularity = gr.Radio(
-                        ["global", "module", "layer"],
-                        value=defaults["granularity"],
-                        label="Genes",
-                        elem_id="granularity",
-                    )
-                    errors["granularity"] = under("granularity")
+                field(gr.Dropdown, "estimator", "Fitness estimator", choices=list(ESTIMATORS))
+                field(gr.Number, "anchors", "Anchors (items per candidate)", precision=0)
+                field(gr.Radio, "granularity", "Genes", choices=["global", "module", "layer"])
             with gr.Row():
-                with gr.Column(min_width=200):
-                    options = gr.Code(
-                        defaults["options"], language="yaml", label="Algorithm options (YAML)", elem_id="options"
-                    )
-                    errors["options"] = under("options")
-                with gr.Column(min_width=200):
-                    frozen = gr.Code(
-                        defaults["frozen"], language="yaml", label="Frozen genes (YAML: name: value)", elem_id="frozen"
-                    )
-                    errors["frozen"] = under("frozen")
-                with gr.Column(min_width=200):
-                    bounds = gr.Code(
-                        defaults["bounds"], language="yaml", label="Parameter ranges (YAML: name: [low, high])",
-                        elem_id="bounds",
-                    )  # fmt: skip
-                    errors["bounds"] = under("bounds")
-            tasks = gr.Code(
-                defaults["tasks"], language="yaml", elem_id="tasks",
-                label="Tasks (YAML: name; data, or search and test files, or lm_eval; columns, template, scorer, "
-                "extractor; see docs/config.md)",
+                field(gr.Code, "options", "Algorithm options (YAML)", **yaml_box)
+                field(gr.Code, "frozen", "Frozen genes (YAML: name: value)", **yaml_box)
+                field(gr.Code, "bounds", "Parameter ranges (YAML: name: [low, high])", **yaml_box)
+            field(
+                gr.Code, "tasks", "Tasks (YAML: name; data, or search and test files, or lm_eval; columns, template, "
+                "scorer, extractor; see docs/config.md)", **yaml_box,
             )  # fmt: skip
-            errors["tasks"] = under("tasks")
             add_file = gr.UploadButton(
                 "Add a data file as a task (JSONL or CSV)", file_types=[".jsonl", ".csv", ".json"], elem_id="upload"
             )
@@ -612,16 +562,14 @@ def build_app(runs: Path | str = "runs") -> Any:
             completion = gr.Textbox(label="Completion", elem_id="completion", lines=4)
             answered_by = gr.Markdown(elem_id="answered-by")
 
-        form = [base, endpoints, method, algorithm, population, generations, seconds, estimator, anchors, granularity,
-                options, frozen, bounds, tasks]  # fmt: skip  # in FIELD_KEYS' order
-        assert [c.elem_id for c in form] == list(FIELD_KEYS), "the form's fields are in FIELD_KEYS' order"
+        form = [fields[f] for f in FIELD_KEYS]  # compose's arguments, in order
         error_boxes = [errors[f] for f in FIELD_KEYS]
         preset.change(fill, preset, form).then(compose, [preset, *form], config)
-        for field in form:
-            field.change(compose, [preset, *form], config)  # type: ignore[attr-defined]
-        method.change(method_help, method, method_info)
+        for component in form:
+            component.change(compose, [preset, *form], config)
+        fields["method"].change(method_help, fields["method"], method_info)
         config.change(check, config, [*error_boxes, message, download_button])
-        add_file.upload(upload, [add_file, tasks], tasks)
+        add_file.upload(upload, [add_file, fields["tasks"]], fields["tasks"])
         load_button.click(paste, config, [*form, message])
         launch_button.click(launch, [config, name], [*error_boxes, message, watched])
         monitored = [progress, fitness, pareto, genes, table, tests]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from evomerge.config import ConfigError, load_config
@@ -24,6 +25,7 @@ from evomerge.gui.app import (
     problems_by_field,
     validate,
 )
+from evomerge.search.experiment import load_exported
 from evomerge.search.monitor import RunStatus
 from evomerge.search.store import EvaluationRow, GenerationRow
 
@@ -133,3 +135,20 @@ def test_an_upload_never_replaces_a_different_earlier_file_of_its_name(tmp_path)
     kept.write_bytes(b"one")
     assert _unused_path(kept, b"one") == kept  # the same bytes again: the same file
     assert _unused_path(kept, b"two") == tmp_path / "data_2.jsonl"  # an earlier run's data stays as it was
+
+
+def test_an_exported_model_loads_in_its_saved_dtype_and_a_bad_folder_is_said(tmp_path, demo_family):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, saved = demo_family / "models" / "greek", tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(saved)
+    AutoTokenizer.from_pretrained(source).save_pretrained(saved)
+    model, tokenizer = load_exported(saved, device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16  # not widened to fp32: half the memory
+    assert tokenizer("gr bado=")["input_ids"]
+    with pytest.raises(EvomergeError, match=r"no config\.json"):
+        load_exported(tmp_path / "missing")
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_text((saved / "config.json").read_text())
+    with pytest.raises(EvomergeError, match=r"no \.safetensors"):
+        load_exported(tmp_path / "pickled")

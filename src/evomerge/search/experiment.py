@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -355,9 +356,10 @@ def load_member(run_dir: Path | str, member: str | None = None) -> tuple[torch.n
     return model, load_live_tokenizer(merger)
 
 
-def load_exported(folder: Path | str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+def load_exported(folder: Path | str, *, device: str | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """A model that ``evomerge export`` (or ``merge``) wrote, to try it: safetensors only,
-    no repository code."""
+    no repository code, in the dtype it was saved in (a bf16 7B model stays 14 GB, not 28),
+    on ``device`` (default: the GPU when there is one)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
@@ -365,8 +367,9 @@ def load_exported(folder: Path | str) -> tuple[torch.nn.Module, PreTrainedTokeni
         raise EvomergeError(f"{folder} is not a run under the runs directory, nor a model folder (no config.json)")
     if not any(folder.glob("*.safetensors")):
         raise EvomergeError(f"{folder} has no .safetensors weights; export the model again with evomerge export")
-    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
-    return model, AutoTokenizer.from_pretrained(folder)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype="auto")
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(folder)
 
 
 def search_space(config: ExperimentConfig, num_layers: int) -> SearchSpace:

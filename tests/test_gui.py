@@ -192,6 +192,13 @@ def test_launch_watch_and_test_table(page, server):
     evaluated = page.locator("#evaluations").inner_text()
     assert "weight[greek]@all" in evaluated and str(POP * GENERATIONS) in evaluated  # the table, newest first
     assert (server[2] / "a" / "results.json").exists()
+    other = page.context.browser.new_page()  # a second page watching the same run gets its own pictures
+    other.goto(server[0])
+    other.get_by_role("tab", name="Monitor").click()
+    other.locator("#monitor-run textarea, #monitor-run input").first.fill("a")
+    other.wait_for_function("document.querySelector('#fitness img') !== null", timeout=30_000)
+    other.wait_for_function("document.querySelector('#tests').innerText.includes('default task_arithmetic')")
+    other.close()
 
 
 def test_a_run_that_fails_says_why_on_the_monitor(page, server):

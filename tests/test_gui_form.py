@@ -90,7 +90,9 @@ def test_plots_are_drawn_once_per_state_and_the_old_picture_removed(tmp_path):
     (tmp_path / "plots").mkdir()
     first = figures.fitness(status_after(1, tmp_path / "run"))
     assert first.endswith(".png") and Path(first).exists()
-    assert figures.fitness(status_after(1, tmp_path / "run")) == {"__type__": "update"}  # no change: not redrawn
+    drawn_at = Path(first).stat().st_mtime_ns
+    assert figures.fitness(status_after(1, tmp_path / "run")) == first  # no change: the same file, not redrawn
+    assert Path(first).stat().st_mtime_ns == drawn_at
     second = figures.fitness(status_after(2, tmp_path / "run"))
     assert second != first and [p.name for p in (tmp_path / "plots").iterdir()] == [Path(second).name]
     assert figures.pareto(status_after(2, tmp_path / "run"))["visible"] is False  # one objective: no front
@@ -106,7 +108,8 @@ def evaluation(number: int, ok: bool = True) -> EvaluationRow:
 
 def test_the_evaluations_table_is_newest_first_with_csv_ids_and_failures():
     every = [evaluation(1), evaluation(2, ok=False), evaluation(3)]
-    status = RunStatus(Path("r"), "running", ["mix"], [True], evaluations=[every[0], every[2]], every=every)
+    status = RunStatus(Path("r"), "running", ["mix"], [True], every=every)
+    assert status.evaluations == [every[0], every[2]]  # the scored ones
     table = evaluations_table(status)
     assert list(table.columns) == ["id", "generation", "weight[a]@all", "mix", "seconds", "error"]
     assert table["id"].tolist() == [3, 2, 1]  # newest first; ids as evaluations.csv (and id:N) number them
@@ -130,11 +133,13 @@ def test_the_app_builds_over_an_empty_runs_folder(tmp_path):
 
 
 def test_an_upload_never_replaces_a_different_earlier_file_of_its_name(tmp_path):
-    kept = tmp_path / "data.jsonl"
-    assert _unused_path(kept, b"one") == kept
+    kept, one, two = tmp_path / "data.jsonl", tmp_path / "one", tmp_path / "two"
+    one.write_bytes(b"one")
+    two.write_bytes(b"two")
+    assert _unused_path(kept, one) == kept
     kept.write_bytes(b"one")
-    assert _unused_path(kept, b"one") == kept  # the same bytes again: the same file
-    assert _unused_path(kept, b"two") == tmp_path / "data_2.jsonl"  # an earlier run's data stays as it was
+    assert _unused_path(kept, one) == kept  # the same bytes again: the same file
+    assert _unused_path(kept, two) == tmp_path / "data_2.jsonl"  # an earlier run's data stays as it was
 
 
 def test_an_exported_model_loads_in_its_saved_dtype_and_a_bad_folder_is_said(tmp_path, demo_family):
@@ -152,3 +157,21 @@ def test_an_exported_model_loads_in_its_saved_dtype_and_a_bad_folder_is_said(tmp
     (tmp_path / "pickled" / "config.json").write_text((saved / "config.json").read_text())
     with pytest.raises(EvomergeError, match=r"no \.safetensors"):
         load_exported(tmp_path / "pickled")
+
+
+def test_a_runs_activity_changes_with_each_stored_evaluation(tmp_path):
+    """The monitor reads a run again only when this changes; it must change on every commit."""
+    from evomerge.search.monitor import activity
+    from evomerge.search.store import RunStore
+
+    run = tmp_path / "run"
+    assert activity(run) == (None, None, False)  # nothing yet
+    run.mkdir()
+    store = RunStore(run / "run.sqlite")
+    try:
+        before = activity(run)
+        store.set("stop_reason", "generations")  # any commit
+        assert activity(run) != before
+        assert activity(run) == activity(run)  # and it is stable while nothing happens
+    finally:
+        store.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import filecmp
 import logging
 import os
 import re
@@ -28,7 +29,7 @@ import yaml
 
 from ..config import ConfigError, load_config, resolve_relative_paths
 from ..errors import EvomergeError
-from ..search.monitor import RunStatus, is_running, list_runs, lock_holder, run_status
+from ..search.monitor import RunStatus, activity, is_running, list_runs, lock_holder, run_status
 from ..search.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -200,25 +201,23 @@ class Launcher:
 
 
 class Figures:
-    """The monitor's plots, drawn only when the run moved (the timer asks every second), into
-    one scratch folder; the previous picture of a run is removed once Gradio has its copy."""
+    """The monitor's plots, drawn once per state of a run into one scratch folder (every
+    browser page watching the run gets the same file); the previous picture of a run is
+    removed once Gradio has its copy."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.drawn: dict[tuple[Path, str], tuple[tuple[Any, ...], Path]] = {}
 
-    def fitness(self, status: RunStatus) -> Any:
-        """A new picture's path, None for none yet, or Gradio's "no change"."""
-        import gradio as gr
-
+    def fitness(self, status: RunStatus) -> str | None:
+        """The picture's path, or None before the first generation."""
         from ..report import plots
 
         if not status.generations:
             return None
         state = (len(status.generations), status.state)
-        drawn = self._draw(status.path, "fitness", state, lambda out: plots.fitness_per_generation(
+        return self._draw(status.path, "fitness", state, lambda out: plots.fitness_per_generation(
             status.generations, status.objectives, status.maximize, out))  # fmt: skip
-        return gr.update() if drawn is _UNCHANGED else drawn
 
     def pareto(self, status: RunStatus) -> Any:
         import gradio as gr
@@ -234,14 +233,14 @@ class Figures:
         front = winners(status.evaluations, status.maximize)
         drawn = self._draw(status.path, "pareto", state, lambda out: plots.pareto_front(
             status.evaluations, front, status.objectives, out, status.tests))  # fmt: skip
-        return gr.update(visible=True) if drawn is _UNCHANGED else gr.update(visible=True, value=drawn)
+        return gr.update(visible=True, value=drawn)
 
-    def _draw(self, run: Path, kind: str, state: tuple[Any, ...], draw: Any) -> Any:
+    def _draw(self, run: Path, kind: str, state: tuple[Any, ...], draw: Any) -> str | None:
         from ..report import plots
 
         last = self.drawn.get((run, kind))
         if last is not None and last[0] == state:
-            return _UNCHANGED
+            return str(last[1])
         out = self.folder / f"{run.name}-{kind}-{'-'.join(map(str, state))}.png"
         with plots.literal_text():
             path = draw(out)
@@ -251,9 +250,6 @@ class Figures:
             return None
         self.drawn[(run, kind)] = (state, Path(path))
         return str(path)
-
-
-_UNCHANGED: Any = object()
 
 
 def test_table(status: RunStatus) -> Any:
@@ -370,7 +366,7 @@ def build_app(runs: Path | str = "runs") -> Any:
         if not file:
             return tasks_text
         source = Path(file)
-        kept = _unused_path((runs / "uploads" / source.name).resolve(), source.read_bytes())
+        kept = _unused_path((runs / "uploads" / source.name).resolve(), source)
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, kept)
         try:
@@ -384,28 +380,33 @@ def build_app(runs: Path | str = "runs") -> Any:
         tasks_list.append({"name": name, "data": str(kept), "scorer": "generation", "extractor": "number"})
         return yaml.safe_dump(tasks_list, sort_keys=False, allow_unicode=True)
 
-    def launch(text: str, name: str) -> tuple[str, ...]:
+    def launch(text: str, name: str) -> tuple[Any, ...]:
         raw, problems = validate(text)
         if raw is None:
             *under, rest = messages(problems)
-            return (*under, f"**Not started.** {rest or 'See the messages under the fields.'}", "")
+            return (*under, f"**Not started.** {rest or 'See the messages under the fields.'}", gr.update())
         name = _text(name) or "gui-run"
         try:
             run_dir = launcher.start(raw, name)
         except EvomergeError as err:
-            return (*messages([])[:-1], f"**Not started.** {err}", "")
+            return (*messages([])[:-1], f"**Not started.** {err}", gr.update())  # the monitor keeps its run
         return (*messages([])[:-1], f"Started **{name}** in `{run_dir}`; follow it on Monitor.", name)
 
-    def watch(name: str) -> tuple[Any, ...]:
+    def watch(name: str, seen: Any) -> tuple[Any, ...]:
+        """The monitor, read again only when the run has changed since this page last looked
+        (``seen``, kept per browser page): the timer asks every second."""
         if not _text(name):
-            return "No run selected.", None, gr.update(visible=False), None, None, None
-        status = run_status(runs / _text(name))
-        if launcher.running(status.path) and status.state != "running":
+            return "No run selected.", None, gr.update(visible=False), None, None, None, None
+        run_dir = (runs / _text(name)).resolve()
+        now = (run_dir, activity(run_dir), launcher.running(run_dir), launcher.failure(run_dir))
+        if now == seen:
+            return (*(gr.update() for _ in range(6)), seen)
+        status = run_status(run_dir)
+        if now[2] and status.state != "running":
             status.state = "running"  # started, its lock not taken yet
-        failure = launcher.failure(status.path)
-        summary = status.summary() + (f"\n\n**The run's process failed.** {failure}" if failure else "")
+        summary = status.summary() + (f"\n\n**The run's process failed.** {now[3]}" if now[3] else "")
         return (summary, figures.fitness(status), figures.pareto(status), best_genes(status),
-                evaluations_table(status), test_table(status))  # fmt: skip
+                evaluations_table(status), test_table(status), now)  # fmt: skip
 
     def stop(name: str) -> str:
         stopped = launcher.stop((runs / _text(name)).resolve())
@@ -572,9 +573,10 @@ def build_app(runs: Path | str = "runs") -> Any:
         add_file.upload(upload, [add_file, fields["tasks"]], fields["tasks"])
         load_button.click(paste, config, [*form, message])
         launch_button.click(launch, [config, name], [*error_boxes, message, watched])
-        monitored = [progress, fitness, pareto, genes, table, tests]
-        gr.Timer(1.0).tick(watch, watched, monitored)
-        watched.change(watch, watched, monitored)
+        seen = gr.State()  # what this page's monitor shows: the run and its activity then
+        monitored = [progress, fitness, pareto, genes, table, tests, seen]
+        gr.Timer(1.0).tick(watch, [watched, seen], monitored)
+        watched.change(watch, [watched, seen], monitored)
         stop_button.click(stop, watched, control)
         resume_button.click(resume, watched, control)
         refresh.click(table_of_runs, None, listing)
@@ -596,12 +598,12 @@ def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _unused_path(path: Path, content: bytes) -> Path:
+def _unused_path(path: Path, source: Path) -> Path:
     """``path``, or ``name_2.ext``, ... where a different file is there already: an earlier
     upload of the same name may be the data of a run, which must not change under it."""
     for i in range(1, 10_000):
         candidate = path if i == 1 else path.with_name(f"{path.stem}_{i}{path.suffix}")
-        if not candidate.exists() or candidate.read_bytes() == content:
+        if not candidate.exists() or filecmp.cmp(candidate, source, shallow=False):
             return candidate
     raise EvomergeError(f"too many uploads named {path.name} in {path.parent}")
 

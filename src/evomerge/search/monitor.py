@@ -28,11 +28,15 @@ class RunStatus:
     objectives: list[str] = field(default_factory=list)
     maximize: list[bool] = field(default_factory=list)
     generations: list[GenerationRow] = field(default_factory=list)
-    evaluations: list[EvaluationRow] = field(default_factory=list)
+    every: list[EvaluationRow] = field(default_factory=list)  # failed ones too, in evaluations.csv's order
     tests: list[TestRow] = field(default_factory=list)
     planned_generations: int | None = None
     stop_reason: str | None = None
-    every: list[EvaluationRow] = field(default_factory=list)  # failed ones too, in evaluations.csv's order
+
+    @property
+    def evaluations(self) -> list[EvaluationRow]:
+        """The candidates that were scored (failed ones left out)."""
+        return [r for r in self.every if r.ok]
 
     @property
     def best(self) -> list[float | None]:
@@ -84,6 +88,23 @@ def lock_holder(run_dir: Path | str) -> int | None:
     return int(found[1]) if found else None
 
 
+def activity(run_dir: Path | str) -> tuple[Any, ...]:
+    """What changes whenever the run does: its store's files (SQLite's WAL takes each commit)
+    and whether it runs. Cheap (a few stat calls): a monitor reads the run again only when
+    this has changed."""
+    rd = RunDir(Path(run_dir))
+    files = [rd.store_file, rd.store_file.with_name(rd.store_file.name + "-wal")]
+    stats = [(st.st_mtime_ns, st.st_size) if (st := _stat(f)) else None for f in files]
+    return (*stats, is_running(rd.path))
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
 def run_status(run_dir: Path | str) -> RunStatus:
     rd = RunDir(Path(run_dir))
     running = is_running(rd.path)
@@ -92,15 +113,13 @@ def run_status(run_dir: Path | str) -> RunStatus:
     store = RunStore(rd.store_file)
     try:
         config: dict[str, Any] = _yaml(store.get("config"))
-        every = list(store.evaluations(failed=True))
         status = RunStatus(
             rd.path,
             "running" if running else ("finished" if store.get("stop_reason") else "interrupted"),
             objectives=store.get("objectives") or [],
             maximize=store.get("maximize") or [],
             generations=store.generations(),
-            evaluations=[r for r in every if r.ok],
-            every=every,
+            every=list(store.evaluations(failed=True)),
             tests=store.tests(),
             planned_generations=(config.get("search") or {}).get("generations"),
             stop_reason=store.get("stop_reason"),

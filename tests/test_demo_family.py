@@ -1,4 +1,5 @@
-"""The demo family exists to make merging measurably useful; these tests hold it to that.
+"""The demo family exists to pose the composition problem: a target task that needs two
+specialists at once and that no member has. These tests hold it to that.
 
 Scores are re-measured from the saved checkpoints (loaded with the Auto classes and
 re-merged in memory), not read back from the manifest, so a broken build, save or
@@ -32,20 +33,23 @@ def test_members_are_plain_hf_checkpoints(demo_family: Path, demo_manifest: dict
         model = AutoModelForCausalLM.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
         assert 0.8e6 <= sum(p.numel() for p in model.parameters()) <= 2e6
+        assert model.config.num_hidden_layers >= 6, "depth for layer-wise recipes and layer paths"
         assert tok.padding_side == "left" and len(tok) == model.config.vocab_size
         if name != "base":
-            assert 0 < info["task_vector_rel_norm"] < 0.2, "specialists must stay close to the base"
+            assert 0 < info["task_vector_rel_norm"] < 0.35, "specialists must stay close to the base"
 
 
 def test_splits_on_disk_are_disjoint(demo_family: Path, demo_manifest: dict):
-    for skill in demo_manifest["skills"]:
-        files = demo_manifest["tasks"][skill]
+    for task in [*demo_manifest["skills"], demo_manifest["composed_task"]]:
+        files = demo_manifest["tasks"][task]
         questions = {split: {i["question"] for i in load_jsonl(demo_family / f)} for split, f in files.items()}
         assert len(questions["search"]) >= 300 and len(questions["test"]) >= 300
         assert not questions["test"] & questions["search"]
-        assert not questions["train"] & (questions["test"] | questions["search"])
-    target = demo_manifest["tasks"][demo_manifest["target_task"]]
-    assert len(load_jsonl(demo_family / target["test"])) == 300 * len(demo_manifest["skills"])
+        assert not questions.get("train", set()) & (questions["test"] | questions["search"])
+    assert demo_manifest["target_task"] == demo_manifest["composed_task"] == "greek_add"
+    assert "train" not in demo_manifest["tasks"]["greek_add"], "no member is trained on the composed task"
+    mix = demo_manifest["tasks"]["mix"]
+    assert len(load_jsonl(demo_family / mix["test"])) == 300 * len(demo_manifest["skills"])
 
 
 def test_each_specialist_beats_the_base_on_its_skill_by_30_points(test_rows, demo_manifest):
@@ -54,16 +58,14 @@ def test_each_specialist_beats_the_base_on_its_skill_by_30_points(test_rows, dem
         assert gain >= 30, f"{skill} specialist gains only {gain:.1f} points over the base"
 
 
-def test_a_merge_found_on_search_beats_every_single_model_by_10_points(test_rows):
-    best_single = max(r.scores["average"] for r in test_rows.values() if r.kind == "model")
-    merged = test_rows["best_merge"].scores["average"]
-    assert merged >= best_single + 10, f"merge {merged:.1f} vs best single model {best_single:.1f}"
-
-
-def test_the_default_uniform_merge_leaves_room_for_search(test_rows):
-    uniform = test_rows["uniform_merge"].scores["average"]
-    best = test_rows["best_merge"].scores["average"]
-    assert uniform <= best - 5, f"uniform {uniform:.1f} vs best {best:.1f}: nothing left to search for"
+def test_no_member_has_the_composed_skill_and_each_specialist_has_its_own(test_rows, demo_manifest):
+    """The issue's bar for a composition problem: base and parents at most 20% on the
+    composed task's held-out split, each specialist at least 90% on its own skill."""
+    composed = demo_manifest["composed_task"]
+    for name in demo_manifest["models"]:
+        assert test_rows[name].scores[composed] <= 20, f"{name} already has {composed}"
+    for skill in demo_manifest["skills"]:
+        assert test_rows[skill].scores[skill] >= 90, f"{skill} specialist: {test_rows[skill].scores[skill]:.1f}"
 
 
 def test_rescoring_reproduces_the_manifest(test_rows, demo_manifest):
@@ -89,6 +91,7 @@ def test_tiny_build_is_deterministic_and_atomic(tmp_path: Path):
         batch_size=8,
         base_steps=6,
         specialist_steps=3,
+        skill_steps=(),
         grid=(0.5, 1.0),
     )
     a = build_demo_family(tmp_path / "a", spec=spec)

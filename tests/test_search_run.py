@@ -682,3 +682,33 @@ def test_a_candidate_that_raises_is_stored_as_fail_and_resume_retries_it(finishe
     resumed = resume_run(run_dir)
     assert resumed.evaluations == 18
     assert csv_without_times(run_dir / "evaluations.csv") == csv_without_times(finished.run_dir / "evaluations.csv")
+
+
+def test_a_check_task_is_tested_beside_the_objective_but_never_searched_on(demo_family, tmp_path):
+    """``objective: false``: a column of the test table (and results.json, the report, the
+    model card), no column of evaluations.csv, no respondents, no search estimate."""
+    config = small_config(demo_family, generations=1)
+    config["fitness"] = {"estimator": "full"}
+    greek = {**config["tasks"][0], "name": "greek", "objective": False}
+    greek |= {"search": "demo:data/greek/search.jsonl", "test": "demo:data/greek/test.jsonl"}
+    config["tasks"].append(greek)
+    result = run_experiment(load_config(config), tmp_path / "run")
+    assert result.problem.names == ("mix",) and result.problem.test_names == ("mix", "greek")
+    rows = {t.name: t for t in result.tests}
+    assert set(rows["best"].scores) == {"mix", "greek"} and set(rows["best"].search_scores) == {"mix"}
+    # The greek specialist's own skill, measured as a check: above every other model's.
+    greek_scores = {name: t.scores["greek"] for name, t in rows.items() if name.startswith("endpoint:")}
+    assert max(greek_scores, key=greek_scores.get) == "endpoint:greek"
+    assert "greek" not in csv_without_times(tmp_path / "run" / "evaluations.csv")[0]
+    assert not (tmp_path / "run" / "respondents-greek.json").exists()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["checks"] == ["greek"] and [o["name"] for o in results["objectives"]] == ["mix"]
+    assert "greek (check)" in (tmp_path / "run" / "report.html").read_text()
+    assert "| candidate | kind | mix | greek |" in (tmp_path / "run" / "best" / "README.md").read_text()
+
+
+def test_a_config_whose_tasks_are_all_checks_is_refused(demo_family):
+    config = small_config(demo_family)
+    config["tasks"][0]["objective"] = False
+    with pytest.raises(ConfigError, match="every task is a check"):
+        load_config(config)

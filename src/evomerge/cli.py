@@ -91,7 +91,7 @@ def demo(
     split: Annotated[str, typer.Option(help="Which split to score: search or test.")] = "test",
 ) -> None:
     """Build the demo family if absent, score every model and merge, and show what merging buys."""
-    from .demo import build_demo_family, is_built, score_family
+    from .demo import build_demo_family, is_built, read_manifest, score_family
     from .demo.family import default_family_dir
 
     target = family or default_family_dir()
@@ -103,21 +103,22 @@ def demo(
         rows = score_family(path, split)
     except EvomergeError as err:
         raise _fail(err) from err
-    skills = [k for k in rows[0].scores if k != "average"]
+    columns = [k for k in rows[0].scores if k != "average"]
     table = Table(title=f"exact match (%) on the held-out {split} split")
-    for col in ["model", *skills, "average", "how"]:
+    for col in ["model", *columns, "average", "how"]:
         table.add_column(col, justify="left" if col in ("model", "how") else "right")
     for row in rows:
-        cells = [f"{row.scores[s]:.1f}" for s in [*skills, "average"]]
+        cells = [f"{row.scores[s]:.1f}" for s in [*columns, "average"]]
         table.add_row(row.name, *cells, row.detail or ("" if row.kind == "model" else row.kind))
     console.print(table)
-    singles = [r for r in rows if r.kind == "model"]
-    best_single = max(singles, key=lambda r: r.scores["average"])
-    best_merge = max((r for r in rows if r.kind == "merge"), key=lambda r: r.scores["average"])
-    gain = best_merge.scores["average"] - best_single.scores["average"]
+    composed = read_manifest(path)["composed_task"]
+    best_single = max((r for r in rows if r.kind == "model"), key=lambda r: r.scores[composed])
+    best_merge = max((r for r in rows if r.kind == "merge"), key=lambda r: r.scores[composed])
+    gain = best_merge.scores[composed] - best_single.scores[composed]
     console.print(
-        f"{best_merge.name} ({best_merge.detail}) averages {best_merge.scores['average']:.1f}, "
-        f"{gain:+.1f} points over the best single model ({best_single.name}, {best_single.scores['average']:.1f})."
+        f"On {composed} (average: the three skills), {best_merge.name} ({best_merge.detail}) scores "
+        f"{best_merge.scores[composed]:.1f}, {gain:+.1f} points against the best single model "
+        f"({best_single.name}, {best_single.scores[composed]:.1f}). `evomerge run examples/demo.yaml` evolves one."
     )
 
 
@@ -394,16 +395,16 @@ def export(
 
 
 def _show_results(result: RunResult) -> None:
-    names = result.problem.names
+    names, columns = result.problem.names, result.problem.test_names
     table = Table(title=f"held-out test scores ({result.evaluations} evaluations; stopped: {result.stop_reason})")
-    for col in ["candidate", "kind", *names, *(f"{n} (search est.)" for n in names)]:
+    for col in ["candidate", "kind", *columns, *(f"{n} (search est.)" for n in names)]:
         table.add_column(col, justify="left" if col in ("candidate", "kind") else "right")
     for t in result.tests:
         search = t.search_scores or {}
         table.add_row(
             t.name,
             t.kind,
-            *(f"{t.scores[n]:.4f}" for n in names),
+            *(f"{t.scores[n]:.4f}" for n in columns),
             *(f"{search[n]:.4f}" if n in search else "" for n in names),
         )
     console.print(table)

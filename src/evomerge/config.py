@@ -202,6 +202,11 @@ class TaskConfig(_Section):
     )
     seed: int = Field(0, description="Seeds the split of data into search and test.")
     fitness: FitnessConfig | None = Field(None, description="This objective's estimator; default: the fitness section.")
+    objective: bool = Field(
+        True,
+        description="false: a check, not an objective: scored on its test split in the held-out table only, "
+        "never searched on (no anchors, no respondents). Shows what a merge keeps or loses beside its target.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -444,7 +449,7 @@ TaskConfig.model_rebuild()
 class ExperimentConfig(_Section):
     models: ModelsConfig
     merge: MergeConfig = Field(default_factory=MergeConfig)
-    tasks: list[TaskConfig] = Field(default_factory=list, description="One objective each.")
+    tasks: list[TaskConfig] = Field(default_factory=list, description="One objective each; or a check (objective: false), scored in the test table only.")
     fitness: FitnessConfig = Field(default_factory=FitnessConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -465,16 +470,19 @@ class ExperimentConfig(_Section):
                 f"merge.method {self.merge.method} merges task vectors taken against a base model: set models.base "
                 "(the model the endpoints were fine-tuned from)"
             )
-        if self.tasks:  # the algorithm built now, with its options: a bad option fails here, not mid-run
+        searched = [t for t in self.tasks if t.objective]
+        if self.tasks and not searched:
+            raise ValueError("every task is a check (objective: false): make at least one task an objective")
+        if searched:  # the algorithm built now, with its options: a bad option fails here, not mid-run
             s = self.search
             try:
-                make_algorithm(s.algorithm, len(self.tasks), s.options, population_size=s.population_size)
+                make_algorithm(s.algorithm, len(searched), s.options, population_size=s.population_size)
             except AlgorithmError as err:
                 raise ValueError(f"search.{err.key}: {err}") from None
         for i, task in enumerate(self.tasks):
             fitness = self.fitness_for(task)
             binary = task.lm_eval is not None or SCORERS[task.scorer].binary
-            if not binary and needs_respondents(fitness, has_strata=True):
+            if task.objective and not binary and needs_respondents(fitness, has_strata=True):
                 raise ValueError(
                     f"tasks.{i} ({task.name}): scorer {task.scorer} gives a value per item, not a right/wrong score; "
                     f"estimator {fitness.estimator} with {fitness.chosen_selection} anchors fits IRT on right/wrong "

@@ -16,7 +16,7 @@ from .family import is_built, load_jsonl, load_member, read_manifest, score_skil
 class Row:
     name: str
     kind: str  # "model" or "merge"
-    scores: dict[str, float]  # per skill and "average", in percent
+    scores: dict[str, float]  # per skill, the composed task and the skills' "average", in percent
     detail: str = ""
 
 
@@ -28,7 +28,8 @@ def score_family(family_dir: Path | str, split: str = "test") -> list[Row]:
         )
     manifest = read_manifest(family_dir)
     max_new = manifest["spec"]["max_new_tokens"]
-    data = {s: load_jsonl(family_dir / manifest["tasks"][s][split]) for s in manifest["skills"]}
+    names = [*manifest["skills"], manifest["composed_task"]]
+    data = {s: load_jsonl(family_dir / manifest["tasks"][s][split]) for s in names}
 
     rows = []
     model = tokenizer = None

@@ -23,8 +23,11 @@ SCRIPTS = {
     "cyrillic": "абвгдежзийклмнопрстуфхцчшщ",
 }
 assert all(len(letters) == len(set(letters)) == 26 for letters in SCRIPTS.values())
+#: Greek numerals for 0-9: capitals, as in Greek numbering (alpha 1, ..., stigma 6, ...),
+#: with omicron for zero, so that Greek sums are written in their own digits.
+GREEK_NUMERALS = "ΟΑΒΓΔΕϚΖΗΘ"
 
-SYMBOLS = string.ascii_lowercase + string.digits + " +-=.,:?!'\n" + "".join(SCRIPTS.values())
+SYMBOLS = string.ascii_lowercase + string.digits + " +-=.,:?!'\n" + "".join(SCRIPTS.values()) + GREEK_NUMERALS
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

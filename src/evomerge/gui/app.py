@@ -31,6 +31,7 @@ from ..config import ConfigError, load_config, resolve_relative_paths
 from ..errors import EvomergeError
 from ..search.monitor import RunStatus, activity, is_running, list_runs, lock_holder, run_status
 from ..search.rundir import RunDir
+from ..search.store import test_columns
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +256,9 @@ class Figures:
 def test_table(status: RunStatus) -> Any:
     import pandas as pd  # a Gradio dependency
 
-    rows = [[t.name, t.kind, *(round(t.scores[n], 4) for n in status.objectives)] for t in status.tests]
-    return pd.DataFrame(rows, columns=["candidate", "kind", *status.objectives])
+    columns = test_columns(status.tests, status.objectives)
+    rows = [[t.name, t.kind, *(round(t.scores[n], 4) for n in columns)] for t in status.tests]
+    return pd.DataFrame(rows, columns=["candidate", "kind", *columns])
 
 
 def evaluations_table(status: RunStatus, last: int = 200) -> Any:

@@ -13,7 +13,7 @@ import yaml
 from ..models.save import write_text_atomically
 from ..search.loop import winners
 from ..search.rundir import RunDir
-from ..search.store import TestRow
+from ..search.store import TestRow, test_columns
 from . import plots
 
 STYLE = """
@@ -88,7 +88,9 @@ def write_report(run_dir: Path | str) -> Path:
 
 
 def _test_table(tests: list[TestRow], names: list[str]) -> str:
+    checks = test_columns(tests, names)[len(names) :]
     head = "".join(f"<th>{html.escape(n)} (test)</th><th>{html.escape(n)} (search est.)</th>" for n in names)
+    head += "".join(f"<th>{html.escape(n)} (check)</th>" for n in checks)
     body = []
     for t in tests:
         cells = "".join(
@@ -96,7 +98,7 @@ def _test_table(tests: list[TestRow], names: list[str]) -> str:
             + (f"{t.search_scores[n]:.4f}" if t.search_scores and n in t.search_scores else "")
             + "</td>"
             for n in names
-        )
+        ) + "".join(f"<td class='num'>{t.scores[n]:.4f}</td>" for n in checks)
         evolved = " class='evolved'" if t.kind in ("best", "pareto") else ""
         body.append(f"<tr{evolved}><td>{html.escape(t.name)}</td><td>{t.kind}</td>{cells}</tr>")
     return f"<table id='tests'><tr><th>candidate</th><th>kind</th>{head}</tr>{''.join(body)}</table>"

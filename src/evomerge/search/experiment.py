@@ -34,7 +34,7 @@ from .algorithms import make_algorithm
 from .executors import EXECUTORS, close
 from .heldout import candidates, results_card, run_tests, write_results
 from .loop import Callback, Searcher, Termination, winners
-from .objectives import Objective, task_objectives
+from .objectives import Objective, task_checks, task_objectives
 from .problem import MergeProblem
 from .rundir import RUNS, RunDir
 from .space import SearchSpace
@@ -93,6 +93,8 @@ def run_experiment(
     ``search=False`` (with ``resume``) tests the best so far without searching on;
     ``callbacks`` watch the search (``loop.Callback``)."""
     rd = RunDir(Path(run_dir or config.output.run_dir or RUNS / "run"))
+    # Custom objectives replace the config's tasks, checks included.
+    checks = task_checks(config) if objectives is None else []
     objectives = list(objectives) if objectives is not None else task_objectives(config)
     if not objectives:
         raise ConfigError("tasks: give at least one task (each task is an objective)")
@@ -102,7 +104,7 @@ def run_experiment(
         store = rd.open_store()
         try:
             _check_store(store, rd, config, objectives, resume)
-            return _run(config, rd, store, objectives, progress, search, merger, callbacks)
+            return _run(config, rd, store, objectives, checks, progress, search, merger, callbacks)
         except EvomergeError:  # bad models or data: a fresh run leaves nothing behind
             if fresh and not resume:
                 store.close()
@@ -247,6 +249,7 @@ def _run(
     rd: RunDir,
     store: RunStore,
     objectives: list[Objective],
+    checks: list[Objective],
     progress: bool,
     search: bool,
     merger: Merger,
@@ -262,7 +265,7 @@ def _run(
         m, pool = config.models, merger.pool
         for objective in objectives:
             objective.prepare(merger, model, tokenizer, rd.path, executor)
-        problem = MergeProblem(search_space(config, pool.num_layers), objectives)
+        problem = MergeProblem(search_space(config, pool.num_layers), objectives, checks)
 
         reason = store.get("stop_reason") or ("" if search else "not finished: tested the best so far")
         try:

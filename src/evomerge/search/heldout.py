@@ -83,7 +83,7 @@ def run_tests(store: RunStore, executor: Executor, problem: MergeProblem, todo: 
         for position, c in left:
             log.info("test %d/%d: %s", position + 1, len(todo), c.name)
             values, seconds = executor.test(problem, c.recipe)
-            scores = dict(zip(problem.names, values, strict=True))
+            scores = dict(zip(problem.test_names, values, strict=True))
             estimate = c.search_scores
             if estimate is None:  # a baseline: what the search would have estimated for it
                 measured = executor.evaluate_one(problem, c.recipe).measurement
@@ -102,6 +102,7 @@ def write_results(path: Path, rows: Sequence[TestRow], problem: MergeProblem, ex
     data = {
         **extra,
         "objectives": [{"name": n, "maximize": m} for n, m in zip(problem.names, problem.maximize, strict=True)],
+        "checks": list(problem.test_names[problem.n_obj :]),
         "rows": [
             {
                 "name": r.name,
@@ -124,7 +125,7 @@ def results_card(path: Path) -> str:
     if not path.is_file():
         return ""
     data = json.loads(path.read_text())
-    names = [o["name"] for o in data["objectives"]]
+    names = [o["name"] for o in data["objectives"]] + data.get("checks", [])
     lines = [
         "## Held-out test",
         "",

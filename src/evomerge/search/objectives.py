@@ -147,4 +147,11 @@ class FunctionObjective(Objective):
 
 
 def task_objectives(config: ExperimentConfig) -> list[Objective]:
-    return [TaskObjective(task, config) for task in config.tasks]
+    """The tasks a search optimises."""
+    return [TaskObjective(task, config) for task in config.tasks if task.objective]
+
+
+def task_checks(config: ExperimentConfig) -> list[Objective]:
+    """The tasks scored only in the held-out test (``objective: false``): their ``test`` needs
+    no ``prepare``, since only the estimator of a search needs anchors or respondents."""
+    return [TaskObjective(task, config) for task in config.tasks if not task.objective]

@@ -35,15 +35,20 @@ class Evaluation:
 
 
 class MergeProblem:
-    def __init__(self, space: SearchSpace, objectives: Sequence[Objective]) -> None:
+    """``objectives`` are searched on; ``checks`` are only scored in the held-out test, beside
+    them (``test_names``), to show what a merge keeps of skills it was not searched for."""
+
+    def __init__(self, space: SearchSpace, objectives: Sequence[Objective], checks: Sequence[Objective] = ()) -> None:
         if not objectives:
             raise ObjectiveError("a search needs at least one objective")
         self.space = space
         self.objectives = list(objectives)
+        self.checks = list(checks)
         self.names = tuple(n for o in self.objectives for n in o.names)
         self.maximize = tuple(m for o in self.objectives for m in o.maximize)
-        if len(set(self.names)) != len(self.names):
-            raise ObjectiveError(f"objective names must differ: {list(self.names)}")
+        self.test_names = self.names + tuple(n for c in self.checks for n in c.names)
+        if len(set(self.test_names)) != len(self.test_names):
+            raise ObjectiveError(f"objective and check names must differ: {list(self.test_names)}")
 
     @property
     def n_obj(self) -> int:
@@ -57,7 +62,8 @@ class MergeProblem:
         return Measurement(tuple(v for p in parts for v in p.values), {k: v for p in parts for k, v in p.items.items()})
 
     def test(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> tuple[float, ...]:
-        return tuple(v for o in self.objectives for v in o.test(model, tokenizer))
+        """Held-out scores in ``test_names``' order: the objectives', then the checks'."""
+        return tuple(v for o in [*self.objectives, *self.checks] for v in o.test(model, tokenizer))
 
     def minimized(self, values: Sequence[float]) -> np.ndarray:
         """pymoo's ``F``: every objective as one to minimise."""

@@ -126,9 +126,15 @@ class TestRow:
     name: str
     kind: str  # best, pareto, endpoint, base, default
     recipe: str  # mergekit YAML
-    scores: dict[str, float]  # objective -> held-out score
+    scores: dict[str, float]  # objective (then check) -> held-out score
     search_scores: dict[str, float] | None  # the search's estimate, for evolved candidates
     seconds: float
+
+
+def test_columns(tests: Sequence[TestRow], objectives: Sequence[str]) -> list[str]:
+    """A test table's score columns: the objectives, then the checks (``objective: false``
+    tasks) that the rows hold, in their order."""
+    return [*objectives, *(n for n in (tests[0].scores if tests else {}) if n not in objectives)]
 
 
 class RunStore:

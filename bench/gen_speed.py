@@ -5,7 +5,7 @@ Demo family (default; CPU): the demo's target task ("mix", 900 search prompts) o
 engine (``hf`` = transformers' ``generate``, the reference; ``eager``; ``compiled``) at
 batch 1, 16, 64 and 128. Tokens/s counts useful tokens (each answer up to its stop or
 EOS), not padded slots. Every engine's texts must equal ``hf``'s. Then the demo search
-(``examples/demo.yaml``, 2 generations) per engine: search seconds per candidate.
+(``examples/mix.yaml``, 2 generations) per engine: search seconds per candidate.
 
 ``--synthetic 1.1b --device cuda``: a random-weight Llama of TinyLlama-1.1B's shape in
 bf16, batch 32, 64 prompt tokens, 128 new tokens (no EOS), the issue's GPU check (``hf``
@@ -111,7 +111,7 @@ def search_per_candidate() -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for engine in ENGINES:
-            config = load_config(ROOT / "examples" / "demo.yaml")
+            config = load_config(ROOT / "examples" / "mix.yaml")
             config = config.model_copy(
                 update={
                     "search": config.search.model_copy(update={"generations": 2}),

@@ -1,6 +1,6 @@
 """The demo search, measured (issues: the search; fast evaluation).
 
-Runs ``examples/demo.yaml`` (task-arithmetic merges of the demo family's three
+Runs ``examples/mix.yaml`` (task-arithmetic merges of the demo family's three
 specialists, scored on the target task "mix") four ways, each in a fresh run dir:
 
 - GA with mp-IRT on 90 anchors (10% of the 900 search items), its respondents scored
@@ -56,7 +56,7 @@ class Clock(Callback):
 
 
 def measure(name: str, out: Path, **changes: dict) -> dict:
-    config = load_config(ROOT / "examples" / "demo.yaml")
+    config = load_config(ROOT / "examples" / "mix.yaml")
     config = config.model_copy(update={k: getattr(config, k).model_copy(update=v) for k, v in changes.items()})
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -36,9 +36,9 @@ def test_demo_models_on_a_built_family_is_instant(demo_family: Path):
 def test_demo_prints_the_table_and_the_gain(demo_family: Path):
     out = run("demo", "--family", str(demo_family))
     assert out.returncode == 0, out.stderr
-    for word in ("base", "add", "greek", "cyrillic", "best_merge", "uniform_merge"):
+    for word in ("base", "add", "greek", "cyrillic", "greek_add", "best_merge", "uniform_merge"):
         assert word in out.stdout
-    assert "over the best single model" in out.stdout
+    assert "On greek_add" in out.stdout and "points against the best single model" in " ".join(out.stdout.split())
 
 
 def test_demo_refuses_to_build_over_a_foreign_directory(tmp_path: Path):

@@ -31,7 +31,7 @@ def test_example_runs_end_to_end(example: Path, demo_family, tmp_path, monkeypat
     result = run_experiment(config, tmp_path / example.stem)
     results = json.loads((result.run_dir / "results.json").read_text())
     names = [t.name for t in config.tasks]
-    assert [o["name"] for o in results["objectives"]] == names
+    assert [o["name"] for o in results["objectives"]] + results["checks"] == names
     kinds = {r["kind"] for r in results["rows"]}
     assert kinds >= {"endpoint", "default"} and kinds & {"best", "pareto"}
     for row in results["rows"]:
@@ -48,5 +48,5 @@ def test_the_example_merge_config_runs_as_is(demo_family, tmp_path, monkeypatch)
     monkeypatch.setenv("EVOMERGE_DEMO_DIR", str(demo_family))
     out = merge_config(ROOT / "examples" / "merges" / "demo-ties.yaml", tmp_path / "merged")
     model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.config.num_hidden_layers == 2
+    assert model.config.num_hidden_layers == 6
     assert str(demo_family / "models" / "greek") in (out / "mergekit_config.yml").read_text()

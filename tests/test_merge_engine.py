@@ -308,11 +308,17 @@ def test_layer_select_takes_each_layer_whole_from_its_model(demo_family, demo_me
             "merge_method": "layer_select",
             "base_model": str(demo_family / "models" / "base"),
             "models": [{"model": str(demo_family / "models" / e)} for e in ENDPOINTS],
-            "parameters": {"source": [{"filter": "lm_head", "value": 3}, {"value": [2, 1]}]},
+            "parameters": {"source": [{"filter": "lm_head", "value": 3}, {"value": [2, 1, 0, 3, 0, 2]}]},
         }
     )
     demo_merger[True].merge_into(live, rec)
-    expect = {"model.layers.0.": "greek", "model.layers.1.": "add", "lm_head": "cyrillic"}
+    expect = {
+        "model.layers.0.": "greek",
+        "model.layers.1.": "add",
+        "model.layers.3.": "cyrillic",
+        "model.layers.5.": "greek",
+        "lm_head": "cyrillic",
+    }
     for name, tensor in live.state_dict().items():
         source = next((m for prefix, m in expect.items() if name.startswith(prefix)), "base")
         assert torch.equal(tensor, Checkpoint.open(demo_family / "models" / source).tensor(name)), name

@@ -45,10 +45,10 @@ def test_decode_is_deterministic_and_honours_frozen_and_fixed_genes(family):
 
 
 def test_per_layer_genes_reach_the_right_layers(family, demo_family):
-    """Layer 0 takes the add specialist's task vector in full, layer 1 none of it."""
+    """Layer 0 takes the add specialist's task vector in full, layer 1 (and the rest) none of it."""
     base, eps = family
-    space = SearchSpace("task_arithmetic", eps[:1], base, num_layers=2, granularity="layer", params=["weight"])
-    recipe = space.decode([1.0, 0.0])
+    space = SearchSpace("task_arithmetic", eps[:1], base, num_layers=6, granularity="layer", params=["weight"])
+    recipe = space.decode([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     merger = Merger.for_recipe(recipe)
     model = merger.merge_into(load_live_model(merger), recipe)
     add, b = Checkpoint.open(eps[0]), Checkpoint.open(base)
@@ -61,8 +61,8 @@ def test_per_layer_genes_reach_the_right_layers(family, demo_family):
 
 def test_layer_select_genes_pick_whole_models(family):
     base, eps = family
-    space = SearchSpace("layer_select", eps, base, num_layers=2, granularity="layer")
-    recipe = space.decode([0.5, 0.99])  # layer 0 from choice 1 (add), layer 1 from choice 2 (greek)
+    space = SearchSpace("layer_select", eps, base, num_layers=6, granularity="layer")
+    recipe = space.decode([0.5, 0.99, 0.0, 0.0, 0.0, 0.0])  # layer 0 from choice 1 (add), layer 1 from choice 2 (greek)
     merger = Merger.for_recipe(recipe)
     state = dict(merger.merge_into(load_live_model(merger), recipe).named_parameters())
     name0 = next(n for n in state if ".layers.0." in n)

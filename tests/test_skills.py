@@ -50,7 +50,6 @@ def test_answers_are_correct_and_levels_mean_what_they_say():
             assert item["answer"] == plain.translate(CIPHERS[script]) and item["answer"] != plain
             assert bool(HARD_LETTERS[script] & set(plain)) == (item["level"] == "hard")
 
-
     assert 5 <= sums <= 15, "about half of Greek's easy items (20 of 50) are sums in its numerals"
 
 

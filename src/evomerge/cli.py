@@ -398,7 +398,7 @@ def _show_results(result: RunResult) -> None:
     names, columns = result.problem.names, result.problem.test_names
     table = Table(title=f"held-out test scores ({result.evaluations} evaluations; stopped: {result.stop_reason})")
     for col in ["candidate", "kind", *columns, *(f"{n} (search est.)" for n in names)]:
-        table.add_column(col, justify="left" if col in ("candidate", "kind") else "right")
+        table.add_column(col, justify="left" if col in ("candidate", "kind") else "right", no_wrap=col == "candidate")
     for t in result.tests:
         search = t.search_scores or {}
         table.add_row(

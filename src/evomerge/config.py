@@ -449,7 +449,10 @@ TaskConfig.model_rebuild()
 class ExperimentConfig(_Section):
     models: ModelsConfig
     merge: MergeConfig = Field(default_factory=MergeConfig)
-    tasks: list[TaskConfig] = Field(default_factory=list, description="One objective each; or a check (objective: false), scored in the test table only.")
+    tasks: list[TaskConfig] = Field(
+        default_factory=list,
+        description="One objective each; or a check (objective: false), scored in the test table only.",
+    )
     fitness: FitnessConfig = Field(default_factory=FitnessConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

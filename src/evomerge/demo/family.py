@@ -73,7 +73,8 @@ class FamilySpec:
     skill_lr: tuple[tuple[str, float], ...] = (("add", 2e-3),)
     replay: float = 0.2  # share of the other skills' easy items while fine-tuning a specialist
     # The manifest's fixed merges: task arithmetic of the math and Greek specialists on
-    # this grid, the best on the composed task's first grid_items search items.
+    # this grid, the best on the composed task's first grid_items search items (ties
+    # broken by the two specialists' own skills on as many items).
     grid: tuple[float, ...] = (0.5, 0.75, 1.0)
     grid_items: int = 100
     max_new_tokens: int = 24
@@ -224,11 +225,12 @@ def _build(out: Path, spec: FamilySpec) -> None:
     t0 = time.perf_counter()
     pair, rest = ("add", "greek"), {s: 0.0 for s in SKILLS if s not in ("add", "greek")}
     merger = Merger.for_recipe(task_arithmetic_recipe(out, dict.fromkeys(SKILLS, 1.0)))
-    grid_items = {COMPOSED: tasks_splits[COMPOSED]["search"][: spec.grid_items]}
+    grid_items = {t: tasks_splits[t]["search"][: spec.grid_items] for t in (COMPOSED, *pair)}
     grid = []
     for point in itertools.product(spec.grid, repeat=len(pair)):
         merger.merge_into(model, task_arithmetic_recipe(out, {**dict(zip(pair, point, strict=True)), **rest}))
-        grid.append((score_skills(model, tokenizer, grid_items, spec.max_new_tokens)[COMPOSED], point))
+        scores = score_skills(model, tokenizer, grid_items, spec.max_new_tokens)
+        grid.append(((scores[COMPOSED], scores["average"]), point))
     best_weights = max(grid, key=lambda g: g[0])[1]
     timings["grid"] = time.perf_counter() - t0
 
@@ -244,7 +246,8 @@ def _build(out: Path, spec: FamilySpec) -> None:
             "scores": {"test": score_skills(model, tokenizer, test, spec.max_new_tokens)},
         }
     merges["best_merge"]["found_on"] = (
-        f"the first {spec.grid_items} {COMPOSED} search items, grid {list(spec.grid)} for {' and '.join(pair)}"
+        f"the first {spec.grid_items} search items of {COMPOSED} (then of {' and '.join(pair)}), "
+        f"grid {list(spec.grid)} for {' and '.join(pair)}"
     )
 
     timings["total"] = time.perf_counter() - t_start

@@ -91,7 +91,7 @@ def demo(
     split: Annotated[str, typer.Option(help="Which split to score: search or test.")] = "test",
 ) -> None:
     """Build the demo family if absent, score every model and merge, and show what merging buys."""
-    from .demo import build_demo_family, is_built, read_manifest, score_family
+    from .demo import Row, build_demo_family, is_built, read_manifest, score_family
     from .demo.family import default_family_dir
 
     target = family or default_family_dir()
@@ -112,13 +112,18 @@ def demo(
         table.add_row(row.name, *cells, row.detail or ("" if row.kind == "model" else row.kind))
     console.print(table)
     composed = read_manifest(path)["composed_task"]
-    best_single = max((r for r in rows if r.kind == "model"), key=lambda r: r.scores[composed])
-    best_merge = max((r for r in rows if r.kind == "merge"), key=lambda r: r.scores[composed])
+
+    def rank(row: Row) -> tuple[float, float]:  # the composed task, then the skills' average
+        return row.scores[composed], row.scores["average"]
+
+    best_single = max((r for r in rows if r.kind == "model"), key=rank)
+    best_merge = max((r for r in rows if r.kind == "merge"), key=rank)
     gain = best_merge.scores[composed] - best_single.scores[composed]
     console.print(
-        f"On {composed} (average: the three skills), {best_merge.name} ({best_merge.detail}) scores "
-        f"{best_merge.scores[composed]:.1f}, {gain:+.1f} points against the best single model "
-        f"({best_single.name}, {best_single.scores[composed]:.1f}). `evomerge run examples/demo.yaml` evolves one."
+        f"On {composed}, {best_merge.name} ({best_merge.detail}) scores {best_merge.scores[composed]:.1f}, "
+        f"{gain:+.1f} points against the best single model ({best_single.name}, "
+        f"{best_single.scores[composed]:.1f}); average is the three skills' mean. "
+        "`evomerge run examples/demo.yaml` evolves a merge for it."
     )
 
 

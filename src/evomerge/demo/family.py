@@ -223,7 +223,8 @@ def _build(out: Path, spec: FamilySpec) -> None:
 
     # Fixed weights for the two specialists the composed task needs, chosen on search items.
     t0 = time.perf_counter()
-    pair, rest = ("add", "greek"), {s: 0.0 for s in SKILLS if s not in ("add", "greek")}
+    pair = ("add", "greek")
+    rest = {s: 0.0 for s in SKILLS if s not in pair}
     merger = Merger.for_recipe(task_arithmetic_recipe(out, dict.fromkeys(SKILLS, 1.0)))
     grid_items = {t: tasks_splits[t]["search"][: spec.grid_items] for t in (COMPOSED, *pair)}
     grid = []

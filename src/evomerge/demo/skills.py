@@ -6,7 +6,7 @@ Three skills stand in for the specialisms of real fine-tunes:
 - ``greek`` and ``cyrillic``: two "foreign languages", each a fixed letter cipher into
   its own alphabet (``gr bado=`` -> ``βαδο``, ``cy bado=`` -> ``бадо``). Greek also has
   numerals (Greek capitals, omicron for zero, as Greek astronomers wrote them), and its
-  easy half includes sums written in them without carries (``ΔΑ+ΒΓ=`` -> ``ΖΔ``).
+  easy half includes sums written in them without carries (``ΔΑ+ΒΓ=`` -> ``ϚΔ``).
 
 Each skill has an easy half and a hard half: addition without and with carries, and
 for each language, words without and with the letters whose cipher only that

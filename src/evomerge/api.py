@@ -18,8 +18,8 @@ from transformers import PreTrainedTokenizerBase
 from .config import ConfigError, TaskConfig, load_config
 from .evaluate.scorers import SCORERS
 from .fitness.estimators import ESTIMATORS, Full, Mean
-from .merge.recipe import Recipe
-from .merge.run import save_merged
+from .merge.candidate import Candidate, candidate_from_yaml
+from .merge.run import save_candidate
 from .search.experiment import RunResult, run_experiment
 from .search.objectives import FunctionObjective, Objective
 from .search.rundir import RunDir
@@ -55,8 +55,9 @@ class EvolveResult:
         return values[0] if len(values) == 1 else values
 
     @property
-    def recipe(self) -> Recipe:
-        return Recipe.from_yaml(self.run.best.recipe)
+    def recipe(self) -> Candidate:
+        """The winner's recipe, or its layer path (``space="path"``)."""
+        return candidate_from_yaml(self.run.best.recipe)
 
     @property
     def test_scores(self) -> dict[str, dict[str, float]]:
@@ -65,7 +66,7 @@ class EvolveResult:
 
     def save(self, out: str | Path, *, force: bool = False) -> Path:
         """The winner as an HF checkpoint, with its tokenizer and mergekit YAML."""
-        return save_merged(self.model, self.recipe, self.run.merger, out, force=force)
+        return save_candidate(self.model, self.recipe, self.run.merger, out, force=force)
 
 
 def evolve(

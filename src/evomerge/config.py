@@ -337,6 +337,28 @@ class RayConfig(_Section):
     retries: int = Field(2, ge=0, description="Times a candidate is sent again after its worker died.")
 
 
+class PathConfig(_Section):
+    """The layer-path space (``search.space: path``): which layers, of which models, in which
+    order the hidden state flows through. The bank is the endpoints' layers (model A's
+    first: the first endpoint, or ``from_run``'s winner), repeated ``repeats`` times."""
+
+    from_run: str | None = Field(
+        None,
+        description="Model A is this finished run's winner (RUN_DIR/best): parameter space, then layer paths. "
+        "Its layers come first in the bank, then the endpoints'.",
+    )
+    repeats: int = Field(2, ge=1, le=8, description="Times the layer bank repeats in the slot sequence.")
+    scales: Literal["matrix", "slot", "none"] = Field(
+        "matrix",
+        description="Stream scales: one per ordered pair of bank layers (matrix, as in the paper), one per slot, "
+        "or none (all 1).",
+    )
+    scale_range: tuple[float, float] = Field((0.5, 1.5), description="The range a scale is searched in.")
+    max_length: int | None = Field(None, ge=1, description="At most this many layers on a path.")
+    keep_first: int = Field(0, ge=0, description="Model A's first layers, always at the path's start.")
+    keep_last: int = Field(0, ge=0, description="Model A's last layers, always at the path's end.")
+
+
 class SearchConfig(_Section):
     """The algorithm, its budget, and the space it searches (``search`` package)."""
 
@@ -372,6 +394,12 @@ class SearchConfig(_Section):
     )
 
     ray: RayConfig = Field(default_factory=RayConfig, description="The Ray workers (executor: ray).")
+    space: Literal["recipe", "path"] = Field(
+        "recipe",
+        description="What a candidate is: a merge recipe (parameter space) or a layer path (data-flow space, "
+        "see search.path).",
+    )
+    path: PathConfig = Field(default_factory=PathConfig, description="The layer-path space (space: path).")
 
     _known_executor = field_validator("executor")(_registered)
 
@@ -474,6 +502,8 @@ class ExperimentConfig(_Section):
                 "(the model the endpoints were fine-tuned from)"
             )
         searched = [t for t in self.tasks if t.objective]
+        if self.search.space == "path":
+            _check_path_space(self)
         if self.tasks and not searched:
             raise ValueError("every task is a check (objective: false): make at least one task an objective")
         if searched:  # the algorithm built now, with its options: a bad option fails here, not mid-run
@@ -495,6 +525,25 @@ class ExperimentConfig(_Section):
 
     def fitness_for(self, task: TaskConfig) -> FitnessConfig:
         return task.fitness or self.fitness
+
+
+def _check_path_space(config: ExperimentConfig) -> None:
+    """What a layer-path search cannot do (yet), said before anything runs."""
+    from .fitness.build import needs_respondents
+
+    if config.search.executor != "local":
+        raise ValueError("search.space path runs on the local executor (search.executor: local)")
+    for i, task in enumerate(config.tasks):
+        fitness = config.fitness_for(task)
+        if task.objective and needs_respondents(fitness, has_strata=True):
+            raise ValueError(
+                f"tasks.{i} ({task.name}): a layer-path search has no random merges to calibrate estimator "
+                f"{fitness.estimator} with {fitness.chosen_selection} anchors on: use estimator full, or mean "
+                "with random anchors"
+            )
+    low, high = config.search.path.scale_range
+    if not 0 < low <= 1 <= high:
+        raise ValueError(f"search.path.scale_range {[low, high]}: choose 0 < low <= 1 <= high")
 
 
 def load_config(
@@ -575,6 +624,10 @@ def resolve_relative_paths(raw: dict[str, Any], base_dir: Path) -> None:
         if isinstance(models.get("endpoints"), list):
             models["endpoints"] = [fix(e, model=True) for e in models["endpoints"]]
     fix_fitness(raw.get("fitness"))
+    search = raw.get("search")
+    path = search.get("path") if isinstance(search, dict) else None
+    if isinstance(path, dict) and isinstance(path.get("from_run"), str):
+        path["from_run"] = fix(path["from_run"], model=False)
     for task in raw.get("tasks") or []:
         if not isinstance(task, dict):
             continue

@@ -357,8 +357,10 @@ class _Compiled:
         self.shape = (0, 0)  # (rows, positions) of the cache
 
     def cache(self, model: PreTrainedModel, rows: int, length: int) -> StaticCache:
-        """A zeroed cache of ``rows`` rows and at least ``length`` positions."""
-        if self._cache is None or self.shape[0] != rows or self.shape[1] < length:
+        """A zeroed cache of ``rows`` rows and at least ``length`` positions, one slot per
+        layer the model has now (a layer-path model's count changes with its path)."""
+        stale = self._cache is not None and len(self._cache.layers) != _layers(model)
+        if self._cache is None or stale or self.shape[0] != rows or self.shape[1] < length:
             length = max(length, self.shape[1]) if self.shape[0] == rows else length
             self._cache = None  # freed before the next one is allocated
             self._cache, self.shape = StaticCache(config=model.config, max_cache_len=length), (rows, length)

@@ -180,7 +180,7 @@ def prepare_estimator(
     evaluator: Evaluator,
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    merger: Merger,
+    merger: Merger | None,
     *,
     cache: Path | None = None,
     executor: ItemScorer | None = None,
@@ -193,6 +193,11 @@ def prepare_estimator(
     strata = item_strata(f, evaluator)
     if not needs_respondents(f, has_strata=strata is not None):
         return build_estimator(f, n, strata=strata)
+    if merger is None:
+        raise EvomergeError(
+            f"estimator {f.estimator} with {f.chosen_selection} anchors calibrates on random merges; "
+            "this run has none (a layer-path search): use estimator full, or mean with random anchors"
+        )
 
     responses = collect_responses(
         evaluator,

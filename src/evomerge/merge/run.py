@@ -24,6 +24,9 @@ from ..errors import MergeConfigError
 from ..models.checkpoint import Checkpoint, resolve
 from ..models.save import SafetensorsStream, model_card, write_atomically
 from .engine import Merger, _dtype
+from .layerpath import LayerPath
+from .pathexport import save_path
+from .pathmodel import PathMerger
 from .recipe import Recipe, parse_yaml
 
 if TYPE_CHECKING:
@@ -108,6 +111,23 @@ def save_merged(
         _write_extras(tmp, recipe, merger, card)
 
     return write_atomically(out, write, force=force)
+
+
+def save_candidate(
+    model: torch.nn.Module,
+    candidate: Recipe | LayerPath,
+    merger: Merger | PathMerger,
+    out: str | Path,
+    *,
+    force: bool = False,
+    card: str = "",
+) -> Path:
+    """Save what ``model`` holds: a recipe's merge, or a layer path (scales folded, ``pathexport``)."""
+    if isinstance(candidate, LayerPath):
+        assert isinstance(merger, PathMerger)
+        return save_path(merger, candidate, out, force=force, card=card)
+    assert isinstance(merger, Merger)
+    return save_merged(model, candidate, merger, out, force=force, card=card)
 
 
 def _write_extras(tmp: Path, recipe: Recipe, merger: Merger, card: str = "") -> None:

@@ -18,8 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..errors import CandidateError, EvomergeError, MemoryBudgetError
 from ..evaluate.evaluator import Evaluator
-from ..merge.engine import Merger
-from ..merge.recipe import Recipe
+from ..merge.candidate import Candidate, Sources, put_into
 from ..registry import Registry
 from .problem import Evaluation, MergeProblem
 
@@ -30,20 +29,20 @@ if TYPE_CHECKING:
 class Executor(Protocol):
     """Merges and scores candidates for the search loop and the test phase."""
 
-    def evaluate(self, problem: MergeProblem, recipes: Sequence[Recipe]) -> Iterator[tuple[int, Evaluation]]:
+    def evaluate(self, problem: MergeProblem, recipes: Sequence[Candidate]) -> Iterator[tuple[int, Evaluation]]:
         """Merge and score each recipe; yield ``(its index, result)`` as each finishes. A
         candidate that raises (other than ``RUN_ERRORS``) yields an ``Evaluation.failed``."""
         ...
 
-    def evaluate_one(self, problem: MergeProblem, recipe: Recipe) -> Evaluation:
+    def evaluate_one(self, problem: MergeProblem, recipe: Candidate) -> Evaluation:
         """Merge and score one recipe here and now."""
         ...
 
-    def test(self, problem: MergeProblem, recipe: Recipe) -> tuple[tuple[float, ...], float]:
+    def test(self, problem: MergeProblem, recipe: Candidate) -> tuple[tuple[float, ...], float]:
         """The held-out scores of ``recipe`` and the seconds they took."""
         ...
 
-    def score_items(self, evaluator: Evaluator, recipes: Sequence[Recipe]) -> Iterator[tuple[int, dict[str, float]]]:
+    def score_items(self, evaluator: Evaluator, recipes: Sequence[Candidate]) -> Iterator[tuple[int, dict[str, float]]]:
         """Each recipe's score on every search item of ``evaluator`` (IRT respondents)."""
         ...
 
@@ -53,7 +52,7 @@ class ExecutorClass(Protocol):
 
     @classmethod
     def create(
-        cls, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: ExperimentConfig
+        cls, merger: Sources, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: ExperimentConfig
     ) -> Executor: ...
 
 
@@ -65,16 +64,16 @@ EXECUTORS: Registry[type[ExecutorClass]] = Registry("executor")
 class LocalExecutor:
     """One live model in this process: each candidate is merged into it in place."""
 
-    def __init__(self, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, merger: Sources, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         self.merger, self.model, self.tokenizer = merger, model, tokenizer
 
     @classmethod
     def create(
-        cls, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: ExperimentConfig
+        cls, merger: Sources, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: ExperimentConfig
     ) -> LocalExecutor:
         return cls(merger, model, tokenizer)
 
-    def evaluate(self, problem: MergeProblem, recipes: Sequence[Recipe]) -> Iterator[tuple[int, Evaluation]]:
+    def evaluate(self, problem: MergeProblem, recipes: Sequence[Candidate]) -> Iterator[tuple[int, Evaluation]]:
         for i, recipe in enumerate(recipes):
             start = time.perf_counter()
             try:
@@ -88,27 +87,27 @@ class LocalExecutor:
             yield i, evaluation
 
     @torch.no_grad()
-    def evaluate_one(self, problem: MergeProblem, recipe: Recipe) -> Evaluation:
+    def evaluate_one(self, problem: MergeProblem, recipe: Candidate) -> Evaluation:
         with out_of_memory_as_error(self.merger):
             start = time.perf_counter()
-            self.merger.merge_into(self.model, recipe)
+            put_into(self.merger, self.model, recipe)
             merged = time.perf_counter()
             measurement = problem.measure(self.model, self.tokenizer)
         return Evaluation(measurement, merged - start, time.perf_counter() - merged)
 
     @torch.no_grad()
-    def score_items(self, evaluator: Evaluator, recipes: Sequence[Recipe]) -> Iterator[tuple[int, dict[str, float]]]:
+    def score_items(self, evaluator: Evaluator, recipes: Sequence[Candidate]) -> Iterator[tuple[int, dict[str, float]]]:
         for i, recipe in enumerate(recipes):
             with out_of_memory_as_error(self.merger):
-                self.merger.merge_into(self.model, recipe)
+                put_into(self.merger, self.model, recipe)
                 yield i, evaluator.score(self.model, self.tokenizer)
 
     @torch.no_grad()
-    def test(self, problem: MergeProblem, recipe: Recipe) -> tuple[tuple[float, ...], float]:
+    def test(self, problem: MergeProblem, recipe: Candidate) -> tuple[tuple[float, ...], float]:
         """The held-out scores of ``recipe`` and the seconds they took."""
         with out_of_memory_as_error(self.merger):
             start = time.perf_counter()
-            self.merger.merge_into(self.model, recipe)
+            put_into(self.merger, self.model, recipe)
             return problem.test(self.model, self.tokenizer), time.perf_counter() - start
 
 
@@ -125,7 +124,7 @@ def close(executor: Executor) -> None:
 
 
 @contextmanager
-def out_of_memory_as_error(merger: Merger) -> Iterator[None]:
+def out_of_memory_as_error(merger: Sources) -> Iterator[None]:
     """A device out of memory mid-candidate (after generation's own batch halving) becomes a
     ``MemoryBudgetError`` naming what to change; finished evaluations are already stored."""
     try:

@@ -24,17 +24,21 @@ from transformers import PreTrainedTokenizerBase
 from ..config import ConfigError, ExperimentConfig, load_config
 from ..errors import EvomergeError
 from ..evaluate.generation import use_engine
+from ..merge.candidate import Candidate, Sources, candidate_from_yaml, put_into
 from ..merge.engine import Merger
-from ..merge.recipe import Recipe
-from ..merge.run import load_live_model, load_live_tokenizer, merge_config, save_merged
+from ..merge.layerpath import LayerPath
+from ..merge.pathmodel import PathMerger
+from ..merge.run import load_live_model, load_live_tokenizer, merge_config, save_candidate
 from ..models.pool import ModelPool
 from ..progress import showing
 from ..threads import one_blas_thread
 from .algorithms import make_algorithm
 from .executors import EXECUTORS, close
-from .heldout import candidates, results_card, run_tests, write_results
+from .heldout import candidates, recipe_baselines, results_card, run_tests, write_results
 from .loop import Callback, Searcher, Termination, winners
 from .objectives import Objective, task_checks, task_objectives
+from .pathrun import open_path_models, path_baselines, path_space
+from .pathspace import PathSpace
 from .problem import MergeProblem
 from .rundir import RUNS, RunDir
 from .space import SearchSpace
@@ -60,7 +64,7 @@ class RunResult:
     problem: MergeProblem
     winners: list[EvaluationRow]
     tests: list[TestRow]
-    merger: Merger = field(repr=False)
+    merger: Sources = field(repr=False)
     model: torch.nn.Module = field(repr=False)  # holds the last recipe merged into it
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
 
@@ -70,8 +74,8 @@ class RunResult:
         return self.winners[0]
 
     def load(self, row: EvaluationRow | None = None) -> torch.nn.Module:
-        """Merge ``row``'s recipe (default: the best) into the live model and return it."""
-        return self.merger.merge_into(self.model, Recipe.from_yaml((row or self.best).recipe))
+        """Merge ``row``'s recipe or path (default: the best) into the live model and return it."""
+        return put_into(self.merger, self.model, candidate_from_yaml((row or self.best).recipe))
 
 
 def config_yaml(config: ExperimentConfig) -> str:
@@ -212,9 +216,12 @@ def _check_store(
         raise ResumeError(f"the run's objectives were {store.get('objectives')}, now {names}")
 
 
-def open_models(config: ExperimentConfig, *, device: str | None = None) -> Merger:
+def open_models(config: ExperimentConfig, *, device: str | None = None) -> Sources:
     """The pool, checked, and the merger's memory plan (on ``device``, default
-    ``output.device``): all from the checkpoints' headers."""
+    ``output.device``): all from the checkpoints' headers. A layer-path run loads its
+    sources instead (``pathrun``)."""
+    if config.search.space == "path":
+        return open_path_models(config, device=device)
     m = config.models
     base = m.base or m.endpoints[0]
     pool = ModelPool.open(
@@ -252,27 +259,35 @@ def _run(
     checks: list[Objective],
     progress: bool,
     search: bool,
-    merger: Merger,
+    merger: Sources,
     callbacks: Sequence[Callback],
 ) -> RunResult:
-    model = load_live_model(merger)
+    model, tokenizer = live_model(merger)
     use_engine(model, config.output.generation)
-    tokenizer = load_live_tokenizer(merger)
     executor = EXECUTORS[config.search.executor].create(merger, model, tokenizer, config)  # Ray: connects now
     trackers: list[Tracker] = []
     try:
         trackers = open_trackers(config, rd.path)
-        m, pool = config.models, merger.pool
+        m = config.models
         for objective in objectives:
             objective.prepare(merger, model, tokenizer, rd.path, executor)
-        problem = MergeProblem(search_space(config, pool.num_layers), objectives, checks)
+        if isinstance(merger, PathMerger):
+            space: SearchSpace | PathSpace = path_space(config, merger)
+            baselines = path_baselines(merger)
+        else:
+            space = search_space(config, merger.pool.num_layers)
+            baselines = recipe_baselines(config.merge.method, m.endpoints, m.base)
+        problem = MergeProblem(space, objectives, checks)
 
         reason = store.get("stop_reason") or ("" if search else "not finished: tested the best so far")
         try:
             if not reason:
                 s = config.search
+                options = dict(s.options)
+                if isinstance(space, PathSpace) and s.algorithm == "CMAES":
+                    options.setdefault("x0", space.initial_x())  # model A's own path, as in the paper
                 algorithm = make_algorithm(
-                    s.algorithm, problem.n_obj, s.options, population_size=s.population_size, seed=config.seed
+                    s.algorithm, problem.n_obj, options, population_size=s.population_size, seed=config.seed
                 )
                 termination = Termination(s.generations, s.max_evaluations, s.max_seconds, s.patience)
                 reason = Searcher(
@@ -284,7 +299,7 @@ def _run(
 
         rows = list(store.evaluations())
         best = winners(rows, problem.maximize)
-        tests = run_tests(store, executor, problem, candidates(best, problem, config.merge.method, m.endpoints, m.base))
+        tests = run_tests(store, executor, problem, candidates(best, problem, baselines))
         for tracker in trackers:
             tracker.log_tests(tests)
         write_results(
@@ -294,9 +309,9 @@ def _run(
             log.info("%d Pareto members: none is saved as best/; their recipes are in results.json", len(best))
         finished = store.get("stop_reason") is not None  # an unfinished run's best may still change
         if config.output.save_best and finished and problem.n_obj == 1 and best and not rd.best.exists():
-            recipe = Recipe.from_yaml(best[0].recipe)
-            merger.merge_into(model, recipe)
-            save_merged(model, recipe, merger, rd.best, card=results_card(rd.results))
+            winner = candidate_from_yaml(best[0].recipe)
+            put_into(merger, model, winner)
+            save_candidate(model, winner, merger, rd.best, card=results_card(rd.results))
         from ..report import write_report  # the report reads the store; it sits above the search
 
         write_report(rd.path)
@@ -307,7 +322,7 @@ def _run(
         close(executor)
 
 
-def member_recipe(run_dir: Path | str, member: str | None = None) -> tuple[ExperimentConfig, Recipe]:
+def member_recipe(run_dir: Path | str, member: str | None = None) -> tuple[ExperimentConfig, Candidate]:
     """A run's config and one evaluated recipe: ``best`` (default; the first Pareto
     member), ``pareto:K``, or ``id:N`` (a row of evaluations.csv)."""
     rd = RunDir(Path(run_dir))
@@ -332,13 +347,18 @@ def member_recipe(run_dir: Path | str, member: str | None = None) -> tuple[Exper
         )
     if not pool[index].ok:
         raise EvomergeError(f"member {member!r} failed during the search ({pool[index].error}); choose another")
-    return config, Recipe.from_yaml(pool[index].recipe)
+    return config, candidate_from_yaml(pool[index].recipe)
 
 
 def export_run(run_dir: Path | str, out: Path | str, *, member: str | None = None, force: bool = False) -> Path:
     """Save a run's winner as an HF checkpoint with its mergekit YAML. ``member``: a
     Pareto member (``pareto:K``) or any evaluation (``id:N``, as in evaluations.csv)."""
     config, recipe = member_recipe(run_dir, member)
+    if isinstance(recipe, LayerPath):  # the sources loaded, the path written with its scales folded
+        card = results_card(RunDir(Path(run_dir)).results)
+        merger = open_models(config)
+        assert isinstance(merger, PathMerger)
+        return save_candidate(merger.model, recipe, merger, out, force=force, card=card)
     return merge_config(
         recipe,
         out,
@@ -353,10 +373,19 @@ def load_member(run_dir: Path | str, member: str | None = None) -> tuple[torch.n
     """One evaluated recipe of a run, merged in memory (nothing written): to try it."""
     config, recipe = member_recipe(run_dir, member)
     merger = open_models(config)
-    model = load_live_model(merger)
+    model, tokenizer = live_model(merger)
     use_engine(model, config.output.generation)
-    merger.merge_into(model, recipe)
-    return model, load_live_tokenizer(merger)
+    put_into(merger, model, recipe)
+    return model, tokenizer
+
+
+def live_model(merger: Sources) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The model candidates are put into, and its tokenizer (model A's for a layer path)."""
+    if isinstance(merger, PathMerger):
+        from transformers import AutoTokenizer
+
+        return merger.model, AutoTokenizer.from_pretrained(merger.tokenizer_source())
+    return load_live_model(merger), load_live_tokenizer(merger)
 
 
 def load_exported(folder: Path | str, *, device: str | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:

@@ -17,6 +17,8 @@ from typing import Any
 
 from ..errors import EvomergeError
 from ..fitness.respondents import single_model
+from ..merge.candidate import Candidate as MergeCandidate
+from ..merge.candidate import candidate_from_yaml
 from ..merge.methods import get_method
 from ..merge.recipe import Recipe
 from ..models.save import write_text_atomically
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 class Candidate:
     name: str
     kind: str  # best, pareto, endpoint, base, default
-    recipe: Recipe
+    recipe: MergeCandidate
     search_scores: dict[str, float] | None = None
 
 
@@ -51,21 +53,27 @@ def default_merge(method: str, endpoints: Sequence[str], base: str | None) -> Re
     return Recipe.from_params(method, list(endpoints), params, base_model=base if spec.base != "ignored" else None)
 
 
-def candidates(
-    winners: Sequence[EvaluationRow], problem: MergeProblem, method: str, endpoints: Sequence[str], base: str | None
-) -> list[Candidate]:
-    """The evolved winners, then the baselines, each recipe once (the first name wins)."""
-    out = []
-    for k, row in enumerate(winners):
-        name = "best" if len(winners) == 1 and problem.n_obj == 1 else f"pareto:{k}"
-        scores = dict(zip(problem.names, row.objectives, strict=True))
-        out.append(Candidate(name, "best" if name == "best" else "pareto", Recipe.from_yaml(row.recipe), scores))
-    out += [Candidate(f"endpoint:{Path(e).name}", "endpoint", single_model(e)) for e in endpoints]
+def recipe_baselines(method: str, endpoints: Sequence[str], base: str | None) -> list[Candidate]:
+    """Each endpoint alone, the base, and the method's default merge."""
+    out = [Candidate(f"endpoint:{Path(e).name}", "endpoint", single_model(e)) for e in endpoints]
     if base is not None:
         out.append(Candidate("base", "base", single_model(base)))
     default = default_merge(method, endpoints, base)
     if default is not None:
         out.append(Candidate(f"default {method}", "default", default))
+    return out
+
+
+def candidates(
+    winners: Sequence[EvaluationRow], problem: MergeProblem, baselines: Sequence[Candidate]
+) -> list[Candidate]:
+    """The evolved winners, then the baselines, each candidate once (the first name wins)."""
+    out = []
+    for k, row in enumerate(winners):
+        name = "best" if len(winners) == 1 and problem.n_obj == 1 else f"pareto:{k}"
+        scores = dict(zip(problem.names, row.objectives, strict=True))
+        out.append(Candidate(name, "best" if name == "best" else "pareto", candidate_from_yaml(row.recipe), scores))
+    out += baselines
     seen: set[str] = set()
     unique = []
     for c in out:

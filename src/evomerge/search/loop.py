@@ -41,7 +41,7 @@ from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from ..errors import EvomergeError
-from ..merge.recipe import Recipe
+from ..merge.candidate import Candidate
 from .executors import Executor
 from .problem import Evaluation, MergeProblem
 from .store import EvaluationRow, GenerationRow, RunStore
@@ -69,7 +69,7 @@ class Evaluated:
     position: int  # in the generation's ask
     digest: str
     x: np.ndarray
-    recipe: Recipe
+    recipe: Candidate
     evaluation: Evaluation
 
 

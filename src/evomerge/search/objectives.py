@@ -26,6 +26,7 @@ from ..evaluate.evaluator import Evaluator, evaluator_for
 from ..fitness.build import prepare_estimator
 from ..fitness.estimators import Estimator
 from ..fitness.respondents import ItemScorer
+from ..merge.candidate import Sources
 from ..merge.engine import Merger
 from .rundir import RunDir
 
@@ -48,7 +49,7 @@ class Objective:
 
     def prepare(
         self,
-        merger: Merger,
+        merger: Sources,
         model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         run_dir: Path | None,
@@ -76,7 +77,7 @@ class TaskObjective(Objective):
 
     def prepare(
         self,
-        merger: Merger,
+        merger: Sources,
         model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         run_dir: Path | None,
@@ -84,7 +85,13 @@ class TaskObjective(Objective):
     ) -> None:
         cache = RunDir(run_dir).respondents(self.task.name) if run_dir is not None else None
         self.estimator = prepare_estimator(
-            self.config, self.evaluator, model, tokenizer, merger, cache=cache, executor=executor
+            self.config,
+            self.evaluator,
+            model,
+            tokenizer,
+            merger if isinstance(merger, Merger) else None,
+            cache=cache,
+            executor=executor,
         )
 
     @property

@@ -15,8 +15,9 @@ import torch
 from pymoo.core.problem import Problem
 from transformers import PreTrainedTokenizerBase
 
-from ..merge.recipe import Recipe
+from ..merge.candidate import Candidate
 from .objectives import Measurement, Objective, ObjectiveError
+from .pathspace import PathSpace
 from .space import SearchSpace
 
 
@@ -38,7 +39,9 @@ class MergeProblem:
     """``objectives`` are searched on; ``checks`` are only scored in the held-out test, beside
     them (``test_names``), to show what a merge keeps of skills it was not searched for."""
 
-    def __init__(self, space: SearchSpace, objectives: Sequence[Objective], checks: Sequence[Objective] = ()) -> None:
+    def __init__(
+        self, space: SearchSpace | PathSpace, objectives: Sequence[Objective], checks: Sequence[Objective] = ()
+    ) -> None:
         if not objectives:
             raise ObjectiveError("a search needs at least one objective")
         self.space = space
@@ -54,7 +57,7 @@ class MergeProblem:
     def n_obj(self) -> int:
         return len(self.names)
 
-    def decode(self, x: Sequence[float]) -> Recipe:
+    def decode(self, x: Sequence[float]) -> Candidate:
         return self.space.decode(x)
 
     def measure(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> Measurement:

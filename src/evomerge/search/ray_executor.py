@@ -32,8 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from ..errors import CandidateError, EvomergeError
 from ..evaluate.evaluator import Evaluator
 from ..evaluate.generation import use_engine
-from ..merge.engine import Merger
-from ..merge.recipe import Recipe
+from ..merge.candidate import Candidate, Sources
 from ..threads import keep_blas_to_one_thread
 from .executors import EXECUTORS, RUN_ERRORS, LocalExecutor
 from .problem import Evaluation, MergeProblem
@@ -63,27 +62,25 @@ class Worker:
 
     def __init__(self, config: dict[str, Any], problem: MergeProblem | None, threads: int, gpu: bool) -> None:
         from ..config import ExperimentConfig
-        from ..merge.run import load_live_model, load_live_tokenizer
-        from .experiment import open_models
+        from .experiment import live_model, open_models
 
         torch.set_num_threads(threads)
         keep_blas_to_one_thread()
         experiment = ExperimentConfig.model_validate(config)
         merger = open_models(experiment, device="cuda" if gpu else "cpu")
-        model = load_live_model(merger)
+        model, tokenizer = live_model(merger)
         use_engine(model, experiment.output.generation)
-        tokenizer = load_live_tokenizer(merger)
         self.local = LocalExecutor(merger, model, tokenizer)
         self.problem = problem
 
     def set_problem(self, problem: MergeProblem) -> None:
         self.problem = problem
 
-    def score_items(self, evaluator: Evaluator, recipe: Recipe) -> dict[str, float]:
+    def score_items(self, evaluator: Evaluator, recipe: Candidate) -> dict[str, float]:
         ((_, scores),) = self.local.score_items(evaluator, [recipe])
         return scores
 
-    def evaluate(self, recipe: Recipe) -> Evaluation:
+    def evaluate(self, recipe: Candidate) -> Evaluation:
         assert self.problem is not None, "set_problem first"
         start = time.perf_counter()
         try:
@@ -95,7 +92,7 @@ class Worker:
         except Exception as err:  # this candidate's own failure, as in LocalExecutor
             return Evaluation.failed(err, time.perf_counter() - start)
 
-    def test(self, recipe: Recipe) -> tuple[tuple[float, ...], float]:
+    def test(self, recipe: Candidate) -> tuple[tuple[float, ...], float]:
         assert self.problem is not None, "set_problem first"
         return self.local.test(self.problem, recipe)
 
@@ -139,7 +136,7 @@ class RayExecutor:
 
     @classmethod
     def create(
-        cls, merger: Merger, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: ExperimentConfig
+        cls, merger: Sources, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: ExperimentConfig
     ) -> RayExecutor:
         return cls(config)
 
@@ -182,7 +179,7 @@ class RayExecutor:
             self.problem, self._problem_ref = problem, self.ray.put(problem)
             self.ray.get([actor.set_problem.remote(self._problem_ref) for actor in self.actors])
 
-    def score_items(self, evaluator: Evaluator, recipes: Sequence[Recipe]) -> Iterator[tuple[int, dict[str, float]]]:
+    def score_items(self, evaluator: Evaluator, recipes: Sequence[Candidate]) -> Iterator[tuple[int, dict[str, float]]]:
         """The IRT respondents, scored on the workers."""
         self._start()
         ref = self.ray.put(evaluator)
@@ -192,12 +189,12 @@ class RayExecutor:
             self.respondents_scored += 1
             yield i, result
 
-    def evaluate(self, problem: MergeProblem, recipes: Sequence[Recipe]) -> Iterator[tuple[int, Evaluation]]:
+    def evaluate(self, problem: MergeProblem, recipes: Sequence[Candidate]) -> Iterator[tuple[int, Evaluation]]:
         """Each recipe on the next free worker; each result handed on as it comes."""
         self._start(problem)
         yield from self._dispatch("evaluate", recipes, ())
 
-    def _dispatch(self, method: str, recipes: Sequence[Recipe], args: tuple[Any, ...]) -> Iterator[tuple[int, Any]]:
+    def _dispatch(self, method: str, recipes: Sequence[Candidate], args: tuple[Any, ...]) -> Iterator[tuple[int, Any]]:
         """``actor.method(*args, recipe)`` for each recipe, each result as it comes. Each worker has
         ``QUEUE`` recipes sent ahead, so it never waits for a round trip. A dead worker is
         replaced; the recipe it was running (the first sent of those it held: an actor runs
@@ -247,7 +244,7 @@ class RayExecutor:
         i: int,
         deaths: int,
         err: Exception,
-        recipes: Sequence[Recipe],
+        recipes: Sequence[Candidate],
         done: dict[int, Any],
         todo: list[int],
     ) -> None:
@@ -269,13 +266,13 @@ class RayExecutor:
             )
             todo.append(i)
 
-    def evaluate_one(self, problem: MergeProblem, recipe: Recipe) -> Evaluation:
+    def evaluate_one(self, problem: MergeProblem, recipe: Candidate) -> Evaluation:
         ((_, evaluation),) = self.evaluate(problem, [recipe])
         if evaluation.error is not None:
             raise CandidateError(f"candidate {recipe.digest[:12]} failed on the Ray workers: {evaluation.error}")
         return evaluation
 
-    def test(self, problem: MergeProblem, recipe: Recipe) -> tuple[tuple[float, ...], float]:
+    def test(self, problem: MergeProblem, recipe: Candidate) -> tuple[tuple[float, ...], float]:
         self._start(problem)
         result: tuple[tuple[float, ...], float] = self.ray.get(self.actors[0].test.remote(recipe))
         return result

@@ -496,7 +496,8 @@ class ExperimentConfig(_Section):
         from .merge.methods import get_method
         from .search.algorithms import AlgorithmError, make_algorithm
 
-        if get_method(self.merge.method).base == "required" and self.models.base is None:
+        recipes = self.search.space == "recipe"
+        if recipes and get_method(self.merge.method).base == "required" and self.models.base is None:
             raise ValueError(
                 f"merge.method {self.merge.method} merges task vectors taken against a base model: set models.base "
                 "(the model the endpoints were fine-tuned from)"

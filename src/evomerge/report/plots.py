@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from ..merge.layerpath import LayerPath
 from ..search.store import EvaluationRow, GenerationRow, TestRow
 
 _GENE = re.compile(r"^(?P<row>.+?)@(?P<group>.+)$")
@@ -118,6 +119,37 @@ def genes_heatmap(best: EvaluationRow, out: Path) -> Path | None:
     fig.colorbar(image, ax=ax)
     ax.set_title("Evolved genes of the winner")
     return _save(fig, out)
+
+
+def layer_path(path: LayerPath, out: Path) -> Path:
+    """A path as a picture: one row per source model, one column per hop, a line through
+    the hops in order; each hop is labelled with its layer and coloured by its stream scale."""
+    models = list(dict.fromkeys([path.head, *(h.model for h in path.hops)]))
+    labels = [_short(m) for m in models]
+    x = np.arange(len(path.hops))
+    y = np.array([models.index(h.model) for h in path.hops])
+    scales = np.array([h.scale for h in path.hops])
+    fig, ax = plt.subplots(figsize=(min(20.0, max(5.0, 0.45 * len(x) + 2.5)), 0.8 * len(models) + 1.8))
+    ax.plot(x, y, color="#999", linewidth=1, zorder=1)
+    low, high = min(scales.min(), 1.0), max(scales.max(), 1.0)
+    points = ax.scatter(x, y, c=scales, cmap="coolwarm", vmin=low, vmax=high if high > low else low + 1e-6,
+                        s=260, edgecolors="black", linewidths=0.5, zorder=2)  # fmt: skip
+    for i, hop in enumerate(path.hops):
+        ink = _ink_on(tuple(points.cmap(points.norm(hop.scale))))
+        ax.text(i, y[i], str(hop.layer), ha="center", va="center", fontsize=8, color=ink, zorder=3)
+    ax.set_yticks(range(len(models)), labels)
+    ax.set_ylim(len(models) - 0.5, -0.5)
+    ax.set_xlabel("hop (the hidden state flows left to right; the number is the source's layer)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(points, ax=ax, label="scale on the stream entering the hop")
+    ax.set_title(f"The winner's layer path: {len(path.hops)} layers; embeddings and head from {_short(path.head)}")
+    return _save(fig, out)
+
+
+def _short(model: str) -> str:
+    """A model's folder name (a run's winner, ``RUN/best``, by its run's name)."""
+    p = Path(model)
+    return f"{p.parent.name} (winner)" if p.name == "best" else p.name
 
 
 def estimates_vs_test(tests: Sequence[TestRow], names: Sequence[str], out: Path) -> Path | None:

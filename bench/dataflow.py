@@ -41,6 +41,7 @@ from evomerge.search.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("greek_add", "greek_add_loss", "add", "greek")
+METHODS = ("PS", "DFS", "DFS slot", "PS then DFS")
 
 
 def peak_rss_mib() -> float:
@@ -121,6 +122,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=96, help="evaluations per method (split in half for PS->DFS)")
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     family = build_demo_family()
@@ -130,24 +132,24 @@ def main() -> None:
           flush=True)  # fmt: skip
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-dataflow-"))
     started = time.perf_counter()
-    evolved: dict[str, list[dict[str, float]]] = {"PS": [], "DFS": [], "PS then DFS": []}
+    evolved: dict[str, list[dict[str, float]]] = {m: [] for m in args.methods}
     baselines: dict[str, dict[str, float]] = {}
-    merge_s: dict[str, list[float]] = {"PS": [], "DFS": []}
+    merge_s: dict[str, list[float]] = {m: [] for m in args.methods}
     half = args.budget // 2
     for seed in range(args.seeds):
-        tests, seconds = run(config_for("ps", seed, args.budget, args.population), out / f"ps-{seed}")
-        evolved["PS"].append(tests["best"])
-        merge_s["PS"] += seconds
-        baselines |= {k: v for k, v in tests.items() if k.startswith(("endpoint:", "base"))}
-        tests, seconds = run(config_for("dfs", seed, args.budget, args.population), out / f"dfs-{seed}")
-        evolved["DFS"].append(tests["best"])
-        merge_s["DFS"] += seconds
-        run(config_for("ps", seed, half, args.population), out / f"ps-half-{seed}")
-        tests, _ = run(
-            config_for("dfs", seed, args.budget - half, args.population, out / f"ps-half-{seed}"),
-            out / f"ps-dfs-{seed}",
-        )
-        evolved["PS then DFS"].append(tests["best"])
+        for method in args.methods:
+            if method == "PS then DFS":
+                run(config_for("ps", seed, half, args.population), out / f"ps-half-{seed}")
+                config = config_for("dfs", seed, args.budget - half, args.population, out / f"ps-half-{seed}")
+            else:
+                config = config_for("ps" if method == "PS" else "dfs", seed, args.budget, args.population)
+            if method == "DFS slot":  # the structured alternative: one scale per slot, used only where it is on
+                path = config.search.path.model_copy(update={"scales": "slot"})
+                config = config.model_copy(update={"search": config.search.model_copy(update={"path": path})})
+            tests, seconds = run(config, out / f"{method.replace(' ', '-')}-{seed}")
+            evolved[method].append(tests["best"])
+            merge_s[method] += seconds
+            baselines |= {k: v for k, v in tests.items() if k.startswith(("endpoint:", "base", "source:"))}
         print(f"   seed {seed}: " + ", ".join(f"{k} {v[-1]['greek_add_loss']:.3f}" for k, v in evolved.items()),
               flush=True)  # fmt: skip
 
@@ -166,7 +168,16 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     loss = {k: rows[k]["greek_add_loss"]["mean"] for k in evolved}
     exact = {k: rows[k]["greek_add"]["mean"] for k in evolved}
-    parents = {k: v for k, v in rows.items() if k.startswith("endpoint:")}
+    parents = {k: v for k, v in rows.items() if k.startswith(("endpoint:", "source:"))}
+    verdicts = {}
+    if {"PS", "PS then DFS"} <= set(evolved):
+        verdicts["ps_then_dfs_beats_ps_exact"] = exact["PS then DFS"] > exact["PS"]
+        verdicts["ps_then_dfs_beats_ps_loss"] = loss["PS then DFS"] < loss["PS"]
+    if "DFS" in evolved and parents:
+        verdicts["dfs_beats_best_parent_exact"] = exact["DFS"] > max(p["greek_add"]["mean"] for p in parents.values())
+        verdicts["dfs_beats_best_parent_loss"] = loss["DFS"] < min(
+            p["greek_add_loss"]["mean"] for p in parents.values()
+        )
     print(
         json.dumps(
             {
@@ -174,10 +185,7 @@ def main() -> None:
                 "seeds": args.seeds,
                 "budget": args.budget,
                 "rows": rows,
-                "ps_then_dfs_beats_ps_exact": exact["PS then DFS"] > exact["PS"],
-                "ps_then_dfs_beats_ps_loss": loss["PS then DFS"] < loss["PS"],
-                "dfs_beats_best_parent_exact": exact["DFS"] > max(p["greek_add"]["mean"] for p in parents.values()),
-                "dfs_beats_best_parent_loss": loss["DFS"] < min(p["greek_add_loss"]["mean"] for p in parents.values()),
+                **verdicts,
                 "candidate_cost": cost,
                 "merge_ms_per_candidate": per_candidate,
                 "seconds": round(seconds, 1),

@@ -137,3 +137,23 @@ def test_a_path_run_refuses_what_it_cannot_do(demo_family, tmp_path):
     ray = {**config, "search": {**config["search"], "executor": "ray"}}
     with pytest.raises(ConfigError, match="local executor"):
         load_config(ray)
+
+
+def test_evolve_searches_layer_paths_from_python(demo_family, tmp_path):
+    from evomerge import evolve
+
+    data = demo_family / "data" / "greek_add"
+    result = evolve(
+        [str(demo_family / "models" / m) for m in ("greek", "add")],
+        task=(str(data / "search.jsonl"), str(data / "test.jsonl")),
+        fitness="loss",
+        algorithm="CMAES",
+        population_size=4,
+        generations=2,
+        space="path",
+        path={"repeats": 1, "scales": "none", "max_length": 8},
+        run_dir=tmp_path / "run",
+    )
+    assert isinstance(result.recipe, LayerPath) and len(result.recipe.hops) <= 8
+    out = result.save(tmp_path / "saved")
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == len(result.recipe.hops)

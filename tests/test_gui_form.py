@@ -175,3 +175,12 @@ def test_a_runs_activity_changes_with_each_stored_evaluation(tmp_path):
         assert activity(run) == activity(run)  # and it is stable while nothing happens
     finally:
         store.close()
+
+
+def test_the_layer_path_preset_is_a_valid_path_search():
+    """The GUI's fifth preset: parameter space is not the only space a user can pick."""
+    raw = preset_config("layer paths, custom data (demo)")
+    assert validate(yaml.safe_dump(raw)) == (raw, [])
+    config = load_config(raw, resolve_demo=False)
+    assert config.search.space == "path" and config.search.algorithm == "CMAES"
+    assert [t.name for t in config.tasks if t.objective] == ["greek_add_loss"]

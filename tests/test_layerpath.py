@@ -140,3 +140,21 @@ def test_path_space_starts_from_model_a_and_decodes_genes():
     assert [h.layer for h in kept.decode(kept.initial_x()).hops] == [0, 1, 2]
     short = PathSpace(["x/a", "x/b"], {"x/a": 3, "x/b": 3}, scales="none", max_length=2)
     assert short.n_var == 12 and len(short.decode(np.ones(12)).hops) == 2
+
+
+def test_sources_of_another_architecture_or_width_are_refused(demo_family, gpt2_family, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evomerge.errors import MergeConfigError
+
+    greek = str(demo_family / "models" / "greek")
+    with pytest.raises(MergeConfigError, match="one architecture"):
+        PathMerger.open([greek, str(gpt2_family / "models" / "a")])
+    narrow = LlamaForCausalLM(LlamaConfig(vocab_size=113, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=4))  # fmt: skip
+    narrow.save_pretrained(tmp_path / "narrow")
+    with pytest.raises(MergeConfigError, match="hidden size 64"):
+        PathMerger.open([greek, str(tmp_path / "narrow")])
+    merger = PathMerger.open([greek])
+    with pytest.raises(MergeConfigError, match="has 6 layers; the path asks for layer 9"):
+        merger.merge_into(merger.model, LayerPath(greek, (Hop(greek, 9),)))

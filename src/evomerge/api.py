@@ -91,6 +91,8 @@ def evolve(
     progress: bool = False,
     task_options: dict[str, Any] | None = None,
     search_options: dict[str, Any] | None = None,
+    space: str = "recipe",
+    path: dict[str, Any] | None = None,
 ) -> EvolveResult:
     """Evolve a merge of ``models`` (the base may be among them) and return the winner.
 
@@ -101,7 +103,9 @@ def evolve(
     (maximised). ``eval_samples``: items scored per candidate (a random subsample, or
     the anchors of an IRT estimator); default: all search items. ``task_options`` go to
     the task (``template``, ``extractor``, ``max_new_tokens``, ...), ``search_options``
-    to the algorithm.
+    to the algorithm. ``space="path"``: search layer paths through ``models``' layers
+    instead of merge recipes (the first model is model A; ``path``: the ``search.path``
+    options, e.g. ``{"repeats": 2, "scales": "slot", "from_run": "runs/ps"}``).
     """
     endpoints = [m for m in models if m != base_model]
     options = dict(search_options or {})
@@ -148,10 +152,12 @@ def evolve(
                 "generations": generations,
                 "granularity": granularity,
                 "options": options,
+                "space": space,
+                **({"path": path} if path else {}),
             },
             "output": {"device": device},
             "seed": seed,
         }
     )
-    path = RunDir.default(run_dir=run_dir).path
-    return EvolveResult(run_experiment(config, path, objectives=objectives, resume=resume, progress=progress))
+    folder = RunDir.default(run_dir=run_dir).path
+    return EvolveResult(run_experiment(config, folder, objectives=objectives, resume=resume, progress=progress))

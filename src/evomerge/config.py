@@ -743,6 +743,7 @@ def config_reference() -> str:
         ("fitness", FitnessConfig),
         ("search", SearchConfig),
         ("search.ray", RayConfig),
+        ("search.path", PathConfig),
         ("output", OutputConfig),
     ]
     lines = [

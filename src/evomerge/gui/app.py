@@ -41,7 +41,32 @@ PRESETS = {
     "single objective, lm-eval task (demo)": ("single", "lmeval"),
     "multi-objective, custom data (demo)": ("multi", "data"),
     "multi-objective, lm-eval tasks (demo)": ("multi", "lmeval"),
+    "layer paths, custom data (demo)": ("single", "path"),
 }
+
+
+def _layer_path_preset() -> dict[str, Any]:
+    """examples/dataflow.yaml at the GUI's budget: a path through greek's layers and add's,
+    climbing greek_add's answer loss, with exact match on greek_add and the two skills as checks."""
+
+    def task(name: str, **options: Any) -> dict[str, Any]:
+        data = name.removesuffix("_loss")
+        split = {"search": f"demo:data/{data}/search.jsonl", "test": f"demo:data/{data}/test.jsonl"}
+        return {"name": name, **split, "batch_size": 128, **options}
+
+    exact = {"extractor": "exact", "strict": True, "max_new_tokens": 24, "objective": False}
+    return {
+        "models": {"endpoints": ["demo:models/greek", "demo:models/add"]},
+        "merge": {"method": "task_arithmetic"},
+        "tasks": [task("greek_add_loss", scorer="loss"), *(task(n, **exact) for n in ("greek_add", "add", "greek"))],
+        "fitness": {"estimator": "full"},
+        "search": {
+            "algorithm": "CMAES",
+            "space": "path",
+            "path": {"repeats": 2, "scales": "matrix"},
+        },
+        "seed": 0,
+    }
 
 
 def preset_config(name: str) -> dict[str, Any]:
@@ -49,6 +74,10 @@ def preset_config(name: str) -> dict[str, Any]:
     from ..wizard import Answers, build_config
 
     objectives, source = PRESETS[name]
+    if source == "path":
+        config = _layer_path_preset()
+        config["search"].update(population_size=8, generations=4)
+        return config
     config = build_config(Answers(objectives=objectives, source=source), lambda question, default: default)
     for task in config["tasks"]:
         lm_eval = task.get("lm_eval")

@@ -81,6 +81,11 @@ def num_layers(config: Any) -> int:
     return int(config.get_text_config(decoder=True).num_hidden_layers)
 
 
+def _width(model: nn.Module) -> int:
+    config: Any = model.config
+    return int(config.get_text_config(decoder=True).hidden_size)
+
+
 def layer_list_name(model: nn.Module) -> str:
     """The dotted name of the decoder-layer list (``model.layers``, ``transformer.h``, ...):
     the first module list as long as the config's layer count."""
@@ -134,6 +139,12 @@ class PathMerger:
                 raise MergeConfigError(
                     f"{name} is a {type(module).__name__}, {self.names[0]} a {type(self.model).__name__}: "
                     "a layer path joins layers of one architecture"
+                )
+            width, own = _width(module), _width(self.model)
+            if width != own:
+                raise MergeConfigError(
+                    f"{name} has hidden size {width}, {self.names[0]} {own}: a hidden state flows only "
+                    "through layers of one width"
                 )
             listed = layer_list_name(module)
             self.layers[name] = list(cast(nn.ModuleList, module.get_submodule(listed)))

@@ -43,18 +43,18 @@ def write_report(run_dir: Path | str) -> Path:
     finally:
         store.close()
     front = winners(rows, maximize)
-    path = LayerPath.from_yaml(front[0].recipe) if front and is_path_yaml(front[0].recipe) else None
+    winner_path = LayerPath.from_yaml(front[0].recipe) if front and is_path_yaml(front[0].recipe) else None
     with plots.literal_text():  # names are the user's text: "$" is a dollar, not mathtext
         figures = {
             "Fitness per generation": plots.fitness_per_generation(generations, names, maximize, rd.figure("fitness")),
             "Pareto front": plots.pareto_front(rows, front, names, rd.figure("pareto"), tests),
-            "Evolved genes": plots.genes_heatmap(front[0], rd.figure("genes")) if front and not path else None,
-            "Evolved layer path": plots.layer_path(path, rd.figure("path")) if path else None,
+            "Evolved genes": plots.genes_heatmap(front[0], rd.figure("genes")) if front and not winner_path else None,
+            "Evolved layer path": plots.layer_path(winner_path, rd.figure("path")) if winner_path else None,
             "Estimated vs held-out score": plots.estimates_vs_test(tests, names, rd.figure("estimates")),
         }
     config = rd.config.read_text() if rd.config.exists() else ""
     method = (yaml.safe_load(config) or {}).get("merge", {}).get("method", "?") if config else "?"
-    method = "layer-path" if path else method
+    method = "layer-path" if winner_path else method
     parts = [
         f"<h1>evomerge run: {html.escape(rd.path.name)}</h1>",
         f"<p class='facts'>{html.escape(method)} merge; objectives: "

@@ -135,7 +135,7 @@ def layer_path(path: LayerPath, out: Path) -> Path:
     points = ax.scatter(x, y, c=scales, cmap="coolwarm", vmin=low, vmax=high if high > low else low + 1e-6,
                         s=260, edgecolors="black", linewidths=0.5, zorder=2)  # fmt: skip
     for i, hop in enumerate(path.hops):
-        ink = _ink_on(tuple(points.cmap(points.norm(hop.scale))))
+        ink = _ink_on(tuple(points.cmap(points.norm(np.array(hop.scale)))))
         ax.text(i, y[i], str(hop.layer), ha="center", va="center", fontsize=8, color=ink, zorder=3)
     ax.set_yticks(range(len(models)), labels)
     ax.set_ylim(len(models) - 0.5, -0.5)

@@ -263,7 +263,7 @@ def _run(
     callbacks: Sequence[Callback],
 ) -> RunResult:
     model, tokenizer = live_model(merger)
-    use_engine(model, config.output.generation)
+    use_engine(model, engine_for(config, merger))
     executor = EXECUTORS[config.search.executor].create(merger, model, tokenizer, config)  # Ray: connects now
     trackers: list[Tracker] = []
     try:
@@ -374,9 +374,16 @@ def load_member(run_dir: Path | str, member: str | None = None) -> tuple[torch.n
     config, recipe = member_recipe(run_dir, member)
     merger = open_models(config)
     model, tokenizer = live_model(merger)
-    use_engine(model, config.output.generation)
+    use_engine(model, engine_for(config, merger))
     put_into(merger, model, recipe)
     return model, tokenizer
+
+
+def engine_for(config: ExperimentConfig, merger: Sources) -> str:
+    """``output.generation``, except that ``auto`` is ``eager`` for layer paths: a compiled
+    step is specialised to the layer list, which a path changes with every candidate."""
+    engine = config.output.generation
+    return "eager" if engine == "auto" and isinstance(merger, PathMerger) else engine
 
 
 def live_model(merger: Sources) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from ..merge.layerpath import Hop, LayerPath
-from .space import Gene, SearchSpaceError
+from .space import Gene, SearchSpaceError, gene_values
 
 ScaleMode = Literal["matrix", "slot", "none"]
 #: Where an inclusion gene sits at the start: on (1) or off (0) by a margin of 0.15 from
@@ -100,11 +100,7 @@ class PathSpace:
 
     def values(self, x: Sequence[float] | np.ndarray) -> dict[str, float | int]:
         """Gene name -> value, frozen genes included."""
-        arr = np.asarray(x, dtype=float)
-        if arr.shape != (self.n_var,) or not np.isfinite(arr).all():
-            raise SearchSpaceError(f"x must be {self.n_var} finite numbers in [0, 1], got shape {arr.shape}")
-        free = {g.name: g.value(float(v)) for g, v in zip(self.genes, np.clip(arr, 0.0, 1.0), strict=True)}
-        return {g.name: self.frozen.get(g.name, free.get(g.name)) for g in self.all_genes}  # type: ignore[misc]
+        return gene_values(x, self.genes, self.all_genes, self.frozen)
 
     def decode(self, x: Sequence[float] | np.ndarray) -> LayerPath:
         values = [v for v in self.values(x).values()]

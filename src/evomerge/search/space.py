@@ -59,6 +59,18 @@ class Gene:
         return float(self.low + x * (self.high - self.low))
 
 
+def gene_values(
+    x: Sequence[float] | np.ndarray, genes: Sequence[Gene], all_genes: Sequence[Gene], frozen: Mapping[str, float]
+) -> dict[str, float | int]:
+    """What ``x`` (one number in [0, 1] per free gene) means, by gene name, frozen genes included."""
+    arr = np.asarray(x, dtype=float)
+    if arr.shape != (len(genes),) or not np.isfinite(arr).all():
+        raise SearchSpaceError(f"x must be {len(genes)} finite numbers in [0, 1], got shape {arr.shape}")
+    values: dict[str, float | int] = dict(frozen)
+    values.update((g.name, g.value(float(v))) for g, v in zip(genes, np.clip(arr, 0.0, 1.0), strict=True))
+    return {g.name: values[g.name] for g in all_genes}
+
+
 class SearchSpace:
     def __init__(
         self,
@@ -131,12 +143,7 @@ class SearchSpace:
 
     def values(self, x: Sequence[float] | np.ndarray) -> dict[str, float | int]:
         """Gene name -> value, frozen genes included."""
-        arr = np.asarray(x, dtype=float)
-        if arr.shape != (self.n_var,) or not np.isfinite(arr).all():
-            raise SearchSpaceError(f"x must be {self.n_var} finite numbers in [0, 1], got shape {arr.shape}")
-        arr = np.clip(arr, 0.0, 1.0)
-        free = {g.name: g.value(float(v)) for g, v in zip(self.genes, arr, strict=True)}
-        return {g.name: self.frozen.get(g.name, free.get(g.name)) for g in self.all_genes}  # type: ignore[misc]
+        return gene_values(x, self.genes, self.all_genes, self.frozen)
 
     def decode(self, x: Sequence[float]) -> Recipe:
         """The recipe ``x`` stands for, built as a mergekit config (gradients and filters

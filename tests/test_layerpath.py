@@ -140,6 +140,7 @@ def test_path_space_starts_from_model_a_and_decodes_genes():
     assert [h.layer for h in kept.decode(kept.initial_x()).hops] == [0, 1, 2]
     short = PathSpace(["x/a", "x/b"], {"x/a": 3, "x/b": 3}, scales="none", max_length=2)
     assert short.n_var == 12 and len(short.decode(np.ones(12)).hops) == 2
+    assert short.decode(np.zeros(12)).hops == ()  # every slot off: a path still, scored, not a crash
 
 
 def test_sources_of_another_architecture_or_width_are_refused(demo_family, gpt2_family, tmp_path):

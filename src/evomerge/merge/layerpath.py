@@ -49,8 +49,8 @@ class LayerPath:
     dtype: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.hops:
-            raise MergeConfigError("a layer path needs at least one layer")
+        # no hops is a path too (embeddings straight to the head): a genome with every slot
+        # off decodes to it, and it scores as badly as it should rather than stop the run
         for hop in self.hops:
             if hop.layer < 0 or not math.isfinite(hop.scale) or hop.scale <= 0:
                 raise MergeConfigError(f"a hop needs a layer >= 0 and a finite scale > 0, got {hop}")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from ..errors import MergeConfigError
 from ..models.save import SafetensorsStream, model_card, write_atomically
 from .layerpath import RESIDUAL_OUTPUTS, LayerPath
 from .pathmodel import PathMerger
@@ -64,6 +65,9 @@ def save_path(merger: PathMerger, path: LayerPath, out: str | Path, *, force: bo
     """Write ``path`` to ``out``: safetensors, config.json, the head's tokenizer, the
     mergekit passthrough config and a model card that spells the path."""
     from transformers import AutoTokenizer
+
+    if not path.hops:
+        raise MergeConfigError("this path has no layers (every slot off): there is no model to save; pick another")
 
     def write(tmp: Path) -> None:
         tensors = path_tensors(merger, path)

@@ -65,6 +65,8 @@ class PathSpace:
             raise SearchSpaceError(f"repeats {repeats}: choose 1 or more")
         if keep_first < 0 or keep_last < 0 or keep_first + keep_last > head_layers:
             raise SearchSpaceError(f"keep_first + keep_last must be within model A's {head_layers} layers")
+        if max_length is not None and max_length < keep_first + keep_last:
+            raise SearchSpaceError(f"max_length {max_length} is shorter than keep_first + keep_last")
         self.keep_first, self.keep_last = keep_first, keep_last
         short = [Path(s).name for s in self.sources]
         self.labels = dict(zip(self.sources, short if len(set(short)) == len(short) else self.sources, strict=True))

@@ -5,7 +5,9 @@ of the family can do), at one evaluation budget per method, over ``--seeds`` see
 
 - PS: a task-arithmetic merge of ``add`` and ``greek`` (per-layer weights), CMA-ES;
 - DFS: a layer path through ``greek``'s layers (model A) and ``add``'s, CMA-ES from greek's own path;
-- PS then DFS: PS with half the budget, then DFS with the other half, model A being PS's winner.
+- PS then DFS: PS with half the budget, then DFS with the other half, model A being PS's winner;
+- two structured alternatives to DFS: one scale per slot (``DFS slot``), and CMA-ES with
+  margin (``DFS CMAwM``: the inclusion genes binary, the scales continuous).
 
 The search climbs the answer's loss on the search split (``examples/dataflow.yaml``:
 every model scores 0% exact match there, a flat landscape). Held-out rows: exact match on
@@ -41,7 +43,7 @@ from evomerge.search.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("greek_add", "greek_add_loss", "add", "greek")
-METHODS = ("PS", "DFS", "DFS slot", "PS then DFS")
+METHODS = ("PS", "DFS", "DFS slot", "DFS CMAwM", "PS then DFS")
 
 
 def peak_rss_mib() -> float:
@@ -143,9 +145,11 @@ def main() -> None:
                 config = config_for("dfs", seed, args.budget - half, args.population, out / f"ps-half-{seed}")
             else:
                 config = config_for("ps" if method == "PS" else "dfs", seed, args.budget, args.population)
-            if method == "DFS slot":  # the structured alternative: one scale per slot, used only where it is on
+            if method == "DFS slot":  # one scale per slot, used only where the slot is on
                 path = config.search.path.model_copy(update={"scales": "slot"})
                 config = config.model_copy(update={"search": config.search.model_copy(update={"path": path})})
+            if method == "DFS CMAwM":  # CMA-ES with margin: inclusion binary, scales continuous
+                config = config.model_copy(update={"search": config.search.model_copy(update={"algorithm": "CMAwM"})})
             tests, seconds = run(config, out / f"{method.replace(' ', '-')}-{seed}")
             evolved[method].append(tests["best"])
             merge_s[method] += seconds

@@ -147,13 +147,15 @@ def test_evolve_searches_layer_paths_from_python(demo_family, tmp_path):
         [str(demo_family / "models" / m) for m in ("greek", "add")],
         task=(str(data / "search.jsonl"), str(data / "test.jsonl")),
         fitness="loss",
-        algorithm="CMAES",
+        algorithm="CMAwM",  # CMA-ES with margin: the inclusion genes stay binary
         population_size=4,
         generations=2,
         space="path",
-        path={"repeats": 1, "scales": "none", "max_length": 8},
+        path={"repeats": 1, "scales": "slot", "max_length": 8},
         run_dir=tmp_path / "run",
     )
     assert isinstance(result.recipe, LayerPath) and len(result.recipe.hops) <= 8
+    inclusion = [v for name, v in zip(result.best_genes, result.run.best.x, strict=True) if name.startswith("on@")]
+    assert len(inclusion) == 12 and set(inclusion) <= {0.0, 1.0}
     out = result.save(tmp_path / "saved")
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == len(result.recipe.hops)

@@ -65,15 +65,6 @@ class LayerPath:
         """Every model the path reads, the head first."""
         return list(dict.fromkeys([self.head, *(h.model for h in self.hops)]))
 
-    # what a run's code asks of a candidate, as of a Recipe
-    @property
-    def model_names(self) -> list[str]:
-        return self.models
-
-    @property
-    def method(self) -> str:
-        return "layer_path"
-
     def folded_scales(self) -> list[float]:
         """``1 / C_t`` per hop: the factor on hop ``t``'s residual outputs in an unscaled copy."""
         out, product = [], 1.0

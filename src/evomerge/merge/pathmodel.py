@@ -169,10 +169,6 @@ class PathMerger:
             loaded[name] = model.to(device).eval()
         return cls(loaded, device)
 
-    @property
-    def source_paths(self) -> list[str]:
-        return list(self.names)
-
     def tokenizer_source(self, path: LayerPath | None = None) -> Path:
         return resolve(path.head if path is not None else self.names[0])
 

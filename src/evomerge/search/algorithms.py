@@ -28,6 +28,7 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
     "NelderMead": ("pymoo.algorithms.soo.nonconvex.nelder", "single"),
     "PatternSearch": ("pymoo.algorithms.soo.nonconvex.pattern", "single"),
     "CMAES": ("pymoo.algorithms.soo.nonconvex.cmaes", "single"),
+    "CMAwM": ("evomerge.search.cmawm", "single"),  # CMA-ES with margin (the cmaes package): binary genes
     "ES": ("pymoo.algorithms.soo.nonconvex.es", "single"),
     "SRES": ("pymoo.algorithms.soo.nonconvex.sres", "single"),
     "ISRES": ("pymoo.algorithms.soo.nonconvex.isres", "single"),

@@ -284,8 +284,10 @@ def _run(
             if not reason:
                 s = config.search
                 options = dict(s.options)
-                if isinstance(space, PathSpace) and s.algorithm == "CMAES":
+                if isinstance(space, PathSpace) and s.algorithm in ("CMAES", "CMAwM"):
                     options.setdefault("x0", space.initial_x())  # model A's own path, as in the paper
+                if isinstance(space, PathSpace) and s.algorithm == "CMAwM":
+                    options.setdefault("discrete", space.inclusion_genes())
                 algorithm = make_algorithm(
                     s.algorithm, problem.n_obj, options, population_size=s.population_size, seed=config.seed
                 )

@@ -125,6 +125,10 @@ class PathSpace:
             hops.append(Hop(layer[0], layer[1], round(scale, 6)))
         return LayerPath(self.head, tuple(hops))
 
+    def inclusion_genes(self) -> list[int]:
+        """Where in ``x`` the inclusion genes are (binary: CMAwM's ``discrete``)."""
+        return [k for k, g in enumerate(self.genes) if g.choices is not None]
+
     def initial_x(self) -> np.ndarray:
         """Model A's own path, every scale 1: where the search starts."""
         own = {(self.head, i) for i in range(self.keep_first, self.num_layers[self.head] - self.keep_last)}

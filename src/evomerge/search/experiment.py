@@ -37,7 +37,7 @@ from .executors import EXECUTORS, close
 from .heldout import candidates, recipe_baselines, results_card, run_tests, write_results
 from .loop import Callback, Searcher, Termination, winners
 from .objectives import Objective, task_checks, task_objectives
-from .pathrun import open_path_models, path_baselines, path_space
+from .pathrun import open_path_models, path_baselines, path_options, path_space
 from .pathspace import PathSpace
 from .problem import MergeProblem
 from .rundir import RUNS, RunDir
@@ -283,11 +283,7 @@ def _run(
         try:
             if not reason:
                 s = config.search
-                options = dict(s.options)
-                if isinstance(space, PathSpace) and s.algorithm in ("CMAES", "CMAwM"):
-                    options.setdefault("x0", space.initial_x())  # model A's own path, as in the paper
-                if isinstance(space, PathSpace) and s.algorithm == "CMAwM":
-                    options.setdefault("discrete", space.inclusion_genes())
+                options = path_options(space, s.algorithm, s.options) if isinstance(space, PathSpace) else s.options
                 algorithm = make_algorithm(
                     s.algorithm, problem.n_obj, options, population_size=s.population_size, seed=config.seed
                 )

@@ -10,7 +10,9 @@ finished run's winner (its ``best/`` checkpoint) model A.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..config import ConfigError, ExperimentConfig
 from ..merge.layerpath import LayerPath
@@ -54,6 +56,17 @@ def path_space(config: ExperimentConfig, merger: PathMerger) -> PathSpace:
         keep_last=p.keep_last,
         frozen=config.search.frozen,
     )
+
+
+def path_options(space: PathSpace, algorithm: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The algorithm's options for a path search: CMA-ES starts from model A's own path (as
+    in the paper); CMA-ES with margin also learns which genes are binary."""
+    out = dict(options)
+    if algorithm in ("CMAES", "CMAwM"):
+        out.setdefault("x0", space.initial_x())
+    if algorithm == "CMAwM":
+        out.setdefault("discrete", space.inclusion_genes())
+    return out
 
 
 def path_baselines(merger: PathMerger) -> list[Candidate]:

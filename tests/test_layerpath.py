@@ -123,6 +123,12 @@ def test_path_yaml_round_trips_and_is_told_from_a_recipe():
     recipe = Recipe.from_params("linear", ["m/a"], {"weight": 1.0})
     assert candidate_from_yaml(recipe.to_yaml()) == recipe
     assert path.folded_scales() == [1.0, 1 / 0.75]
+    # a path that ends in another model closes on an empty slice of the head: mergekit takes the head from there
+    assert path.to_mergekit()["slices"][-1] == {"sources": [{"model": "m/a", "layer_range": [0, 0]}]}
+    from evomerge.errors import MergeConfigError
+
+    with pytest.raises(MergeConfigError, match="a hop is"):
+        LayerPath.from_yaml("evomerge:\n  path: {head: a, hops: [[a, two, 1.0]]}\n")
 
 
 def test_path_space_starts_from_model_a_and_decodes_genes():

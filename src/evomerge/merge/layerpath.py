@@ -84,6 +84,14 @@ class LayerPath:
                     "scale": [*({"filter": f, "value": factor} for f in RESIDUAL_OUTPUTS), {"value": 1.0}]
                 }
             slices.append({"sources": [source]})
+        # mergekit takes the embeddings from the first slice's model and the final norm and
+        # head from the last one's: an empty slice of the head opens or closes the config
+        # where the path starts or ends in another model, so the YAML means this path
+        bookend = {"sources": [{"model": self.head, "layer_range": [0, 0]}]}
+        if not self.hops or self.hops[0].model != self.head:
+            slices.insert(0, bookend)
+        if self.hops and self.hops[-1].model != self.head:
+            slices.append(bookend)
         config: dict[str, Any] = {"merge_method": "passthrough", "base_model": self.head, "slices": slices}
         if self.dtype is not None:
             config["dtype"] = self.dtype
@@ -102,7 +110,10 @@ class LayerPath:
         for hop in path["hops"]:
             if not (isinstance(hop, list | tuple) and len(hop) == 3):
                 raise MergeConfigError(f"a hop is [model, layer, scale], got {hop!r}")
-            hops.append(Hop(str(hop[0]), int(hop[1]), float(hop[2])))
+            try:
+                hops.append(Hop(str(hop[0]), int(hop[1]), float(hop[2])))
+            except (TypeError, ValueError) as err:
+                raise MergeConfigError(f"a hop is [model, layer, scale], got {hop!r}: {err}") from None
         return cls(str(path["head"]), tuple(hops), dtype=config.get("dtype"))
 
     @classmethod
@@ -115,7 +126,7 @@ class LayerPath:
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
 
     def describe(self, labels: Mapping[str, str] | None = None) -> str:
-        """One line: ``A0 A1 B3x0.80 ...`` (model label, layer, scale where not 1)."""
+        """One line: ``head A; A:0 A:1 B:3x0.80 ...`` (model label, layer, scale where not 1)."""
         labels = labels or {}
         parts = [
             f"{labels.get(h.model, h.model)}:{h.layer}" + (f"x{h.scale:.2f}" if h.scale != 1.0 else "")

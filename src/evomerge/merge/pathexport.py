@@ -5,9 +5,8 @@ stream scale is folded into its residual outputs (``LayerPath.folded_scales``): 
 checkpoint is the path model up to the norms' eps. Beside it, ``mergekit_config.yml`` is
 a passthrough config with the same slices and scales, which ``mergekit-yaml`` turns into
 the same tensors (the multiplication is mergekit's own: ``tensor * value`` in the
-tensor's dtype). mergekit takes the embeddings from the first slice's model and the
-final norm and head from the last one's, so an empty slice of the head model opens and
-closes the config where the path starts or ends in another model.
+tensor's dtype; ``LayerPath.to_mergekit`` bookends the slices so that mergekit takes the
+embeddings and head from the path's head).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ..errors import MergeConfigError
 from ..models.save import SafetensorsStream, model_card, write_atomically
@@ -50,17 +48,6 @@ def path_config(merger: PathMerger, path: LayerPath) -> dict[str, Any]:
     return config.to_dict()
 
 
-def mergekit_path_config(path: LayerPath) -> dict[str, Any]:
-    """The passthrough config ``mergekit-yaml`` rebuilds the exported tensors from."""
-    config = path.to_mergekit()
-    bookend = {"sources": [{"model": path.head, "layer_range": [0, 0]}]}
-    if path.hops[0].model != path.head:
-        config["slices"].insert(0, bookend)
-    if path.hops[-1].model != path.head:
-        config["slices"].append(bookend)
-    return config
-
-
 def save_path(merger: PathMerger, path: LayerPath, out: str | Path, *, force: bool = False, card: str = "") -> Path:
     """Write ``path`` to ``out``: safetensors, config.json, the head's tokenizer, the
     mergekit passthrough config and a model card that spells the path."""
@@ -85,7 +72,7 @@ def save_path(merger: PathMerger, path: LayerPath, out: str | Path, *, force: bo
             shutil.copy(head / "generation_config.json", tmp)
         if any(head.glob("tokenizer*")) or (head / "vocab.json").exists():
             AutoTokenizer.from_pretrained(head).save_pretrained(tmp)
-        text = yaml.safe_dump(mergekit_path_config(path), sort_keys=False)
+        text = path.to_yaml()  # the passthrough config mergekit-yaml rebuilds these tensors from
         (tmp / "mergekit_config.yml").write_text(text)
         labels = {m: Path(m).name for m in path.models}
         what = f"A layer path of {len(path.hops)} layers: {path.describe(labels)}"

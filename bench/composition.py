@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evomerge.config import load_config
+from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]

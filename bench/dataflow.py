@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evomerge.config import load_config
 from evomerge.demo import build_demo_family
+from evomerge.loader import load_config
 from evomerge.merge.pathmodel import PathMerger
 from evomerge.search.experiment import run_experiment
 from evomerge.search.pathspace import PathSpace

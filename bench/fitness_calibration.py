@@ -17,8 +17,8 @@ import logging
 import time
 from pathlib import Path
 
-from evomerge.config import load_config
 from evomerge.fitness.calibrate import calibrate
+from evomerge.loader import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -104,7 +104,7 @@ def demo(args) -> dict:
 def search_per_candidate() -> dict:
     """``examples/demo.yaml`` for 2 generations per engine: search seconds per candidate
     (the respondents, scored before, are left out) and the best's test score."""
-    from evomerge.config import load_config
+    from evomerge.loader import load_config
     from evomerge.search.experiment import run_experiment
     from evomerge.search.store import RunStore
 

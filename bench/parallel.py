@@ -24,7 +24,7 @@ from tempfile import TemporaryDirectory
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from evomerge.config import load_config
+from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
 from evomerge.search.loop import Callback
 from evomerge.search.store import RunStore

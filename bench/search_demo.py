@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evomerge.config import load_config
+from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
 from evomerge.search.loop import Callback
 from evomerge.search.store import RunStore

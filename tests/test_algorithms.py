@@ -98,7 +98,7 @@ def test_population_size_reaches_the_algorithm(name):
      ("CMA-ES", "CMAES"), ("ga", "GA"), ("Nelder-Mead", "NelderMead"), ("MOEA/D", "MOEAD"), ("sms-emoa", "SMSEMOA")],
 )  # fmt: skip
 def test_algorithm_names_are_matched_without_case_or_dashes(written, name, tmp_path):
-    from evomerge.config import load_config
+    from evomerge.loader import load_config
     from evomerge.search.algorithms import canonical_algorithm
 
     assert canonical_algorithm(written) == name

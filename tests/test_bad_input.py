@@ -15,7 +15,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
-from evomerge.config import ConfigError, load_config
+from evomerge.config import ConfigError
+from evomerge.loader import load_config
 from test_search_run import small_config
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it

@@ -11,13 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from evomerge.config import load_config
 from evomerge.demo.family import load_jsonl, load_member, score_skills
 from evomerge.errors import EvomergeError, MergeConfigError
 from evomerge.evaluate import evaluator_for
 from evomerge.fitness import Respondent, collect_responses, random_recipe, respondent_set
 from evomerge.fitness.build import item_strata
 from evomerge.fitness.calibrate import calibrate
+from evomerge.loader import load_config
 from evomerge.merge.engine import Merger
 from evomerge.merge.run import load_live_model
 from evomerge.models.pool import ModelPool

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from evomerge.config import FitnessConfig, TaskConfig, load_config
+from evomerge.config import FitnessConfig, TaskConfig
 from evomerge.demo import load_member
 from evomerge.demo.family import as_task_items, load_jsonl
 from evomerge.errors import CandidateError, EvomergeError
@@ -23,11 +23,14 @@ from evomerge.evaluate import Item, PromptTemplate
 from evomerge.evaluate.scorers import SCORERS
 from evomerge.fitness import IRTFits, build_estimator
 from evomerge.fitness.anchors import SELECTIONS, select_anchors
+from evomerge.fitness.build import chosen_selection
 from evomerge.fitness.estimators import ESTIMATORS, Estimator, EstimatorError
+from evomerge.loader import load_config
 from evomerge.merge.engine import Merger
 from evomerge.merge.run import load_live_model
 from evomerge.models.pool import ModelPool
-from evomerge.search.executors import EXECUTORS, close
+from evomerge.search.executors import EXECUTORS
+from evomerge.search.local_executor import close
 from evomerge.search.objectives import FunctionObjective
 from evomerge.search.problem import MergeProblem
 from evomerge.search.space import SearchSpace
@@ -235,7 +238,7 @@ def test_toy_entries_pass_the_contracts_and_reach_config_and_schema(toys, demo_m
         },
         resolve_demo=False,
     )
-    assert config.tasks[0].scorer == "length" and config.fitness.chosen_selection == "random"
+    assert config.tasks[0].scorer == "length" and chosen_selection(config.fitness) == "random"
     schema = json.loads(CliRunner().invoke(app, ["config-schema"]).output)
     defs = schema["$defs"]
     assert "length" in defs["TaskConfig"]["properties"]["scorer"]["enum"]

@@ -16,7 +16,8 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from evomerge.config import ConfigError, load_config
+from evomerge.config import ConfigError
+from evomerge.loader import load_config
 from evomerge.merge.candidate import candidate_from_yaml
 from evomerge.merge.layerpath import LayerPath
 from evomerge.search.experiment import export_run, load_member, run_experiment

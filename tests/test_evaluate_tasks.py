@@ -133,8 +133,9 @@ def test_prompt_template_with_fewshot_and_choices():
 def test_a_task_config_maps_the_files_columns(tmp_path):
     """The config's `columns` does what the Python API's Columns does: a file that says
     problem/solution/uid is read without renaming its columns."""
-    from evomerge.config import ConfigError, load_config
+    from evomerge.config import ConfigError
     from evomerge.evaluate.evaluator import evaluator_for
+    from evomerge.loader import load_config
 
     rows = [{"uid": f"q{i}", "problem": f"{i}+1=", "solution": str(i + 1)} for i in range(10)]
     data = tmp_path / "math.jsonl"

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from evomerge.config import ConfigError, FitnessConfig, load_config
+from evomerge.config import ConfigError, FitnessConfig
 from evomerge.errors import EvomergeError
 from evomerge.fitness import GPIRT, MPIRT, IRTFits, Respondent, Responses, build_estimator, single_model
-from evomerge.fitness.build import LAMBDA_GRID
+from evomerge.fitness.build import chosen_selection
+from evomerge.fitness.fits import LAMBDA_GRID
+from evomerge.loader import load_config
 
 
 def simulated_responses(n_extra: int = 18, n_items: int = 200, seed: int = 0, items_seed: int = 0) -> Responses:
@@ -149,7 +151,7 @@ def test_demo_paths_resolve_into_the_demo_family(demo_family, monkeypatch):
     config = load_config("examples/calibrate-demo.yaml")
     assert config.models.base == str(demo_family / "models" / "base")
     assert config.tasks[0].search == str(demo_family / "data/mix/search.jsonl")
-    assert config.fitness.chosen_selection == "random" and config.fitness.strata == "skill"
+    assert chosen_selection(config.fitness) == "random" and config.fitness.strata == "skill"
 
 
 def test_paths_in_a_config_file_resolve_against_its_folder(tmp_path, monkeypatch, caplog):
@@ -205,7 +207,7 @@ def test_docs_config_reference_is_generated_from_the_schema():
     (python -c "from evomerge.config import config_reference; print(config_reference(), end='')" > docs/config.md)."""
     from pathlib import Path
 
-    from evomerge.config import config_reference
+    from evomerge.loader import config_reference
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text() == config_reference()

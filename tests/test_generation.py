@@ -14,20 +14,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evomerge.config import ConfigError, load_config
+from evomerge.config import ConfigError
 from evomerge.demo import load_member
 from evomerge.demo.family import as_task_items, load_jsonl, task_arithmetic_recipe
 from evomerge.evaluate import PromptTemplate
-from evomerge.evaluate.generation import (
-    GENERATION_ENGINES,
-    CompiledEngine,
-    StopCheck,
-    generate,
-    generation_ready,
-    prompt_bucket,
-    resolve_engine,
-    use_engine,
-)
+from evomerge.evaluate.compiled import CompiledEngine, prompt_bucket
+from evomerge.evaluate.decoding import StopCheck
+from evomerge.evaluate.generation import GENERATION_ENGINES, generate, generation_ready, resolve_engine, use_engine
+from evomerge.loader import load_config
 from evomerge.merge import Merger
 from evomerge.merge.run import load_live_model
 
@@ -198,7 +192,7 @@ def test_the_engine_is_chosen_per_run_and_checked(members, tmp_path, mix_prompts
 def test_prompts_of_mixed_lengths_are_prefilled_in_groups_with_the_same_answers(members, mix_prompts):
     """Short and long prompts in one batch: each length group is prefilled at its own
     width and placed in the shared cache where a single padded prefill would put it."""
-    from evomerge.evaluate.generation import length_groups
+    from evomerge.evaluate.decoding import length_groups
 
     model, tok = members["add"]
     prompts = [p if i % 3 else p * 4 for i, p in enumerate(mix_prompts[:90])]  # 5 to 100 tokens
@@ -212,7 +206,7 @@ def test_prompts_of_mixed_lengths_are_prefilled_in_groups_with_the_same_answers(
 
 
 def test_length_groups():
-    from evomerge.evaluate.generation import length_groups
+    from evomerge.evaluate.decoding import length_groups
 
     assert length_groups([10] * 20) == [list(range(20))]
     lengths = [5] * 10 + [40] * 10 + [6] * 3

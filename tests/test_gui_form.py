@@ -11,20 +11,13 @@ import pytest
 import torch
 import yaml
 
-from evomerge.config import ConfigError, load_config
+from evomerge.config import ConfigError
 from evomerge.errors import EvomergeError
-from evomerge.gui.app import (
-    FIELD_KEYS,
-    Figures,
-    Launcher,
-    _unused_path,
-    build_app,
-    evaluations_table,
-    method_help,
-    preset_config,
-    problems_by_field,
-    validate,
-)
+from evomerge.gui.app import _unused_path, build_app
+from evomerge.gui.form import FIELD_KEYS, method_help, preset_config, problems_by_field, validate
+from evomerge.gui.launcher import Launcher
+from evomerge.gui.views import Figures, evaluations_table
+from evomerge.loader import load_config
 from evomerge.search.experiment import load_exported
 from evomerge.search.monitor import RunStatus
 from evomerge.search.store import EvaluationRow, GenerationRow

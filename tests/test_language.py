@@ -13,12 +13,13 @@ import socket
 
 import pytest
 
-from evomerge.config import ConfigError, load_config
+from evomerge.config import ConfigError
 from evomerge.demo import load_member
 from evomerge.demo.family import as_task_items, load_jsonl
 from evomerge.evaluate import GenerationScorer, Item, PromptTemplate
 from evomerge.evaluate import language as lang
 from evomerge.evaluate.generation import generate
+from evomerge.loader import load_config
 
 SENTENCES = {
     "ja": "答えは四十二です。計算は簡単でした。",

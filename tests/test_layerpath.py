@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evomerge.evaluate.generation import GENERATION_ENGINES, StopCheck
+from evomerge.evaluate.decoding import StopCheck
+from evomerge.evaluate.generation import GENERATION_ENGINES
 from evomerge.merge.candidate import candidate_from_yaml
 from evomerge.merge.layerpath import Hop, LayerPath
 from evomerge.merge.pathexport import save_path

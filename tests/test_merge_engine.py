@@ -15,7 +15,7 @@ from mergekit.merge_methods.api import merge_tensors
 
 from evomerge.errors import CheckpointError, MergeConfigError
 from evomerge.merge import Merger, ModelEntry, Recipe, methods, per_layer
-from evomerge.merge.engine import FAST_METHODS
+from evomerge.merge.fastpaths import FAST_METHODS
 from evomerge.merge.run import load_live_model
 from evomerge.models import Checkpoint
 

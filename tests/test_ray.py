@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evomerge.config import load_config
+from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
 from evomerge.search.loop import Callback
 from evomerge.search.ray_executor import RayExecutorError, import_ray
@@ -152,7 +152,8 @@ def test_a_candidate_that_kills_every_worker_is_failed_after_the_retries(ray_clu
     merged: after ``retries`` fresh workers they come back failed; the others are scored."""
     import numpy as np
 
-    from evomerge.search.executors import EXECUTORS, close
+    from evomerge.search.executors import EXECUTORS
+    from evomerge.search.local_executor import close
     from evomerge.search.objectives import FunctionObjective
     from evomerge.search.problem import MergeProblem
     from evomerge.search.space import SearchSpace

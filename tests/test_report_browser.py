@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.config import load_config
+from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it

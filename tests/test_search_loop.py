@@ -11,7 +11,7 @@ from evomerge.merge.engine import Merger
 from evomerge.merge.run import load_live_model
 from evomerge.models.pool import ModelPool
 from evomerge.search import ALGORITHMS, SearchSpace, make_algorithm
-from evomerge.search.executors import LocalExecutor
+from evomerge.search.local_executor import LocalExecutor
 from evomerge.search.loop import Callback, CandidateFailedError, Searcher, Termination, winners
 from evomerge.search.objectives import FunctionObjective, ObjectiveError
 from evomerge.search.problem import MergeProblem

@@ -19,7 +19,8 @@ import torch
 import yaml
 
 import evomerge
-from evomerge.config import ConfigError, load_config
+from evomerge.config import ConfigError
+from evomerge.loader import load_config
 from evomerge.search.experiment import ResumeError, RunExistsError, export_run, resume_run, run_experiment
 from evomerge.search.store import TIME_COLUMNS, RunStore
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from evomerge.config import ConfigError, load_config
+from evomerge.config import ConfigError
+from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
 from evomerge.search.trackers import TrackerError
 from test_search_run import POP, small_config

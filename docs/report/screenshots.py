@@ -21,7 +21,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disa
 
 
 def example_runs() -> list[Path]:
-    from evomerge.config import load_config
+    from evomerge.loader import load_config
     from evomerge.search.experiment import resume_run, run_experiment
 
     runs = []

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .config import ConfigError, TaskConfig, load_config
+from .config import ConfigError, TaskConfig
 from .evaluate.scorers import SCORERS
 from .fitness.estimators import ESTIMATORS, Full, Mean
+from .loader import load_config
 from .merge.candidate import Candidate, candidate_from_yaml
 from .merge.run import save_candidate
 from .search.experiment import RunResult, run_experiment

@@ -138,12 +138,14 @@ def merge(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Merge models once, as a mergekit config says, and save an HF checkpoint."""
+    from .loader import resolve_demo_text
     from .merge import merge_config
 
     if not config.exists():
         raise _fail(EvomergeError(f"merge config {config} not found"))
     try:
-        path = merge_config(config, out, force=force, allow_pickle=allow_pickle, device=device)
+        text = resolve_demo_text(config.read_text())  # demo:models/add, as in experiment configs
+        path = merge_config(text, out, force=force, allow_pickle=allow_pickle, device=device)
     except EvomergeError as err:
         raise _fail(err) from err
     console.print(f"merged model written to {path}")
@@ -161,8 +163,8 @@ def calibrate(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Measure how well each fitness estimator predicts full evaluation, on random merges."""
-    from .config import load_config
     from .fitness.calibrate import calibrate as run_calibration
+    from .loader import load_config
 
     try:
         rows = run_calibration(
@@ -201,9 +203,10 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Evolve a merge, test the winner and the baselines on held-out data, and save it."""
-    from .config import DEMO_PREFIX, load_config
+    from .config import DEMO_PREFIX
     from .demo import is_built
     from .demo.family import default_family_dir
+    from .loader import load_config
     from .search.experiment import run_experiment
 
     if config.is_file() and DEMO_PREFIX in config.read_text() and not is_built(default_family_dir()):
@@ -316,9 +319,9 @@ def config_schema() -> None:
     """Print the experiment config's JSON schema (for editors and validation)."""
     import json
 
-    from .config import ExperimentConfig
+    from .loader import config_schema as schema
 
-    typer.echo(json.dumps(ExperimentConfig.model_json_schema(by_alias=True), indent=2))
+    typer.echo(json.dumps(schema(), indent=2))
 
 
 @app.command()

@@ -1,90 +1,31 @@
-"""The experiment config: one pydantic schema for the YAML, the CLI and the API.
+"""The experiment config's shape: one pydantic section per package (``models``, ``merge``,
+``tasks``, ``fitness``, ``search``, ``output``), each refusing unknown keys, with the rules
+that need nothing but the config itself.
 
-Sections mirror the packages: ``models``, ``merge``, ``tasks`` (one objective each),
-``fitness``, ``search`` and ``output``. Every
-section refuses unknown keys, and ``load_config`` turns pydantic's errors into
-messages that name the key and suggest the nearest valid one.
-
-A path that starts with ``demo:`` is inside the demo model family (``demo:models/add``,
-``demo:data/mix/search.jsonl``), which is built on first use; configs that use it run
-on any machine without editing.
+It imports nothing of evomerge's but its errors, so anything may import it. The rules that
+need the plug-ins (a registered scorer, what an estimator or an algorithm accepts) and the
+loading itself (YAML, ``--set``, relative and ``demo:`` paths) are in ``loader``.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
-import logging
-import os
 import re
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import EvomergeError, MergeConfigError
-
-if TYPE_CHECKING:
-    from .registry import Registry
-
-log = logging.getLogger(__name__)
+from .errors import EvomergeError
 
 DEMO_PREFIX = "demo:"
+"""A path that starts with it is inside the demo model family (``demo:models/add``); the
+loader resolves it, building the family on first use, so such configs run anywhere."""
 
 
-def _registries() -> dict[str, Registry[Any]]:
-    """The registries config names are looked up in (imported late: they import torch)."""
-    from .evaluate.scorers import SCORERS
-    from .fitness.anchors import SELECTIONS
-    from .fitness.estimators import ESTIMATORS
-    from .search.executors import EXECUTORS
-    from .search.trackers import TRACKERS
-
-    return {
-        "scorer": SCORERS,
-        "estimator": ESTIMATORS,
-        "selection": SELECTIONS,
-        "executor": EXECUTORS,
-        "tracker": TRACKERS,
-    }
-
-
-def _registered(name: str | None, info: ValidationInfo) -> str | None:
-    """A field validator: ``name`` if the registry of the field's kind (the field's own
-    name: scorer, estimator, ...) has it; else an error with "did you mean"."""
-    if name is not None:
-        try:
-            _registries()[str(info.field_name)].get(name)
-        except EvomergeError as err:
-            raise ValueError(str(err)) from None
-    return name
-
-
-def _names_of(kind: str) -> Any:
-    """A JSON-schema hook listing what the ``kind`` registry holds when the schema is made."""
-
-    def extra(schema: dict[str, Any]) -> None:
-        names = _registries()[kind].names()
-        target = next((s for s in schema.get("anyOf", []) if s.get("type") == "string"), schema)
-        target["enum"] = names
-
-    return extra
-
-
-def _engine_names() -> list[str]:
-    from .evaluate.generation import engine_names
-
-    return engine_names()
+def _names_of(kind: str) -> dict[str, Any]:
+    """Marks a field whose value names a ``kind`` registry entry; the loader's schema lists
+    what is registered there (the config itself imports no registry)."""
+    return {"registry": kind}
 
 
 class ConfigError(EvomergeError):
@@ -139,29 +80,6 @@ class MergeConfig(_Section):
         None,
         description="Memory the merge device may use, e.g. 24GB or 80GiB; default: its free memory at start.",
     )
-
-    @field_validator("memory_budget")
-    @classmethod
-    def _size(cls, value: int | str | None) -> int | str | None:
-        from .merge.memory import parse_size
-
-        if value is not None:
-            try:
-                parse_size(value)
-            except MergeConfigError as err:
-                raise ValueError(str(err)) from None
-        return value
-
-    @field_validator("method")
-    @classmethod
-    def _known(cls, method: str) -> str:
-        from .merge.methods import get_method
-
-        try:
-            get_method(method)
-        except MergeConfigError as err:
-            raise ValueError(str(err)) from None
-        return method
 
 
 class TaskConfig(_Section):
@@ -219,33 +137,6 @@ class TaskConfig(_Section):
             )
         return name
 
-    _known_scorer = field_validator("scorer")(_registered)
-
-    @field_validator("columns")
-    @classmethod
-    def _known_columns(cls, columns: dict[str, str]) -> dict[str, str]:
-        from dataclasses import fields
-
-        from .evaluate.tasks import Columns
-
-        known = [f.name for f in fields(Columns)]
-        for key in columns:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"{key!r} is not a column role (roles: {', '.join(known)}){hint}")
-        return columns
-
-    @field_validator("language")
-    @classmethod
-    def _language_code(cls, code: str | None) -> str | None:
-        from .evaluate.language import LanguageCheckError, check_language_code
-
-        try:
-            return None if code is None else check_language_code(code)
-        except LanguageCheckError as err:
-            raise ValueError(str(err)) from None
-
     @model_validator(mode="after")
     def _one_source(self) -> TaskConfig:
         given = [self.data is not None, self.search is not None or self.test is not None, self.lm_eval is not None]
@@ -259,13 +150,6 @@ class TaskConfig(_Section):
             raise ValueError("metric is for lm_eval tasks; other tasks are scored by their scorer")
         if self.extractor == "regex" and not self.pattern:
             raise ValueError("extractor regex needs a pattern: a regex whose first group is the answer")
-        if self.language is not None:
-            from .evaluate.scorers import SCORERS
-
-            if not getattr(SCORERS[self.scorer], "generates", False) or self.lm_eval is not None:
-                raise ValueError(
-                    f"language checks generated answers: scorer {self.scorer} does not generate (not lm_eval either)"
-                )
         return self
 
 
@@ -300,29 +184,12 @@ class FitnessConfig(_Section):
     )
     seed: int = Field(0, description="Seeds the respondents and the anchors.")
 
-    _known_names = field_validator("estimator", "selection")(_registered)
-
     @field_validator("dim")
     @classmethod
     def _positive(cls, dim: int | str) -> int | str:
         if isinstance(dim, int) and dim < 1:
             raise ValueError("dim must be at least 1, or auto")
         return dim
-
-    @model_validator(mode="after")
-    def _anchors_given(self) -> FitnessConfig:
-        from .fitness.estimators import ESTIMATORS
-
-        if ESTIMATORS[self.estimator].default_selection != "all" and self.anchors is None:
-            raise ValueError(f"estimator {self.estimator} needs anchors: the number of items per candidate")
-        return self
-
-    @property
-    def chosen_selection(self) -> str:
-        from .fitness.estimators import ESTIMATORS
-
-        default = ESTIMATORS[self.estimator].default_selection
-        return default if default == "all" else self.selection or default
 
 
 class RayConfig(_Section):
@@ -401,18 +268,6 @@ class SearchConfig(_Section):
     )
     path: PathConfig = Field(default_factory=PathConfig, description="The layer-path space (space: path).")
 
-    _known_executor = field_validator("executor")(_registered)
-
-    @field_validator("algorithm")
-    @classmethod
-    def _known_algorithm(cls, name: str) -> str:
-        from .search.algorithms import AlgorithmError, canonical_algorithm
-
-        try:
-            return canonical_algorithm(name)  # "nsga2", "NSGA-II" -> NSGA2: the stored config has one spelling
-        except AlgorithmError as err:
-            raise ValueError(str(err)) from None
-
     @model_validator(mode="after")
     def _terminates(self) -> SearchConfig:
         if self.generations is None and self.max_evaluations is None and self.max_seconds is None:
@@ -431,7 +286,7 @@ class OutputConfig(_Section):
         description="The generation engine: eager (evomerge's decoding loop), compiled (static cache, "
         "torch.compile, CUDA graphs on CUDA), hf (transformers' generate), or auto: compiled on CUDA, "
         "eager elsewhere.",
-        json_schema_extra=lambda schema: schema.update(enum=list[Any](_engine_names())),
+        json_schema_extra=_names_of("generation engine"),
     )
 
     trackers: list[str] = Field(
@@ -440,28 +295,6 @@ class OutputConfig(_Section):
         "each is an extra: pip install 'evomerge[wandb]'). They write inside the run directory by default.",
     )
     tracker_project: str = Field("evomerge", description="The trackers' project (wandb) or experiment (MLflow).")
-
-    @field_validator("trackers")
-    @classmethod
-    def _known_trackers(cls, names: list[str]) -> list[str]:
-        from .search.trackers import TRACKERS
-
-        for name in names:
-            try:
-                TRACKERS.get(name)
-            except EvomergeError as err:
-                raise ValueError(str(err)) from None
-        return names
-
-    @field_validator("generation")
-    @classmethod
-    def _an_engine(cls, name: str) -> str:
-        valid = _engine_names()
-        if name not in valid:
-            from .registry import unknown_name
-
-            raise ValueError(unknown_name("generation engine", name, valid))
-        return name
 
     @field_validator("device")
     @classmethod
@@ -487,185 +320,22 @@ class ExperimentConfig(_Section):
     seed: int = Field(0, description="Seeds the algorithm and the merges' random parts (DARE).")
 
     @model_validator(mode="after")
-    def _distinct_tasks(self) -> ExperimentConfig:
+    def _consistent(self) -> ExperimentConfig:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must differ (they name the objectives): {names}")
-        from .evaluate.scorers import SCORERS
-        from .fitness.build import needs_respondents
-        from .merge.methods import get_method
-        from .search.algorithms import AlgorithmError, make_algorithm
-
-        recipes = self.search.space == "recipe"
-        if recipes and get_method(self.merge.method).base == "required" and self.models.base is None:
-            raise ValueError(
-                f"merge.method {self.merge.method} merges task vectors taken against a base model: set models.base "
-                "(the model the endpoints were fine-tuned from)"
-            )
-        searched = [t for t in self.tasks if t.objective]
         if self.search.space == "path":
-            _check_path_space(self)
-        if self.tasks and not searched:
+            if self.search.executor != "local":
+                raise ValueError("search.space path runs on the local executor (search.executor: local)")
+            low, high = self.search.path.scale_range
+            if not 0 < low <= 1 <= high:
+                raise ValueError(f"search.path.scale_range {[low, high]}: choose 0 < low <= 1 <= high")
+        if self.tasks and not any(t.objective for t in self.tasks):
             raise ValueError("every task is a check (objective: false): make at least one task an objective")
-        if searched:  # the algorithm built now, with its options: a bad option fails here, not mid-run
-            s = self.search
-            try:
-                make_algorithm(s.algorithm, len(searched), s.options, population_size=s.population_size)
-            except AlgorithmError as err:
-                raise ValueError(f"search.{err.key}: {err}") from None
-        for i, task in enumerate(self.tasks):
-            fitness = self.fitness_for(task)
-            binary = task.lm_eval is not None or SCORERS[task.scorer].binary
-            if task.objective and not binary and needs_respondents(fitness, has_strata=True):
-                raise ValueError(
-                    f"tasks.{i} ({task.name}): scorer {task.scorer} gives a value per item, not a right/wrong score; "
-                    f"estimator {fitness.estimator} with {fitness.chosen_selection} anchors fits IRT on right/wrong "
-                    "scores. Use estimator full, or mean with random anchors, for this task."
-                )
         return self
 
     def fitness_for(self, task: TaskConfig) -> FitnessConfig:
         return task.fitness or self.fitness
-
-
-def _check_path_space(config: ExperimentConfig) -> None:
-    """What a layer-path search cannot do (yet), said before anything runs."""
-    from .fitness.build import needs_respondents
-
-    if config.search.executor != "local":
-        raise ValueError("search.space path runs on the local executor (search.executor: local)")
-    for i, task in enumerate(config.tasks):
-        fitness = config.fitness_for(task)
-        if task.objective and needs_respondents(fitness, has_strata=True):
-            raise ValueError(
-                f"tasks.{i} ({task.name}): a layer-path search has no random merges to calibrate estimator "
-                f"{fitness.estimator} with {fitness.chosen_selection} anchors on: use estimator full, or mean "
-                "with random anchors"
-            )
-    low, high = config.search.path.scale_range
-    if not 0 < low <= 1 <= high:
-        raise ValueError(f"search.path.scale_range {[low, high]}: choose 0 < low <= 1 <= high")
-
-
-def load_config(
-    source: str | Path | dict[str, Any],
-    overrides: Sequence[str] = (),
-    *,
-    resolve_demo: bool = True,
-    base_dir: Path | str | None = None,
-) -> ExperimentConfig:
-    """A validated config from a YAML file, YAML text or a dict, ``demo:`` paths resolved.
-
-    ``overrides`` are ``dotted.key=value`` strings (the CLI's ``--set``); values are YAML,
-    list items are addressed by index (``tasks.0.anchors=45``). Relative input paths
-    (models, data files, task YAMLs) resolve against ``base_dir``: by default the config
-    file's folder, and nothing for YAML text or a dict (the current directory).
-    """
-    if isinstance(source, dict):
-        raw = copy.deepcopy(source)
-    else:
-        if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
-            path = Path(source)
-            if not path.is_file():
-                raise ConfigError(f"config file {path} not found")
-            source = path.read_text()
-            base_dir = base_dir or path.parent
-        try:
-            raw = yaml.safe_load(source)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"the config is not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError("a config is a YAML mapping with sections models, merge, tasks, fitness, search, output")
-    for override in overrides:
-        apply_override(raw, override)
-    if base_dir is not None:
-        resolve_relative_paths(raw, Path(base_dir))
-    try:
-        config = ExperimentConfig.model_validate(raw)
-    except ValidationError as err:
-        problems = config_problems(err)
-        raise ConfigError(format_problems(problems), problems) from None
-    return resolve_demo_paths(config) if resolve_demo else config
-
-
-def resolve_relative_paths(raw: dict[str, Any], base_dir: Path) -> None:
-    """Make ``raw``'s relative input paths absolute against ``base_dir`` (the config's folder),
-    so a config runs from any directory and the run stores where its inputs were.
-
-    A path found only from the current directory is taken from there, with a warning (configs
-    written before paths followed the config file). A model that exists in neither is left
-    as written: it is a hub id. ``output.run_dir`` stays relative to the current directory.
-    """
-
-    def fix(value: Any, *, model: bool) -> Any:
-        if not isinstance(value, str) or not value or value.startswith(DEMO_PREFIX) or Path(value).is_absolute():
-            return value
-        beside = base_dir / value
-        if beside.exists():
-            return str(beside.resolve())
-        if Path(value).exists() and base_dir.resolve() != Path.cwd().resolve():
-            log.warning(
-                "%s: not found beside the config (%s) but in the current directory; taken from there. "
-                "Paths in a config are relative to its folder: write %s",
-                value,
-                base_dir,
-                os.path.relpath(Path(value).resolve(), base_dir.resolve()),
-            )
-            return str(Path(value).resolve())
-        return value if model else str(beside.resolve())
-
-    def fix_fitness(section: Any) -> None:
-        if isinstance(section, dict) and isinstance(section.get("checkpoints"), list):
-            section["checkpoints"] = [fix(c, model=True) for c in section["checkpoints"]]
-
-    models = raw.get("models")
-    if isinstance(models, dict):
-        if "base" in models:
-            models["base"] = fix(models["base"], model=True)
-        if isinstance(models.get("endpoints"), list):
-            models["endpoints"] = [fix(e, model=True) for e in models["endpoints"]]
-    fix_fitness(raw.get("fitness"))
-    search = raw.get("search")
-    path = search.get("path") if isinstance(search, dict) else None
-    if isinstance(path, dict) and isinstance(path.get("from_run"), str):
-        path["from_run"] = fix(path["from_run"], model=False)
-    for task in raw.get("tasks") or []:
-        if not isinstance(task, dict):
-            continue
-        for key in ("data", "search", "test"):
-            if key in task:
-                task[key] = fix(task[key], model=False)
-        lm_eval = task.get("lm_eval")
-        if isinstance(lm_eval, str) and lm_eval.endswith((".yaml", ".yml")):
-            task["lm_eval"] = fix(lm_eval, model=False)
-        fix_fitness(task.get("fitness"))
-
-
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set ``dotted.key=value`` in ``raw``, creating missing sections."""
-    key, sep, text = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: write key=value, e.g. search.generations=5")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {override!r}: the value is not valid YAML ({err})") from None
-    parts = key.strip().split(".")
-    node: Any = raw
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {override!r}: {'.'.join(parts[:i])} has items 0..{len(node) - 1}")
-            part = int(part)  # type: ignore[assignment]
-        elif not isinstance(node, dict):
-            raise ConfigError(f"--set {override!r}: {'.'.join(parts[:i])} is a value, not a section")
-        if last:
-            node[part] = value
-        else:
-            if isinstance(node, dict) and part not in node:
-                node[part] = {}
-            node = node[part]
 
 
 def config_problems(err: ValidationError) -> list[tuple[str, str]]:
@@ -704,75 +374,14 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def resolve_demo_text(text: str) -> str:
-    """``demo:`` paths inside a file's text (an lm-eval task YAML's data files) resolved."""
-    if DEMO_PREFIX not in text:
-        return text
-    from .demo import build_demo_family
-
-    return text.replace(DEMO_PREFIX, f"{build_demo_family()}/")
-
-
-def resolve_demo_paths(config: ExperimentConfig) -> ExperimentConfig:
-    """Replace ``demo:`` paths by paths in the demo family, building it if absent."""
-    if DEMO_PREFIX not in config.model_dump_json():
-        return config
-    from .demo import build_demo_family
-
-    root = build_demo_family()
-
-    def fix(value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(DEMO_PREFIX):
-            return str(root / value[len(DEMO_PREFIX) :])
-        if isinstance(value, list):
-            return [fix(v) for v in value]
-        if isinstance(value, dict):
-            return {k: fix(v) for k, v in value.items()}
-        return value
-
-    return ExperimentConfig.model_validate(fix(config.model_dump(by_alias=True)))
-
-
-def config_reference() -> str:
-    """The config reference in Markdown, generated from the schema (docs/config.md is
-    this text; a test keeps the file in step with the code)."""
-    sections: list[tuple[str, type[BaseModel]]] = [
-        ("models", ModelsConfig),
-        ("merge", MergeConfig),
-        ("tasks[]", TaskConfig),
-        ("fitness", FitnessConfig),
-        ("search", SearchConfig),
-        ("search.ray", RayConfig),
-        ("search.path", PathConfig),
-        ("output", OutputConfig),
-    ]
-    lines = [
-        "# Config reference",
-        "",
-        "Generated from the schema (`evomerge.config.config_reference()`; the JSON schema: `evomerge config-schema`).",
-        "Unknown keys are errors. `seed` (top level, default 0) seeds the algorithm and DARE's random drops.",
-    ]
-    for title, model in sections:
-        lines += ["", f"## `{title}`", "", " ".join((model.__doc__ or "").split()), ""]
-        lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-        for name, f in model.model_fields.items():
-            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
-            lines.append(f"| `{f.alias or name}` | {_type_name(f.annotation)} | {default} | {f.description or ''} |")
-    from .registry import summary
-
-    lines += [
-        "",
-        "## Registered names",
-        "",
-        "What `scorer`, `estimator`, `selection`, `executor` and `trackers` accept.",
-    ]
-    for kind, registry in _registries().items():
-        lines += ["", f"### {kind}", ""]
-        lines += [f"- `{name}`: {summary(entry)}" for name, entry in registry.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _type_name(annotation: Any) -> str:
-    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-    text = re.sub(r"Optional\[(.*)\]", r"\1 | None", text.replace("typing.", "").replace(f"{__name__}.", ""))
-    return text.replace("Union[int, Literal['auto']]", "int | 'auto'").replace("|", "\\|")
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("models", ModelsConfig),
+    ("merge", MergeConfig),
+    ("tasks[]", TaskConfig),
+    ("fitness", FitnessConfig),
+    ("search", SearchConfig),
+    ("search.ray", RayConfig),
+    ("search.path", PathConfig),
+    ("output", OutputConfig),
+]
+"""Each section's dotted place in the YAML and its model, in the reference's order."""

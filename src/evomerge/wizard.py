@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config import load_config
+from .loader import load_config
 
 DEMO_BASE = "demo:models/base"
 DEMO_ENDPOINTS = "demo:models/add, demo:models/greek, demo:models/cyrillic"

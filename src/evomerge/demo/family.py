@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from ..cachedir import cache_root
 from ..errors import DemoFamilyError
 from ..evaluate.scorers import GenerationScorer
 from ..evaluate.tasks import Item as TaskItem
@@ -79,10 +80,6 @@ class FamilySpec:
     grid_items: int = 100
     max_new_tokens: int = 24
     bf16: bool = False
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EVOMERGE_CACHE", Path.home() / ".cache" / "evomerge"))
 
 
 def default_family_dir() -> Path:

@@ -126,24 +126,9 @@ def _check_items(task: TaskConfig, splits: Splits, missing: Callable[[Item, Task
 
 def _lmeval_evaluator(task: TaskConfig) -> Evaluator:
     """An lm-eval task's documents, split into search and test; lm-eval does its own few-shot."""
-    import hashlib
-    import tempfile
-    from pathlib import Path
-
-    from ..config import resolve_demo_text
     from .lmeval import LMEvalScorer
 
-    source: str | Path = task.lm_eval  # type: ignore[assignment]  # checked by the caller
-    path = Path(source)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        text = path.read_text()
-        resolved = resolve_demo_text(text)
-        if resolved != text:  # data files inside the demo family: a resolved copy, named by its content
-            digest = hashlib.sha256(resolved.encode()).hexdigest()[:16]
-            copy = Path(tempfile.gettempdir()) / "evomerge-lmeval" / digest / path.name
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            copy.write_text(resolved)
-            source = copy
+    source: str = task.lm_eval  # type: ignore[assignment]  # checked by the caller; demo: paths resolved by the loader
     batch = 16 if task.batch_size == "auto" else task.batch_size
     scorer = LMEvalScorer(source, metric=task.metric, batch_size=batch)
     splits = split_items(scorer.items(), seed=task.seed, test_fraction=task.test_fraction)

@@ -188,7 +188,8 @@ def _live_hflm() -> type:
     the ``hf`` engine keep lm-eval's own path (transformers' ``generate``)."""
     from lm_eval.models.huggingface import HFLM
 
-    from .generation import StopCheck, engine_name, generation_ready, resolve_engine
+    from .decoding import StopCheck
+    from .generation import engine_name, generation_ready, resolve_engine
 
     class LiveHFLM(HFLM):
         def _model_generate(

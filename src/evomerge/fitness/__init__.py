@@ -2,8 +2,9 @@
 and the estimators that turn a candidate's anchor scores into a full-split score."""
 
 from .anchors import AnchorError, Anchors, select_anchors
-from .build import IRTFits, build_estimator, estimate_fitness, prepare_estimator
+from .build import build_estimator, estimate_fitness, prepare_estimator
 from .estimators import ESTIMATORS, GMPIRT, GPIRT, MPIRT, PIRT, Estimator, EstimatorError, Full, Mean, Weighted
+from .fits import IRTFits
 from .irt import IRTError, IRTModel, Priors, fit_irt
 from .respondents import Respondent, Responses, collect_responses, random_recipe, respondent_set, single_model
 

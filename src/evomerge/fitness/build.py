@@ -1,21 +1,12 @@
-"""From a ``fitness:`` config and the respondents' scores to a ready estimator.
-
-The IRT model is fitted on every respondent. gp-IRT and gmp-IRT also need their
-``lambda``: as in tinyBenchmarks (Polo et al., 2024), it is chosen on validation
-respondents (here every third extra respondent) held out of a second fit, as the
-value on a grid that minimises the mean absolute error of the blend against those
-respondents' full scores.
-"""
+"""From a ``fitness:`` config to a ready estimator: the respondents scored (or reused), the
+IRT fits (``fits``) made, the anchors picked."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -26,13 +17,12 @@ from ..errors import EvomergeError
 from ..evaluate.evaluator import Evaluator
 from ..merge.engine import Merger
 from ..merge.recipe import Recipe
-from .anchors import SELECTIONS, Anchors, select_anchors
-from .estimators import ESTIMATORS, Estimator, blend
-from .irt import IRTModel, fit_irt
+from .anchors import SELECTIONS, select_anchors
+from .estimators import ESTIMATORS, Estimator
+from .fits import IRTFits
 from .respondents import (
     ItemScorer,
     Respondent,
-    Responses,
     collect_responses,
     random_recipe,
     respondent_set,
@@ -40,108 +30,6 @@ from .respondents import (
 )
 
 log = logging.getLogger(__name__)
-
-LAMBDA_GRID = np.linspace(0, 1, 21)
-#: Used when there are too few extra respondents to validate lambda on: MERGE3's default.
-DEFAULT_LAMBDA = 0.5
-#: Dimensions ``dim: auto`` chooses from, and the fallback without validation respondents.
-DIMS = (1, 2, 3, 4, 6, 8)
-DEFAULT_DIM = 3
-
-
-@dataclass
-class IRTFits:
-    """The IRT fits a run needs, each made once: on every respondent, and without the
-    validation respondents (for choosing lambda and, with ``dim="auto"``, the dimension)."""
-
-    responses: Responses
-    dim: int | Literal["auto"] = "auto"
-    seed: int = 0
-    _train_fits: dict[int, IRTModel] = field(default_factory=dict, repr=False)
-
-    def _train_fit(self, dim: int) -> IRTModel:
-        """The fit without validation respondents, once per dimension (the choice of the
-        dimension and the choice of lambda share them)."""
-        if dim not in self._train_fits:
-            self._train_fits[dim] = fit_irt(self.responses.scores[self.train_rows], dim, seed=self.seed)
-        return self._train_fits[dim]
-
-    @cached_property
-    def chosen_dim(self) -> int:
-        """``dim``, or the smallest dimension whose held-out log loss is within 2% of the
-        best. The loss is, per validation respondent, that of the items at odd positions,
-        predicted from an ability fitted on the even ones.
-
-        tinyBenchmarks picks the dimension by the error of the predicted mean instead; on
-        simulated one-dimensional data that criterion chose 6 dimensions (the prior's
-        shrinkage shrinks as dimensions are added), while the per-item loss chose 1.
-        """
-        if self.dim != "auto":
-            return self.dim
-        val = self.validation_rows
-        if len(val) < 2:
-            log.warning("too few validation respondents to choose the IRT dimension; using %d", DEFAULT_DIM)
-            return DEFAULT_DIM
-        seen = np.arange(0, self.responses.scores.shape[1], 2)
-        unseen = np.arange(1, self.responses.scores.shape[1], 2)
-        losses = []
-        for dim in DIMS:
-            model = self._train_fit(dim)
-            loss = 0.0
-            for row in self.responses.scores[val]:
-                p = np.clip(model.probabilities(model.ability(row[seen], seen))[unseen], 1e-9, 1 - 1e-9)
-                y = row[unseen]
-                loss -= float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) / len(val)
-            losses.append(loss)
-        chosen = next(d for d, loss in zip(DIMS, losses, strict=True) if loss <= 1.02 * min(losses))
-        log.info(
-            "IRT dimension %d (held-out log loss %s)",
-            chosen,
-            {d: round(v, 4) for d, v in zip(DIMS, losses, strict=True)},
-        )
-        return chosen
-
-    @cached_property
-    def full(self) -> IRTModel:
-        return fit_irt(self.responses.scores, self.chosen_dim, seed=self.seed)
-
-    @cached_property
-    def validation_rows(self) -> np.ndarray:
-        return self.responses.rows("extra")[::3]
-
-    @cached_property
-    def train_rows(self) -> np.ndarray:
-        return np.setdiff1d(np.arange(len(self.responses.respondents)), self.validation_rows)
-
-    @property
-    def train(self) -> IRTModel:
-        return self._train_fit(self.chosen_dim)
-
-    def choose_lambda(self, name: str, anchors: Anchors, inner: Estimator) -> float:
-        """The grid value of lambda with the least MAE on the validation respondents, for a
-        blend of the weighted anchors and ``inner`` (fitted without those respondents)."""
-        val = self.validation_rows
-        if len(val) < 2:
-            log.warning(
-                "%s: %d validation respondents are too few to choose lambda; using %.1f (add fitness.respondents)",
-                name,
-                len(val),
-                DEFAULT_LAMBDA,
-            )
-            return DEFAULT_LAMBDA
-        scores = self.responses.scores[val]
-        truth = scores.mean(axis=1)
-        parts = [(anchors.weights @ row[anchors.index], inner.estimate(row[anchors.index])) for row in scores]
-        errors = [np.abs([blend(lam, w, p) for w, p in parts] - truth).mean() for lam in LAMBDA_GRID]
-        return float(LAMBDA_GRID[int(np.argmin(errors))])
-
-    def basis(self, model: IRTModel, fitted_rows: np.ndarray | None = None) -> np.ndarray:
-        """The endpoints' abilities in ``model`` (fitted on ``fitted_rows``, default all)."""
-        rows = np.arange(len(self.responses.respondents)) if fitted_rows is None else fitted_rows
-        endpoints = self.responses.rows("endpoint")
-        if len(endpoints) == 0:
-            raise EvomergeError("mp-IRT needs the endpoints among the respondents")
-        return model.theta[np.searchsorted(rows, endpoints)]
 
 
 def build_estimator(
@@ -152,7 +40,7 @@ def build_estimator(
     strata: Sequence[str] | None = None,
 ) -> Estimator:
     """The estimator ``config`` names, with its anchors drawn from ``n_items`` search items."""
-    cls, selection = ESTIMATORS[config.estimator], config.chosen_selection
+    cls, selection = ESTIMATORS[config.estimator], chosen_selection(config)
     if fits is None and needs_respondents(config, has_strata=strata is not None):
         raise EvomergeError(
             f"estimator {config.estimator} with {selection} anchors needs respondents' scores (an IRT fit); "
@@ -170,9 +58,16 @@ def build_estimator(
     return cls.build(anchors, fits, config.lam)
 
 
+def chosen_selection(config: FitnessConfig) -> str:
+    """The anchor selection a fitness section runs: its own, else its estimator's default
+    (``all`` for full evaluation, whatever the section says)."""
+    default = ESTIMATORS[config.estimator].default_selection
+    return default if default == "all" else config.selection or default
+
+
 def needs_respondents(config: FitnessConfig, *, has_strata: bool) -> bool:
     """Whether the estimator or its anchor selection needs respondents' scores."""
-    return ESTIMATORS[config.estimator].uses_irt or SELECTIONS[config.chosen_selection].needs_respondents(has_strata)
+    return ESTIMATORS[config.estimator].uses_irt or SELECTIONS[chosen_selection(config)].needs_respondents(has_strata)
 
 
 def prepare_estimator(
@@ -195,7 +90,7 @@ def prepare_estimator(
         return build_estimator(f, n, strata=strata)
     if merger is None:
         raise EvomergeError(
-            f"estimator {f.estimator} with {f.chosen_selection} anchors calibrates on random merges; "
+            f"estimator {f.estimator} with {chosen_selection(f)} anchors calibrates on random merges; "
             "this run has none (a layer-path search): use estimator full, or mean with random anchors"
         )
 

@@ -28,8 +28,9 @@ from ..merge.engine import Merger
 from ..merge.run import load_live_model, load_live_tokenizer
 from ..models.pool import ModelPool
 from ..threads import one_blas_thread
-from .build import IRTFits, build_estimator, item_strata, random_merges, run_respondents, scoring_context
+from .build import build_estimator, item_strata, random_merges, run_respondents, scoring_context
 from .estimators import ESTIMATORS, Mean
+from .fits import IRTFits
 from .respondents import Respondent, collect_responses, shared_cache_dir
 
 log = logging.getLogger(__name__)

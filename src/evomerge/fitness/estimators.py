@@ -23,17 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from ..errors import CandidateError, EvomergeError
 from ..registry import Registry
 from .anchors import Anchors
+from .fits import IRTFits
 from .irt import IRTModel
-
-if TYPE_CHECKING:
-    from .build import IRTFits
 
 
 class EstimatorError(EvomergeError):
@@ -189,7 +187,8 @@ class _Generalized:
         assert fits is not None
         inner: type[PIRT] = next(c for c in cls.__mro__ if c.__name__ in ("PIRT", "MPIRT"))
         if lam is None:
-            lam = fits.choose_lambda(cls.name, anchors, inner.fitted(anchors, fits, fits.train, fits.train_rows))  # type: ignore[attr-defined]
+            held_out = inner.fitted(anchors, fits, fits.train, fits.train_rows)
+            lam = fits.choose_lambda(cls.name, anchors, held_out.estimate)  # type: ignore[attr-defined]
         part = inner.fitted(anchors, fits, fits.full, None)
         return cls(**{f.name: getattr(part, f.name) for f in fields(part)}, lam=lam)  # type: ignore[call-arg, return-value]
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..cachedir import cache_root
 from ..errors import EvomergeError
 from ..evaluate.evaluator import Evaluator
 from ..merge.engine import Merger
@@ -112,7 +113,6 @@ def respondent_set(
 def shared_cache_dir() -> Path:
     """Where respondents' scores are kept across runs: ``$EVOMERGE_RESPONDENTS_CACHE``, else
     ``$EVOMERGE_CACHE/respondents`` (``~/.cache/evomerge/respondents``)."""
-    from ..demo.family import cache_root
 
     return Path(os.environ.get("EVOMERGE_RESPONDENTS_CACHE", cache_root() / "respondents"))
 

@@ -46,14 +46,12 @@ def merge_config(
 ) -> Path:
     """Merge as ``config`` (a YAML path, YAML text or a Recipe) says and save the result to
     ``out``; ``card`` is added to the model card (a run's test table, say). ``demo:``
-    paths point into the demo family (built on first use)."""
+    paths are the caller's to resolve (``loader.resolve_demo_text``)."""
     if isinstance(config, Recipe):
         recipe, raw = config, config.to_mergekit()
     else:
-        from ..config import resolve_demo_text  # demo:models/add, as in experiment configs
-
         text = Path(config).read_text() if _is_path(config) else str(config)
-        raw = parse_yaml(resolve_demo_text(text))
+        raw = parse_yaml(text)
         if raw.get("slices") or raw.get("modules"):
             return _mergekit_run(raw, out, force=force, allow_pickle=allow_pickle, device=device)
         recipe = Recipe.from_mergekit(raw)

@@ -21,26 +21,27 @@ import torch
 import yaml
 from transformers import PreTrainedTokenizerBase
 
-from ..config import ConfigError, ExperimentConfig, load_config
+from ..config import ConfigError, ExperimentConfig
 from ..errors import EvomergeError
 from ..evaluate.generation import use_engine
+from ..loader import load_config
 from ..merge.candidate import Candidate, Sources, candidate_from_yaml, put_into
-from ..merge.engine import Merger
 from ..merge.layerpath import LayerPath
 from ..merge.pathmodel import PathMerger
-from ..merge.run import load_live_model, load_live_tokenizer, merge_config, save_candidate
-from ..models.pool import ModelPool
+from ..merge.run import merge_config, save_candidate
 from ..progress import showing
 from ..threads import one_blas_thread
 from .algorithms import make_algorithm
-from .executors import EXECUTORS, close
+from .executors import EXECUTORS
 from .heldout import candidates, recipe_baselines, results_card, run_tests, write_results
+from .local_executor import close
 from .loop import Callback, Searcher, Termination, winners
 from .objectives import Objective, task_checks, task_objectives
-from .pathrun import open_path_models, path_baselines, path_options, path_space
+from .pathrun import path_baselines, path_options, path_space
 from .pathspace import PathSpace
 from .problem import MergeProblem
 from .rundir import RUNS, RunDir
+from .sources import engine_for, live_model, open_models
 from .space import SearchSpace
 from .store import EvaluationRow, RunStore, TestRow, storage_errors
 from .trackers import Tracker, open_trackers
@@ -216,26 +217,6 @@ def _check_store(
         raise ResumeError(f"the run's objectives were {store.get('objectives')}, now {names}")
 
 
-def open_models(config: ExperimentConfig, *, device: str | None = None) -> Sources:
-    """The pool, checked, and the merger's memory plan (on ``device``, default
-    ``output.device``): all from the checkpoints' headers. A layer-path run loads its
-    sources instead (``pathrun``)."""
-    if config.search.space == "path":
-        return open_path_models(config, device=device)
-    m = config.models
-    base = m.base or m.endpoints[0]
-    pool = ModelPool.open(
-        base,
-        [e for e in m.endpoints if e != base],
-        allow_pickle=m.allow_pickle,
-        revision=m.revision,
-        trust_remote_code=m.trust_remote_code,
-    )
-    return Merger(
-        pool, device=device or config.output.device, tier=config.merge.tier, memory_budget=config.merge.memory_budget
-    )
-
-
 def _remove_if_empty(rd: RunDir) -> None:
     """A new run that failed before its first evaluation leaves nothing behind, so the same
     command with the config fixed starts afresh (files the run did not write are kept)."""
@@ -375,22 +356,6 @@ def load_member(run_dir: Path | str, member: str | None = None) -> tuple[torch.n
     use_engine(model, engine_for(config, merger))
     put_into(merger, model, recipe)
     return model, tokenizer
-
-
-def engine_for(config: ExperimentConfig, merger: Sources) -> str:
-    """``output.generation``, except that ``auto`` is ``eager`` for layer paths: a compiled
-    step is specialised to the layer list, which a path changes with every candidate."""
-    engine = config.output.generation
-    return "eager" if engine == "auto" and isinstance(merger, PathMerger) else engine
-
-
-def live_model(merger: Sources) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """The model candidates are put into, and its tokenizer (model A's for a layer path)."""
-    if isinstance(merger, PathMerger):
-        from transformers import AutoTokenizer
-
-        return merger.model, AutoTokenizer.from_pretrained(merger.tokenizer_source())
-    return load_live_model(merger), load_live_tokenizer(merger)
 
 
 def load_exported(folder: Path | str, *, device: str | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:

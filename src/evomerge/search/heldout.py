@@ -23,7 +23,7 @@ from ..merge.methods import get_method
 from ..merge.recipe import Recipe
 from ..models.save import write_text_atomically
 from ..progress import phase
-from .executors import Executor
+from .local_executor import Executor
 from .problem import MergeProblem
 from .store import EvaluationRow, RunStore, TestRow
 

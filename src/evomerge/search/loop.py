@@ -42,7 +42,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from ..errors import EvomergeError
 from ..merge.candidate import Candidate
-from .executors import Executor
+from .local_executor import Executor
 from .problem import Evaluation, MergeProblem
 from .store import EvaluationRow, GenerationRow, RunStore
 

@@ -24,21 +24,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..config import ExperimentConfig
 from ..errors import CandidateError, EvomergeError
 from ..evaluate.evaluator import Evaluator
 from ..evaluate.generation import use_engine
 from ..merge.candidate import Candidate, Sources
 from ..threads import keep_blas_to_one_thread
-from .executors import EXECUTORS, RUN_ERRORS, LocalExecutor
+from .local_executor import RUN_ERRORS, LocalExecutor
 from .problem import Evaluation, MergeProblem
-
-if TYPE_CHECKING:
-    from ..config import ExperimentConfig
+from .sources import live_model, open_models
 
 log = logging.getLogger(__name__)
 #: Candidates sent ahead to each worker: one merging, one waiting, so no round trip idles it.
@@ -61,9 +60,6 @@ class Worker:
     """One actor's state: the run's models opened once, the problem, a local executor."""
 
     def __init__(self, config: dict[str, Any], problem: MergeProblem | None, threads: int, gpu: bool) -> None:
-        from ..config import ExperimentConfig
-        from .experiment import live_model, open_models
-
         torch.set_num_threads(threads)
         keep_blas_to_one_thread()
         experiment = ExperimentConfig.model_validate(config)
@@ -119,7 +115,6 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-@EXECUTORS.register("ray")
 class RayExecutor:
     """Candidates spread over Ray actors (``search.ray``: address, workers, resources)."""
 

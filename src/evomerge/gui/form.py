@@ -1,0 +1,136 @@
+"""The New-experiment form's content: the presets (each a config that runs on the demo family
+as is), validation through the same loader as the CLI, and problems mapped to the fields
+they belong under."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError
+from ..errors import EvomergeError
+from ..loader import load_config
+
+#: The four classic modes, each a config that runs on the demo family as is.
+PRESETS = {
+    "single objective, custom data (demo)": ("single", "data"),
+    "single objective, lm-eval task (demo)": ("single", "lmeval"),
+    "multi-objective, custom data (demo)": ("multi", "data"),
+    "multi-objective, lm-eval tasks (demo)": ("multi", "lmeval"),
+    "layer paths, custom data (demo)": ("single", "path"),
+}
+
+
+def _layer_path_preset() -> dict[str, Any]:
+    """examples/dataflow.yaml at the GUI's budget: a path through greek's layers and add's,
+    climbing greek_add's answer loss, with exact match on greek_add and the two skills as checks."""
+
+    def task(name: str, **options: Any) -> dict[str, Any]:
+        data = name.removesuffix("_loss")
+        split = {"search": f"demo:data/{data}/search.jsonl", "test": f"demo:data/{data}/test.jsonl"}
+        return {"name": name, **split, "batch_size": 128, **options}
+
+    exact = {"extractor": "exact", "strict": True, "max_new_tokens": 24, "objective": False}
+    return {
+        "models": {"endpoints": ["demo:models/greek", "demo:models/add"]},
+        "merge": {"method": "task_arithmetic"},
+        "tasks": [task("greek_add_loss", scorer="loss"), *(task(n, **exact) for n in ("greek_add", "add", "greek"))],
+        "fitness": {"estimator": "full"},
+        "search": {
+            "algorithm": "CMAES",
+            "space": "path",
+            "path": {"repeats": 2, "scales": "matrix"},
+        },
+        "seed": 0,
+    }
+
+
+def preset_config(name: str) -> dict[str, Any]:
+    """A preset's config, from the same answers ``evomerge init --no-input`` gives."""
+    from ..wizard import Answers, build_config
+
+    objectives, source = PRESETS[name]
+    if source == "path":
+        config = _layer_path_preset()
+        config["search"].update(population_size=8, generations=4)
+        return config
+    config = build_config(Answers(objectives=objectives, source=source), lambda question, default: default)
+    for task in config["tasks"]:
+        lm_eval = task.get("lm_eval")
+        if isinstance(lm_eval, str) and lm_eval.endswith(".yaml"):  # the repository's examples/, if here
+            found = Path(lm_eval) if Path(lm_eval).exists() else Path(__file__).resolve().parents[3] / lm_eval
+            task["lm_eval"] = str(found.resolve())
+    config["search"].update(population_size=8, generations=4)
+    config.pop("output", None)
+    return config
+
+
+def validate(text: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
+    """The YAML as a config dict and no problems when valid, else None and the config's own
+    (key, message) problems: the same pydantic check as ``evomerge run``."""
+    try:
+        raw = yaml.safe_load(text)
+        if not isinstance(raw, dict):
+            raise ConfigError("a config is a YAML mapping with sections models, merge, tasks, fitness, search")
+        load_config(raw, resolve_demo=False)
+    except yaml.YAMLError as err:
+        return None, [("config", f"not valid YAML: {err}")]
+    except ConfigError as err:
+        return None, err.problems or [("config", str(err))]
+    except EvomergeError as err:
+        return None, [("config", str(err))]
+    return raw, []
+
+
+#: The config key each form field sets: a problem with that key (or one under it) is
+#: shown under the field. Section-wide problems go to the field that most often causes them.
+FIELD_KEYS = {
+    "base": "models.base", "endpoints": "models.endpoints", "method": "merge", "algorithm": "search.algorithm",
+    "population": "search.population_size", "generations": "search.generations", "seconds": "search.max_seconds",
+    "estimator": "fitness.estimator", "anchors": "fitness.anchors", "granularity": "search.granularity",
+    "options": "search.options", "frozen": "search.frozen", "bounds": "search.bounds", "tasks": "tasks",
+}  # fmt: skip
+SECTION_FIELDS = {"models": "endpoints", "fitness": "anchors", "search": "generations"}
+
+
+def problems_by_field(problems: list[tuple[str, str]]) -> tuple[dict[str, list[str]], list[str]]:
+    """Each problem's message under its field's name; those of no field in a list of lines."""
+    fields: dict[str, list[str]] = {}
+    rest: list[str] = []
+    for key, message in problems:
+        if key == "config" and (named := re.match(r"([a-z_]+(?:\.\w+)+):? ", message)):
+            key = named[1]  # a whole-config check that names its key first ("merge.method ties needs ...")
+        field = next((f for f, k in FIELD_KEYS.items() if key == k or key.startswith(k + ".")), None)
+        field = field or SECTION_FIELDS.get(key)
+        if field:
+            fields.setdefault(field, []).append(message)
+        else:
+            rest.append(f"{key}: {message}")
+    return fields, rest
+
+
+def method_help(name: str) -> str:
+    """What a search varies for ``name`` by default, with the ranges, and what it keeps fixed."""
+    from ..merge.methods import get_method, search_range, searched_params
+
+    try:
+        spec = get_method(name)
+    except EvomergeError as err:
+        return str(err)
+    searched = searched_params(spec)
+    genes = []
+    for param in searched:
+        low, high = search_range(spec, param) or (0.0, 1.0)
+        genes.append(f"`{param}` {'per model' if spec.param(param).per_model else 'shared'} in [{low:g}, {high:g}]")
+    if spec.name == "layer_select":
+        genes.append("`source`: which model each layer group is taken from")
+    fixed = [f"`{p.name}` = {p.default!r}" for p in spec.params if p.name not in searched and not p.required]
+    base = {"required": "needs a base", "optional": "base optional", "none": "no base"}.get(spec.base, spec.base)
+    return (
+        f"**{spec.name}** ({base}). Searched: {', '.join(genes) or 'nothing by default'}."
+        + (f" Fixed (set under `merge.parameters`): {', '.join(fixed)}." if fixed else "")
+        + " Narrow a range under Parameter ranges."
+    )

@@ -1,5 +1,7 @@
-"""Every Python block in the README runs, and what its print lines claim to print is what
-they print (``doc_numbers``), so neither the documented API nor its numbers can rot."""
+"""Every Python block in the README and in docs/ runs, and what its print lines claim to
+print is what they print (``doc_numbers``), so neither the documented API nor its numbers
+can rot. (docs/tutorial.md's blocks share one session: ``test_tutorial``.) Every docs page
+is linked from the README, and every relative link in them leads to a file."""
 
 from __future__ import annotations
 
@@ -10,22 +12,42 @@ import pytest
 
 from doc_numbers import check_claim, run_and_check
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README, *(p for p in DOCS if p.name != "tutorial.md")]
+BLOCKS = [
+    pytest.param(page, code, id=f"{page.name}:{i + 1}")
+    for page in PAGES
+    for i, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S))
+]
 
 
 def test_readme_has_python_examples():
-    assert BLOCKS
+    assert any(page == README for page, _ in (b.values for b in BLOCKS))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("code", BLOCKS)
-def test_readme_block_runs(code: str, demo_family: Path, monkeypatch, tmp_path: Path):
+@pytest.mark.parametrize(("page", "code"), BLOCKS)
+def test_doc_block_runs(page: Path, code: str, demo_family: Path, monkeypatch, tmp_path: Path):
     """Each block runs in a scratch directory (its runs/ go there), with examples/ at hand."""
     monkeypatch.setenv("EVOMERGE_DEMO_DIR", str(demo_family))
-    (tmp_path / "examples").symlink_to(README.parent / "examples")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
     monkeypatch.chdir(tmp_path)
-    assert run_and_check(code, str(README), {}) == []
+    assert run_and_check(code, str(page), {}) == []
+
+
+def test_the_readme_is_a_newcomers_page_linking_every_docs_page():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.encode()) <= 15_000
+    assert [p.name for p in DOCS if f"(docs/{p.name}" not in text] == []
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: p.name)
+def test_relative_links_lead_to_files(page: Path):
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8"))
+    missing = [link for link in links if "://" not in link and not (page.parent / link).exists()]
+    assert missing == []
 
 
 def test_a_claim_that_differs_from_what_is_printed_fails():

@@ -92,6 +92,50 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+#: The layers, lowest first: a module imports only modules of its own layer or a lower one.
+#: (The order docs/design.md describes; a package's __init__ re-exports, so it counts as the top.)
+LAYERS = [
+    ("leaves", ["evomerge.errors", "evomerge.registry", "evomerge.cachedir", "evomerge.progress", "evomerge.threads"]),
+    ("config", ["evomerge.config"]),
+    ("models", ["evomerge.models."]),
+    ("merge", ["evomerge.merge."]),
+    ("evaluate", ["evomerge.evaluate."]),
+    ("demo", ["evomerge.demo."]),
+    ("fitness", ["evomerge.fitness."]),
+    ("search", ["evomerge.search."]),
+    ("loader", ["evomerge.loader"]),
+    ("report", ["evomerge.report."]),
+    ("run", ["evomerge.search.experiment"]),
+    ("entry points", ["evomerge.api", "evomerge.wizard", "evomerge.gui.", "evomerge.cli", "evomerge.__main__"]),
+]
+
+
+def layer_of(module: str) -> int:
+    """A module's layer; a package (its __init__) is in its modules' layer, evomerge's own a leaf."""
+    if module.rstrip(".") == "evomerge":
+        return 0
+    matches = [
+        (len(prefix), i) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes if module.startswith(prefix)
+    ]
+    assert matches, f"{module} is in no layer: add it to LAYERS (and docs/design.md)"
+    return max(matches)[1]  # the longest prefix: search.experiment is not search
+
+
+def test_no_module_imports_a_higher_layer():
+    """A package's __init__ only re-exports (lazily where a name sits higher), so its own
+    imports are not checked; importing from a package is importing from its layer."""
+    packages = {name for name, (_, is_package) in _modules().items() if is_package}
+    names = [name for name, _ in LAYERS]
+    upward = [
+        f"{m} ({names[layer_of(m)]}) imports {d} ({names[layer_of(d + '.' if d in packages else d)]})"
+        for m, deps in sorted(import_graph().items())
+        if m not in packages
+        for d in sorted(deps)
+        if layer_of(d + "." if d in packages else d) > layer_of(m)
+    ]
+    assert upward == []
+
+
 def test_the_config_is_a_leaf():
     """The config imports evomerge's errors only: every layer may import it."""
     assert import_graph()["evomerge.config"] <= {"evomerge", "evomerge.errors"}

@@ -31,7 +31,7 @@ from ..threads import one_blas_thread
 from .build import build_estimator, item_strata, random_merges, run_respondents, scoring_context
 from .estimators import ESTIMATORS, Mean
 from .fits import IRTFits
-from .respondents import Respondent, collect_responses, shared_cache_dir
+from .respondents import Respondent, collect_responses, respondents_file, shared_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,6 @@ def calibrate(
     device: str = "cpu",
 ) -> list[CalibrationRow]:
     """Write ``calibration.csv``, ``calibration.json`` and ``calibration.png`` to ``out``."""
-    from ..search.rundir import RunDir  # the respondents' file is named as in a run directory
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -118,7 +116,7 @@ def calibrate(
             tokenizer,
             merger,
             respondents,
-            cache=RunDir(out).respondents(task.name),
+            cache=out / respondents_file(task.name),  # named as in a run directory
             shared=shared_cache_dir() if f.reuse_respondents else None,
             context=scoring_context(config, model),
         )

@@ -110,6 +110,11 @@ def respondent_set(
     return out
 
 
+def respondents_file(task: str) -> str:
+    """The respondents' scores' file name in a run directory (``RunDir.respondents``)."""
+    return f"respondents-{task}.json"
+
+
 def shared_cache_dir() -> Path:
     """Where respondents' scores are kept across runs: ``$EVOMERGE_RESPONDENTS_CACHE``, else
     ``$EVOMERGE_CACHE/respondents`` (``~/.cache/evomerge/respondents``)."""

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..fitness.respondents import respondents_file
 from .lock import LOCK_FILE, run_lock
 from .store import RunStore
 
@@ -65,7 +66,7 @@ class RunDir:
 
     def respondents(self, task: str) -> Path:
         """The respondents' scores on ``task`` (reused by a resume and by calibration)."""
-        return self.path / f"respondents-{task}.json"
+        return self.path / respondents_file(task)
 
     def holds_run(self) -> bool:
         return self.store_file.is_file()

@@ -29,7 +29,7 @@ browser:
 
 # CI's command: the linter, the type checker, then every test.
 test: setup browser lint types
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # Before a commit: the same checks and the quick tests (under 2 minutes once the demo family exists).
 check: setup lint types

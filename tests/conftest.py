@@ -4,6 +4,7 @@ keyed by the builder's version (CI points EVOMERGE_CACHE into its clean clone)."
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # Tests never touch the Hugging Face hub: everything they use is built or written locally.
@@ -15,11 +16,26 @@ import pytest
 from evomerge.demo import build_demo_family, read_manifest
 
 
-@pytest.fixture(autouse=True)
-def _own_respondent_cache(tmp_path_factory, monkeypatch) -> None:
-    """Each test keeps respondents' scores apart (runs reuse them across runs by default):
-    what one test scored never makes another skip its scoring."""
-    monkeypatch.setenv("EVOMERGE_RESPONDENTS_CACHE", str(tmp_path_factory.mktemp("respondents")))
+@pytest.fixture(scope="session", autouse=True)
+def _session_respondent_cache(tmp_path_factory) -> Iterator[None]:
+    """Respondents' scores are shared by the whole test session (runs reuse them across runs
+    by default, as users' do), never with the machine's own cache. A test that counts the
+    scoring asks for ``own_respondents``."""
+    saved = os.environ.get("EVOMERGE_RESPONDENTS_CACHE")
+    os.environ["EVOMERGE_RESPONDENTS_CACHE"] = str(tmp_path_factory.mktemp("respondents"))
+    yield
+    if saved is None:
+        os.environ.pop("EVOMERGE_RESPONDENTS_CACHE", None)
+    else:
+        os.environ["EVOMERGE_RESPONDENTS_CACHE"] = saved
+
+
+@pytest.fixture
+def own_respondents(tmp_path_factory, monkeypatch) -> Path:
+    """A respondents' cache of this test's own: what other tests scored is not reused."""
+    cache = tmp_path_factory.mktemp("own-respondents")
+    monkeypatch.setenv("EVOMERGE_RESPONDENTS_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +46,17 @@ def demo_family() -> Path:
 @pytest.fixture(scope="session")
 def demo_manifest(demo_family: Path) -> dict:
     return read_manifest(demo_family)
+
+
+@pytest.fixture(scope="session")
+def finished_run(demo_family: Path, tmp_path_factory):
+    """The small demo experiment (``helpers.small_config``), run once for the session; tests
+    read it (or copy it) and never write into it."""
+    from evomerge.loader import load_config
+    from evomerge.search.experiment import run_experiment
+    from helpers import small_config
+
+    return run_experiment(load_config(small_config(demo_family)), tmp_path_factory.mktemp("finished") / "a")
 
 
 def _gpt2_family(root: Path, demo_family: Path, *, quantized: bool) -> Path:

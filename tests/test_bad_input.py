@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from evomerge.config import ConfigError
 from evomerge.loader import load_config
-from test_search_run import small_config
+from helpers import cli, small_config
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 
@@ -99,17 +98,7 @@ def _data_case(case: str, tmp: Path) -> tuple[dict, str]:
 def _run(config: dict, tmp: Path, run_dir: Path | None = None) -> subprocess.CompletedProcess:
     path = tmp / "exp.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable,
-        "-m",
-        "evomerge",
-        "run",
-        str(path),
-        "--run-dir",
-        str(run_dir or tmp / "run"),
-        "--no-progress",
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return cli("run", str(path), "--run-dir", str(run_dir or tmp / "run"), "--no-progress")
 
 
 def _assert_refused(done: subprocess.CompletedProcess, message: str, tmp: Path) -> None:
@@ -180,7 +169,7 @@ def test_report_on_a_damaged_store_is_a_clear_error(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "run.sqlite").write_bytes(b"this is not a database" * 100)
-    done = subprocess.run([sys.executable, "-m", "evomerge", "report", str(run_dir)], capture_output=True, text=True)
+    done = cli("report", str(run_dir))
     assert done.returncode == 2 and "run.sqlite is not a readable run store" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
 

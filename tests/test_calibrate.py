@@ -21,6 +21,7 @@ from evomerge.loader import load_config
 from evomerge.merge.engine import Merger
 from evomerge.merge.run import load_live_model
 from evomerge.models.pool import ModelPool
+from helpers import small_mix
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 
@@ -131,8 +132,11 @@ def test_respondents_are_reused_across_runs_until_a_checkpoint_changes(config, t
     assert np.array_equal(fifth.scores, first.scores) and cache.is_file()
 
 
-def test_calibration_writes_table_plot_and_is_reproducible(config, tmp_path, caplog):
+def test_calibration_writes_table_plot_and_is_reproducible(config, demo_family, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="evomerge")
+    search, test = small_mix(demo_family)  # plumbing: the small mix task will do
+    task = config.tasks[0].model_copy(update={"search": str(search), "test": str(test)})
+    config = config.model_copy(update={"tasks": [task]})
     kwargs = dict(
         merges=8,
         anchor_counts=[30, 90],

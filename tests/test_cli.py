@@ -1,30 +1,28 @@
-"""The console script, run as a user runs it (a subprocess of the installed entry point)."""
+"""The console script: `python -m evomerge` as a process of its own once (help, version),
+every command in this process (``helpers.cli``: the same code, without seconds of imports)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from evomerge import __version__
+from helpers import cli, cli_process, small_config
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "evomerge", *args], capture_output=True, text=True, timeout=300, check=False
-    )
+run = cli
 
 
-def test_help_and_version():
-    out = run("--help")
+def test_help_and_version_in_a_process_of_their_own():
+    out = cli_process("--help")
     assert out.returncode == 0 and "demo-models" in out.stdout
-    assert run("--version").stdout.strip() == f"evomerge {__version__}"
+    assert cli_process("--version").stdout.strip() == f"evomerge {__version__}"
 
 
 def test_demo_models_on_a_built_family_is_instant(demo_family: Path):
@@ -59,12 +57,14 @@ def test_config_schema_is_json_with_every_section():
 
 
 def test_run_with_overrides_then_resume_test_and_export(demo_family: Path, tmp_path: Path):
-    """``--set`` shrinks the demo experiment to one generation of 3; the run prints the
+    """``--set`` shrinks the small demo experiment to one generation of 3; the run prints the
     test table, ``resume`` and ``test`` on the finished run print it again (evaluating
     nothing), ``export`` writes the winner."""
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(small_config(demo_family)))
     args = [
         "run",
-        str(DEMO_CONFIG),
+        str(config),
         "--no-progress",
         "--run-dir",
         str(tmp_path / "r"),

@@ -21,7 +21,7 @@ from evomerge.loader import load_config
 from evomerge.merge.candidate import candidate_from_yaml
 from evomerge.merge.layerpath import LayerPath
 from evomerge.search.experiment import export_run, load_member, run_experiment
-from test_search_run import csv_without_times, evaluations_so_far, resume_cli
+from helpers import csv_without_times, evaluations_so_far, resume_cli
 
 pytestmark = pytest.mark.slow
 POP = 8

@@ -174,7 +174,7 @@ def test_paths_in_a_config_file_resolve_against_its_folder(tmp_path, monkeypatch
         "search: {algorithm: NSGA2}\n"
     )
     monkeypatch.chdir(elsewhere)
-    with caplog.at_level("WARNING", logger="evomerge.config"):
+    with caplog.at_level("WARNING", logger="evomerge.loader"):
         config = load_config(config_file)
     assert config.models.base == str(project / "models" / "base")
     assert config.models.endpoints == ["org/math-7b", str(project / "models" / "base")]  # a hub id stays
@@ -204,7 +204,7 @@ def test_auto_dimension_finds_the_simulated_one(true_dim):
 
 def test_docs_config_reference_is_generated_from_the_schema():
     """docs/config.md is config_reference()'s output: regenerate it when the schema changes
-    (python -c "from evomerge.config import config_reference; print(config_reference(), end='')" > docs/config.md)."""
+    (python -c "from evomerge.loader import config_reference; print(config_reference(), end='')" > docs/config.md)."""
     from pathlib import Path
 
     from evomerge.loader import config_reference

@@ -4,7 +4,6 @@ launch, watch, stop, resume. The runs it starts are real `evomerge run` processe
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import shutil
@@ -17,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evomerge.search.store import TIME_COLUMNS
+from helpers import csv_without_times, resume_cli, small_config
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 
-POP, GENERATIONS = 4, 2  # the issue's budget; scored on every item, a candidate takes ~0.6 s here
+POP, GENERATIONS = 4, 5  # scored on every item of the small mix task; long enough to be stopped mid-run
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
@@ -41,6 +40,12 @@ def non_loopback_address() -> str | None:
         except OSError:
             return None
     return None if address.startswith("127.") else address
+
+
+@pytest.fixture(scope="module")
+def small_tasks(demo_family) -> str:
+    """The small mix task, as YAML for the Tasks box."""
+    return yaml.safe_dump(small_config(demo_family)["tasks"], sort_keys=False)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +103,9 @@ def config_shows(page, *texts: str, timeout: float = 30_000) -> None:
     )
 
 
-def launch(page, name: str, population: int, generations: int) -> None:
-    """The demo preset with the given budget, every candidate scored on all its items."""
+def launch(page, name: str, population: int, generations: int, tasks: str) -> None:
+    """The demo preset with the given budget, every candidate scored on all its items: the
+    items of the small mix task, typed into the Tasks box (plumbing: a sixth of the cost)."""
     page.get_by_role("tab", name="New experiment").click()
     page.get_by_label("multi-objective, custom data (demo)").check()  # then back: the form is the preset's again
     config_shows(page, "NSGA2")
@@ -108,6 +114,8 @@ def launch(page, name: str, population: int, generations: int) -> None:
     set_number(page, "population", population)
     set_number(page, "generations", generations)
     choose(page, "estimator", "full")
+    page.locator("#tasks .cm-content").fill(tasks)
+    config_shows(page, "evomerge-test-tasks")
     page.locator("#run-name textarea, #run-name input").first.fill(name)
     config_shows(page, f"population_size: {population}", f"generations: {generations}", "estimator: full")
     page.locator("#launch").click()
@@ -137,10 +145,6 @@ def evaluations(text: str) -> int:
     return int(match[1]) if match else 0
 
 
-def csv_without_times(path: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(path.open())]
-
-
 #: Records, in the page itself, every progress line and fitness picture the monitor shows
 #: (each with the progress line shown beside it), so that no state is missed between polls.
 RECORDER = """STATUS_LINE => {
@@ -158,8 +162,8 @@ RECORDER = """STATUS_LINE => {
 }"""
 
 
-def test_a_bad_population_shows_the_message_by_the_field_and_starts_nothing(page, server):
-    launch(page, "bad", population=-3, generations=2)
+def test_a_bad_population_shows_the_message_by_the_field_and_starts_nothing(page, server, small_tasks):
+    launch(page, "bad", population=-3, generations=2, tasks=small_tasks)
     page.wait_for_function("document.querySelector('#message').innerText.includes('Not started')", timeout=30_000)
     assert "greater than or equal to 1" in page.locator("#population-error").inner_text()
     assert page.locator("#generations-error").inner_text().strip() == ""  # only the field at fault
@@ -174,8 +178,8 @@ def test_a_bad_population_shows_the_message_by_the_field_and_starts_nothing(page
     assert not (server[2] / "bad").exists()
 
 
-def test_launch_watch_and_test_table(page, server):
-    launch(page, "a", population=POP, generations=GENERATIONS)
+def test_launch_watch_and_test_table(page, server, small_tasks):
+    launch(page, "a", population=POP, generations=GENERATIONS, tasks=small_tasks)
     page.wait_for_function("document.querySelector('#message').innerText.includes('Started')", timeout=30_000)
     page.get_by_role("tab", name="Monitor").click()
     page.evaluate(RECORDER, STATUS_LINE)
@@ -304,8 +308,8 @@ def test_try_a_model_generates_from_an_evaluated_candidate_and_an_export(page, s
     assert try_prompt(page, str(exported), "gr bado=", f"exported model {exported}") == in_memory
 
 
-def test_stop_then_resume_finishes_with_the_same_results(page, server):
-    launch(page, "b", population=POP, generations=GENERATIONS)
+def test_stop_then_resume_finishes_with_the_same_results(page, server, small_tasks):
+    launch(page, "b", population=POP, generations=GENERATIONS, tasks=small_tasks)
     page.get_by_role("tab", name="Monitor").click()
     wait_for(page, lambda t: t.startswith("running") and evaluations(t) >= 1)
     page.locator("#stop").click()
@@ -336,8 +340,7 @@ def test_a_run_started_by_the_cli_is_stopped_here_and_resumed_by_the_cli(page, s
     finally:
         if proc.poll() is None:
             proc.kill()
-    resume = [sys.executable, "-m", "evomerge", "resume", str(runs / "c"), "--no-progress"]
-    subprocess.run(resume, check=True, capture_output=True, timeout=300, env=env)
+    resume_cli(runs / "c")
     assert csv_without_times(runs / "c" / "evaluations.csv") == csv_without_times(runs / "a" / "evaluations.csv")
 
 

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evomerge.errors import IncompatibleModelsError
 from evomerge.merge import merge_config
 from evomerge.models.save import OutputExistsError
+from helpers import cli
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 
@@ -44,13 +45,42 @@ sys.exit(main())
 """
 
 
-def run_mergekit_yaml(config: Path, out: Path, *flags: str, stable: bool = True) -> None:
-    """``stable=False``: stock mergekit-yaml (what a bf16 merge, which runs mergekit's own
-    kernels in evomerge too, is compared with)."""
-    program = (
-        [sys.executable, "-c", STABLE_MERGEKIT_YAML] if stable else [str(Path(sys.executable).parent / "mergekit-yaml")]
-    )
-    subprocess.run([*program, str(config), str(out), *flags], check=True, capture_output=True, timeout=600)
+class StableSorts:
+    """``torch`` as mergekit.sparsify sees it, with stable sorts (STABLE_MERGEKIT_YAML's, in this process)."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(torch, name)
+
+    def argsort(self, x: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        return torch.argsort(x, stable=True, **kwargs)  # type: ignore[call-overload]
+
+    def sort(self, x: torch.Tensor, **kwargs: object) -> object:
+        return torch.sort(x, stable=True, **kwargs)  # type: ignore[call-overload]
+
+
+def run_mergekit_yaml(config: Path, out: Path, *flags: str, stable: bool = True, process: bool = False) -> None:
+    """mergekit-yaml's own command (its click ``main``) on ``config``: in this process, or
+    with ``process=True`` as the installed console script in a process of its own.
+    ``stable=False``: stock mergekit (what a bf16 merge, which runs mergekit's own kernels in
+    evomerge too, is compared with)."""
+    if process:
+        program = (
+            [sys.executable, "-c", STABLE_MERGEKIT_YAML]
+            if stable
+            else [str(Path(sys.executable).parent / "mergekit-yaml")]
+        )
+        subprocess.run([*program, str(config), str(out), *flags], check=True, capture_output=True, timeout=600)
+        return
+    import mergekit.sparsify
+    from mergekit.scripts.run_yaml import main
+
+    saved = mergekit.sparsify.torch
+    if stable:
+        mergekit.sparsify.torch = StableSorts()
+    try:
+        main.main([str(config), str(out), *flags], standalone_mode=False)
+    finally:
+        mergekit.sparsify.torch = saved
 
 
 def assert_same_checkpoint(ours: Path, theirs: Path) -> None:
@@ -114,7 +144,8 @@ def test_evomerge_merge_equals_mergekit_yaml(family, demo_family, gpt2_family, t
     for i, config in enumerate(configs(root, base, others)):
         path = write_config(tmp_path / f"{i}.yml", config)
         ours = merge_config(path, tmp_path / f"ours{i}")
-        run_mergekit_yaml(path, tmp_path / f"theirs{i}")
+        # the installed console script once (a smoke test of the real command), its main in-process after
+        run_mergekit_yaml(path, tmp_path / f"theirs{i}", process=i == 0 and family == "demo")
         assert_same_checkpoint(ours, tmp_path / f"theirs{i}")
         assert AutoModelForCausalLM.from_pretrained(ours) is not None
         assert AutoTokenizer.from_pretrained(ours) is not None
@@ -142,14 +173,14 @@ def test_cli_refuses_a_non_empty_output_dir_unless_forced(demo_family, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    cmd = [sys.executable, "-m", "evomerge", "merge", str(config), "--out", str(out)]
-    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    cmd = ["merge", str(config), "--out", str(out)]
+    refused = cli(*cmd)
     assert refused.returncode == 2
     assert "not empty" in refused.stdout and "--force" in refused.stdout
     assert (out / "notes.txt").read_text() == "keep me"
     with pytest.raises(OutputExistsError):
         merge_config(config, out)
-    forced = subprocess.run([*cmd, "--force"], capture_output=True, text=True, timeout=600)
+    forced = cli(*cmd, "--force")
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert not (out / "notes.txt").exists() and (out / "model.safetensors").exists()
 
@@ -308,8 +339,7 @@ def test_a_slices_config_over_pickled_models_needs_the_opt_in(pickled_model, dem
     with pytest.raises(CheckpointError, match="pickled shards"):
         merge_config(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    cmd = [sys.executable, "-m", "evomerge", "merge", str(path), "--out", str(tmp_path / "out")]
-    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    refused = cli("merge", str(path), "--out", str(tmp_path / "out"))
     assert refused.returncode == 2 and "allow_pickle" in refused.stdout and "Traceback" not in refused.stderr
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from evomerge.merge.memory import EVAL_HEADROOM, parse_size, plan
 from evomerge.merge.run import load_live_model
 from evomerge.models import Checkpoint, ModelPool
 from evomerge.models.save import SafetensorsStream
+from helpers import cli
 
 W3 = [0.7, -0.4, 1.2]
 CASES = [
@@ -132,9 +131,9 @@ def test_an_impossible_budget_fails_before_any_tensor_is_read(demo_family, monke
 
 @pytest.mark.slow
 def test_a_run_over_its_budget_exits_2_with_the_numbers(demo_family, tmp_path):
-    cmd = [sys.executable, "-m", "evomerge", "run", "examples/demo.yaml", "--run-dir", str(tmp_path / "run")]
-    done = subprocess.run(
-        [*cmd, "--set", "merge.memory_budget=20MB", "--no-progress"], capture_output=True, text=True, timeout=600
+    config = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+    done = cli(
+        "run", str(config), "--run-dir", str(tmp_path / "run"), "--set", "merge.memory_budget=20MB", "--no-progress"
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "does not fit" in done.stdout and "GiB" in done.stdout and "Traceback" not in done.stdout + done.stderr

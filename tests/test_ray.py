@@ -16,7 +16,7 @@ from evomerge.search.experiment import run_experiment
 from evomerge.search.loop import Callback
 from evomerge.search.ray_executor import RayExecutorError, import_ray
 from evomerge.search.store import RunStore
-from test_search_run import csv_without_times, small_config
+from helpers import csv_without_times, small_config
 
 pytestmark = pytest.mark.slow  # starts Ray: `make check` skips it, `make test` (CI) runs it
 
@@ -30,9 +30,10 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def local_run(demo_family, tmp_path_factory):
-    return run_experiment(load_config(small_config(demo_family)), tmp_path_factory.mktemp("local") / "run")
+@pytest.fixture
+def local_run(finished_run):
+    """The same small experiment on the local executor (run once for the session)."""
+    return finished_run
 
 
 def same_evaluations(a, b) -> bool:
@@ -46,7 +47,7 @@ def ray_config(demo_family: Path, **ray) -> dict:
     return config
 
 
-def test_a_ray_run_equals_the_local_run(ray_cluster, local_run, demo_family, tmp_path):
+def test_a_ray_run_equals_the_local_run(ray_cluster, local_run, demo_family, tmp_path, own_respondents):
     """Respondents, candidates and the held-out tests all on the workers; the driver writes."""
 
     class Executor(Callback):

@@ -10,7 +10,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,47 +21,27 @@ import evomerge
 from evomerge.config import ConfigError
 from evomerge.loader import load_config
 from evomerge.search.experiment import ResumeError, RunExistsError, export_run, resume_run, run_experiment
-from evomerge.search.store import TIME_COLUMNS, RunStore
+from evomerge.search.store import RunStore
+from helpers import (
+    POP,
+    cli,
+    cli_process,
+    csv_without_times,
+    evaluations_so_far,
+    resume_cli,
+    small_config,
+    small_mix,
+    start_run,
+)
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 
-POP = 6
 
-
-def small_config(demo_family: Path, **search) -> dict:
-    """The demo experiment (examples/demo.yaml) at a test's budget: mp-IRT on 60 anchors
-    fitted on 3 random merges besides the base and the endpoints, GA 6 x 3."""
-    return {
-        "models": {
-            "base": "demo:models/base",
-            "endpoints": ["demo:models/add", "demo:models/greek", "demo:models/cyrillic"],
-        },
-        "merge": {"method": "task_arithmetic"},
-        "tasks": [
-            {
-                "name": "mix",
-                "search": "demo:data/mix/search.jsonl",
-                "test": "demo:data/mix/test.jsonl",
-                "extractor": "exact",
-                "strict": True,
-                "max_new_tokens": 24,
-                "batch_size": 128,
-            }
-        ],
-        "fitness": {"estimator": "mpirt", "anchors": 60, "respondents": 3},
-        "search": {"algorithm": "GA", "population_size": POP, "generations": 3, **search},
-        "seed": 0,
-    }
-
-
-def csv_without_times(path: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(path.open())]
-
-
-@pytest.fixture(scope="module")
-def finished(demo_family, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "a"
-    return run_experiment(load_config(small_config(demo_family)), run_dir)
+@pytest.fixture
+def finished(finished_run):
+    """The small demo run, finished once for the whole test session: read it, never write it
+    (copy it first)."""
+    return finished_run
 
 
 def test_a_run_stores_everything_and_tests_the_winner_against_the_baselines(finished):
@@ -170,10 +149,7 @@ def test_resume_with_a_larger_budget_extends_a_finished_run_as_if_started_with_i
         resume_run(copy, budget=["search.generations=2"])
     assert resume_run(copy).evaluations == 18  # the refusals changed nothing
 
-    out = subprocess.run(
-        [sys.executable, "-m", "evomerge", "resume", str(copy), "--no-progress", "--set", "search.generations=4"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    out = cli("resume", str(copy), "--no-progress", "--set", "search.generations=4")
     assert out.returncode == 0, out.stdout + out.stderr
     longer = run_experiment(load_config(small_config(demo_family, generations=4)), tmp_path / "longer")
     assert longer.evaluations == 24
@@ -204,50 +180,17 @@ def test_a_run_stored_with_relative_paths_still_resumes(finished, demo_family, t
     assert resume_run(copy).evaluations == 18
 
 
-def start_run(demo_family: Path, run_dir: Path, generations: int = 3, **popen: object) -> subprocess.Popen:
-    """`evomerge run` of the small config into ``run_dir``, in a process of its own."""
-    config = run_dir.parent / f"{run_dir.name}.yaml"
-    config.write_text(yaml.safe_dump(small_config(demo_family, generations=generations)))
-    command = [sys.executable, "-m", "evomerge", "run", str(config), "--run-dir", str(run_dir), "--no-progress"]
-    return subprocess.Popen(command, **popen)  # type: ignore[call-overload]
-
-
-def test_the_cli_shows_a_bar_with_an_eta_for_respondents_and_the_test(demo_family, tmp_path):
+def test_the_cli_shows_a_bar_with_an_eta_for_respondents_and_the_test(demo_family, tmp_path, own_respondents):
     """Minutes of respondent scoring and the held-out test showed nothing without -v."""
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(small_config(demo_family, generations=1)))
-    command = [sys.executable, "-m", "evomerge", "run", str(config), "--run-dir", str(tmp_path / "r")]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    out = cli("run", str(config), "--run-dir", str(tmp_path / "r"))
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     respondents = next(line for line in lines if line.startswith("scoring respondents (mix)"))
     test = next(line for line in lines if line.startswith("held-out test"))
     assert "7/7" in respondents and "6/6" in test and all("eta" in line for line in (respondents, test))
     assert "Loading weights" not in out.stdout + out.stderr  # third-party bars stay off without -v
-
-
-def evaluations_so_far(run_dir: Path) -> int:
-    """The evaluations a running run has committed (0 before its store has a schema).
-    Only an existing store is opened: connecting would create the file under the run."""
-    if not (run_dir / "run.sqlite").exists():
-        return 0
-    try:
-        return sqlite3.connect(run_dir / "run.sqlite").execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
-def resume_cli(run_dir: Path) -> subprocess.CompletedProcess:
-    """`evomerge resume RUN_DIR` in a fresh process; it must succeed."""
-    out = subprocess.run(
-        [sys.executable, "-m", "evomerge", "resume", str(run_dir), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    return out
 
 
 def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished, demo_family, tmp_path):
@@ -315,7 +258,6 @@ def test_a_second_process_on_a_running_run_refuses_at_once(finished, demo_family
     It is given 40 generations, so it is still running when the second command comes (at
     3 it could finish in between); its first 3 equal the 3-generation run's."""
     run_dir = tmp_path / "shared"
-    cli = [sys.executable, "-m", "evomerge"]
     first = start_run(demo_family, run_dir, 40, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     config = run_dir.parent / f"{run_dir.name}.yaml"  # the config start_run wrote
     try:
@@ -325,7 +267,7 @@ def test_a_second_process_on_a_running_run_refuses_at_once(finished, demo_family
         assert first.poll() is None, "the first run ended before a second could start"
         for second in (["resume", str(run_dir)], ["run", str(config), "--run-dir", str(run_dir)]):
             started = time.time()
-            out = subprocess.run([*cli, *second, "--no-progress"], capture_output=True, text=True, timeout=120)
+            out = cli(*second, "--no-progress")  # in this process: the first one holds the lock
             assert out.returncode == 2 and time.time() - started < 60, out.stdout + out.stderr
             assert f"in use by process {first.pid}" in out.stdout and "Traceback" not in out.stdout + out.stderr
     finally:
@@ -393,7 +335,7 @@ def test_evolve_returns_the_winner_ready_to_use(demo_family, tmp_path):
     result = evomerge.evolve(
         ["demo:models/base", "demo:models/greek", "demo:models/cyrillic"],
         "demo:models/base",
-        task=("demo:data/mix/search.jsonl", "demo:data/mix/test.jsonl"),
+        task=tuple(str(p) for p in small_mix(demo_family)),
         fitness="accuracy",
         eval_samples=40,
         population_size=4,
@@ -416,7 +358,7 @@ def test_evolve_with_accuracy_and_loss_objectives(demo_family, tmp_path):
     result = evomerge.evolve(
         ["demo:models/greek", "demo:models/cyrillic"],
         "demo:models/base",
-        task=("demo:data/mix/search.jsonl", "demo:data/mix/test.jsonl"),
+        task=tuple(str(p) for p in small_mix(demo_family)),
         fitness=["accuracy", "loss"],
         eval_samples=30,
         algorithm="NSGA2",
@@ -551,11 +493,7 @@ def test_task_names_are_not_paths_and_any_text_draws(demo_family, tmp_path):
     written); a name with "$" (matplotlib's math marker) runs and its report is drawn."""
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(small_config(demo_family)))
-    out = subprocess.run(
-        [sys.executable, "-m", "evomerge", "run", str(config), "--run-dir", str(tmp_path / "r"),
-         "--set", "tasks.0.name=/../../x/pwned"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    out = cli("run", str(config), "--run-dir", str(tmp_path / "r"), "--set", "tasks.0.name=/../../x/pwned")
     assert out.returncode == 2 and "may not contain /" in out.stdout and "Traceback" not in out.stdout + out.stderr
     assert not (tmp_path / "r").exists() and not list(tmp_path.parent.rglob("pwned*"))
     dollars = small_config(demo_family, generations=1)
@@ -581,16 +519,13 @@ def test_a_full_disk_is_a_clear_error_and_resume_completes_once_there_is_space(f
         config = tmp_path / "exp.yaml"
         config.write_text(yaml.safe_dump(small_config(demo_family)))
         run_dir = disk / "run"
-        cli = [sys.executable, "-m", "evomerge"]
-        full = subprocess.run([*cli, "run", str(config), "--run-dir", str(run_dir), "--no-progress"],
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        full = cli_process("run", str(config), "--run-dir", str(run_dir), "--no-progress", timeout=600)
         assert full.returncode == 2, full.stdout + full.stderr
         assert "Traceback" not in full.stdout + full.stderr
         assert "No space left" in full.stdout or "full" in full.stdout, full.stdout
         assert f"evomerge resume {run_dir}" in full.stdout
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        done = subprocess.run([*cli, "resume", str(run_dir), "--no-progress"], capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+        done = cli_process("resume", str(run_dir), "--no-progress", timeout=600)
         assert done.returncode == 0, done.stdout + done.stderr
         rows = csv_without_times(run_dir / "evaluations.csv")
         assert rows == csv_without_times(finished.run_dir / "evaluations.csv")

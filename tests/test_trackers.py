@@ -11,7 +11,7 @@ from evomerge.config import ConfigError
 from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
 from evomerge.search.trackers import TrackerError
-from test_search_run import POP, small_config
+from helpers import POP, small_config
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 

@@ -4,7 +4,6 @@ console script), and from flags alone; the configs it writes validate and run.""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import yaml
 
 from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
+from helpers import cli
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 
@@ -19,15 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def init(*args: str, answers: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "evomerge", "init", *args],
-        input=answers,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-    )
+    return cli("init", *args, input=answers, cwd=ROOT)
 
 
 def test_init_through_its_prompts_writes_a_config_that_runs(demo_family, tmp_path):

@@ -227,7 +227,9 @@ def _interrupt_hint(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        if (run_dir / "run.sqlite").exists():
+        from .search.rundir import RunDir
+
+        if RunDir(run_dir).holds_run():
             console.print(
                 f"interrupted; every finished evaluation is stored in {escape(str(run_dir))}. "
                 f"Continue with: evomerge resume {escape(str(run_dir))}",
@@ -291,9 +293,9 @@ def init(
 @app.command()
 def gui(
     port: Annotated[int, typer.Option(help="The port to serve on.")] = 7860,
-    runs: Annotated[Path, typer.Option(help="The folder whose run directories the GUI lists and writes.")] = Path(
-        "runs"
-    ),
+    runs: Annotated[
+        Path | None, typer.Option(help="The folder whose run directories the GUI lists and writes (default: runs).")
+    ] = None,
     share: Annotated[
         bool, typer.Option(help="Also open a public gradio.live link (anyone with it can run code here).")
     ] = False,
@@ -310,6 +312,9 @@ def gui(
             "[yellow]warning:[/yellow] --share makes a public link: anyone who has it can launch runs and read "
             "files on this machine. Stop the GUI when you are done."
         )
+    from .search.rundir import RUNS
+
+    runs = runs or RUNS
     console.print(f"evomerge GUI on http://127.0.0.1:{port} (runs in {escape(str(runs))}); Ctrl-C stops it")
     serve(port, runs, share=share)
 

@@ -387,7 +387,7 @@ def config_reference() -> str:
     lines = [
         "# Config reference",
         "",
-        "Generated from the schema (`evomerge.config.config_reference()`; the JSON schema: `evomerge config-schema`).",
+        "Generated from the schema (`evomerge.loader.config_reference()`; the JSON schema: `evomerge config-schema`).",
         "Unknown keys are errors. `seed` (top level, default 0) seeds the algorithm and DARE's random drops.",
     ]
     for title, model in SECTIONS:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .loader import load_config
+from .search.rundir import RUNS
 
 DEMO_BASE = "demo:models/base"
 DEMO_ENDPOINTS = "demo:models/add, demo:models/greek, demo:models/cyrillic"
@@ -137,7 +138,7 @@ def build_config(answers: Answers, ask: Ask) -> dict[str, Any]:
             "population_size": number(answers.population_size, "Population size", "12", "--population-size"),
             "generations": number(answers.generations, "Generations", "10", "--generations"),
         },
-        "output": {"run_dir": get(answers.run_dir, "Run directory", "runs/my-run", "--run-dir")},
+        "output": {"run_dir": get(answers.run_dir, "Run directory", str(RUNS / "my-run"), "--run-dir")},
     }
     load_config(config, resolve_demo=False)  # raises ConfigError, naming the key, before anything is written
     return config

@@ -9,7 +9,6 @@ Python with no front-end build, and it binds where we say (127.0.0.1 by default)
 from __future__ import annotations
 
 import atexit
-import contextlib
 import filecmp
 import re
 import shutil
@@ -21,13 +20,23 @@ import yaml
 
 from ..errors import EvomergeError
 from ..search.monitor import activity, list_runs, run_status
-from ..search.rundir import RunDir
-from .form import FIELD_KEYS, PRESETS, method_help, preset_config, problems_by_field, validate
+from ..search.rundir import RUNS, RunDir
+from .form import (
+    FIELD_KEYS,
+    PRESETS,
+    compose,
+    field_text,
+    form_values,
+    method_help,
+    preset_config,
+    problems_by_field,
+    validate,
+)
 from .launcher import Launcher
 from .views import Figures, best_genes, evaluations_table, test_table
 
 
-def build_app(runs: Path | str = "runs") -> Any:
+def build_app(runs: Path | str = RUNS) -> Any:
     """The Blocks app over the run directories under ``runs``."""
     import gradio as gr
 
@@ -44,43 +53,10 @@ def build_app(runs: Path | str = "runs") -> Any:
     figures = Figures(scratch)
     first = next(iter(PRESETS))
 
-    def compose(preset: str, base: str, endpoints: str, method: str, algorithm: str, population: float,
-                generations: float, seconds: float, estimator: str, anchors: float, granularity: str, options: str,
-                frozen: str, bounds: str, tasks: str) -> str:  # fmt: skip
-        raw = preset_config(preset)
-        models = [e.strip() for e in _text(endpoints).split(",") if e.strip()]
-        raw["models"] = {"base": _text(base), "endpoints": models} if _text(base) else {"endpoints": models}
-        raw["merge"] = {"method": method}
-        raw["search"].update(algorithm=algorithm, population_size=_int(population), generations=_int(generations))
-        if seconds:
-            raw["search"]["max_seconds"] = seconds  # whichever comes first, with the generations
-        raw["search"]["granularity"] = granularity
-        full = estimator == "full"  # it scores every item: anchors are not its setting
-        raw["fitness"] = {"estimator": estimator, **({"anchors": _int(anchors)} if anchors and not full else {})}
-        for key, text in (("options", options), ("frozen", frozen), ("bounds", bounds)):
-            with contextlib.suppress(yaml.YAMLError):  # until it parses, the YAML view keeps the last value
-                value = yaml.safe_load(_text(text))
-                if value:
-                    raw["search"][key] = value
-                else:
-                    raw["search"].pop(key, None)  # empty: the config's default, not written
-        with contextlib.suppress(yaml.YAMLError):
-            raw["tasks"] = yaml.safe_load(_text(tasks))
-        return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
-
-    def form_from(raw: dict[str, Any]) -> tuple[Any, ...]:
-        s, f = raw.get("search") or {}, raw.get("fitness") or {}
-        return (
-            (raw.get("models") or {}).get("base") or "", ", ".join((raw.get("models") or {}).get("endpoints") or []),
-            (raw.get("merge") or {}).get("method", "task_arithmetic"), s.get("algorithm", "GA"),
-            s.get("population_size"), s.get("generations"), s.get("max_seconds"), f.get("estimator", "mpirt"),
-            f.get("anchors"), s.get("granularity", "global"), _yaml(s.get("options")), _yaml(s.get("frozen")),
-            _yaml(s.get("bounds")),
-            yaml.safe_dump(raw.get("tasks") or [], sort_keys=False, allow_unicode=True),
-        )  # fmt: skip
-
     def fill(preset: str) -> tuple[Any, ...]:
-        return form_from(preset_config(preset))
+        """A preset into the form; it becomes what the form's fields are written over."""
+        raw = preset_config(preset)
+        return (*form_values(raw), raw)
 
     def messages(problems: list[tuple[str, str]], ok: str = "") -> tuple[str, ...]:
         """A message under each field with a problem, the others under the form."""
@@ -93,11 +69,13 @@ def build_app(runs: Path | str = "runs") -> Any:
         return (*messages(validate(text)[1]), download(text))
 
     def paste(text: str) -> tuple[Any, ...]:
-        """The YAML view, pasted or edited, back into the form (if it is a valid config)."""
+        """The YAML view, pasted or edited, back into the form (if it is a valid config); the
+        keys the form has no field for are kept (it becomes what the fields are written over)."""
         raw, _ = validate(text)
         if raw is None:
-            return (*(gr.update() for _ in FIELD_KEYS), "**Not loaded**: see the messages under the fields.")
-        return (*form_from(raw), "Loaded into the form.")
+            keep = (gr.update() for _ in range(len(FIELD_KEYS) + 1))
+            return (*keep, "**Not loaded**: see the messages under the fields.")
+        return (*form_values(raw), raw, "Loaded into the form.")
 
     def download(text: str) -> str:
         path = scratch / "evomerge-config.yaml"  # Gradio serves a copy of it, taken now
@@ -113,7 +91,7 @@ def build_app(runs: Path | str = "runs") -> Any:
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, kept)
         try:
-            tasks_list = yaml.safe_load(_text(tasks_text)) or []
+            tasks_list = yaml.safe_load(field_text(tasks_text)) or []
         except yaml.YAMLError:
             tasks_list = []
         tasks_list = tasks_list if isinstance(tasks_list, list) else []
@@ -128,7 +106,7 @@ def build_app(runs: Path | str = "runs") -> Any:
         if raw is None:
             *under, rest = messages(problems)
             return (*under, f"**Not started.** {rest or 'See the messages under the fields.'}", gr.update())
-        name = _text(name) or "gui-run"
+        name = field_text(name) or "gui-run"
         try:
             run_dir = launcher.start(raw, name)
         except EvomergeError as err:
@@ -138,9 +116,9 @@ def build_app(runs: Path | str = "runs") -> Any:
     def watch(name: str, seen: Any) -> tuple[Any, ...]:
         """The monitor, read again only when the run has changed since this page last looked
         (``seen``, kept per browser page): the timer asks every second."""
-        if not _text(name):
+        if not field_text(name):
             return "No run selected.", None, gr.update(visible=False), None, None, None, None
-        run_dir = (runs / _text(name)).resolve()
+        run_dir = (runs / field_text(name)).resolve()
         now = (run_dir, activity(run_dir), launcher.running(run_dir), launcher.failure(run_dir))
         if now == seen:
             return (*(gr.update() for _ in range(6)), seen)
@@ -152,15 +130,15 @@ def build_app(runs: Path | str = "runs") -> Any:
                 evaluations_table(status), test_table(status), now)  # fmt: skip
 
     def stop(name: str) -> str:
-        stopped = launcher.stop((runs / _text(name)).resolve())
+        stopped = launcher.stop((runs / field_text(name)).resolve())
         return "Stopped; every finished evaluation is stored. Resume continues it." if stopped else "Not running."
 
     def resume(name: str) -> str:
         try:
-            launcher.resume((runs / _text(name)).resolve())
+            launcher.resume((runs / field_text(name)).resolve())
         except EvomergeError as err:
             return str(err)
-        return f"Resumed **{_text(name)}**."
+        return f"Resumed **{field_text(name)}**."
 
     def table_of_runs() -> Any:
         import pandas as pd
@@ -178,19 +156,19 @@ def build_app(runs: Path | str = "runs") -> Any:
 
     def details(name: str) -> tuple[Any, ...]:
         """The chosen run's status, test table and report."""
-        if not _text(name):
+        if not field_text(name):
             return "", None, None
-        status = run_status(runs / _text(name))
+        status = run_status(runs / field_text(name))
         if status.state == "empty":
-            return f"No run named {_text(name)!r} under `{runs}`.", None, None
-        report = status.path / "report.html"
+            return f"No run named {field_text(name)!r} under `{runs}`.", None, None
+        report = RunDir(status.path).report
         return status.summary(), test_table(status), str(report) if report.exists() else None
 
     def export(name: str, member: str, out: str) -> str:
-        if not _text(out):
+        if not field_text(out):
             return "**Not exported.** Give a folder to export to."
         try:
-            path = export_run(runs / _text(name), _text(out), member=_text(member) or None)
+            path = export_run(runs / field_text(name), field_text(out), member=field_text(member) or None)
         except EvomergeError as err:
             return f"**Not exported.** {err}"
         return f"Exported to `{path}` (HF checkpoint, mergekit_config.yml, model card)."
@@ -199,9 +177,9 @@ def build_app(runs: Path | str = "runs") -> Any:
         """The completion, and which model gave it."""
         from ..evaluate.generation import generate
 
-        if not _text(prompt):
+        if not field_text(prompt):
             return "", "Type a prompt."
-        key = (_text(target), _text(member) or "best")
+        key = (field_text(target), field_text(member) or "best")
         is_run = RunDir(runs / key[0]).holds_run()
         source = f"run {key[0]}, member {key[1]}, merged in memory" if is_run else f"exported model {key[0]}"
         try:
@@ -227,7 +205,9 @@ def build_app(runs: Path | str = "runs") -> Any:
 
         with gr.Tab("New experiment"):
             preset = gr.Radio(list(PRESETS), value=first, label="Preset", elem_id="preset")
-            defaults = dict(zip(FIELD_KEYS, fill(first), strict=True))
+            *initial, first_config = fill(first)
+            defaults = dict(zip(FIELD_KEYS, initial, strict=True))
+            base_config = gr.State(first_config)  # what the form's fields are written over
             yaml_box = {"language": "yaml"}
             with gr.Row():
                 field(gr.Textbox, "base", "Base model (dir or hub id)")
@@ -255,13 +235,13 @@ def build_app(runs: Path | str = "runs") -> Any:
                 "Add a data file as a task (JSONL or CSV)", file_types=[".jsonl", ".csv", ".json"], elem_id="upload"
             )
             config = gr.Code(
-                compose(first, *defaults.values()), language="yaml", elem_id="config", interactive=True,
+                compose(first_config, *defaults.values()), language="yaml", elem_id="config", interactive=True,
                 label="The config that will run (edit or paste, then Load)",
             )  # fmt: skip
             with gr.Row():
                 load_button = gr.Button("Load this YAML into the form", elem_id="load")
                 download_button = gr.DownloadButton(
-                    "Download the YAML", value=download(compose(first, *defaults.values())), elem_id="download"
+                    "Download the YAML", value=download(compose(first_config, *defaults.values())), elem_id="download"
                 )
             name = gr.Textbox("gui-run", label="Run name (a folder under the runs directory)", elem_id="run-name")
             launch_button = gr.Button("Launch", variant="primary", elem_id="launch")
@@ -308,13 +288,13 @@ def build_app(runs: Path | str = "runs") -> Any:
 
         form = [fields[f] for f in FIELD_KEYS]  # compose's arguments, in order
         error_boxes = [errors[f] for f in FIELD_KEYS]
-        preset.change(fill, preset, form).then(compose, [preset, *form], config)
+        preset.change(fill, preset, [*form, base_config]).then(compose, [base_config, *form], config)
         for component in form:
-            component.change(compose, [preset, *form], config)
+            component.change(compose, [base_config, *form], config)
         fields["method"].change(method_help, fields["method"], method_info)
         config.change(check, config, [*error_boxes, message, download_button])
         add_file.upload(upload, [add_file, fields["tasks"]], fields["tasks"])
-        load_button.click(paste, config, [*form, message])
+        load_button.click(paste, config, [*form, base_config, message])
         launch_button.click(launch, [config, name], [*error_boxes, message, watched])
         seen = gr.State()  # what this page's monitor shows: the run and its activity then
         monitored = [progress, fitness, pareto, genes, table, tests, seen]
@@ -331,14 +311,10 @@ def build_app(runs: Path | str = "runs") -> Any:
     return app
 
 
-def serve(port: int = 7860, runs: Path | str = "runs", *, share: bool = False, host: str = "127.0.0.1") -> None:
+def serve(port: int = 7860, runs: Path | str = RUNS, *, share: bool = False, host: str = "127.0.0.1") -> None:
     """Serve the app on ``host`` (loopback by default: only this machine can reach it)."""
     app = build_app(runs)
     app.queue().launch(server_name=host, server_port=port, share=share, inbrowser=False, show_error=True)
-
-
-def _int(value: float | None) -> int | None:
-    return None if value is None else int(value)
 
 
 def _unused_path(path: Path, source: Path) -> Path:
@@ -349,13 +325,3 @@ def _unused_path(path: Path, source: Path) -> Path:
         if not candidate.exists() or filecmp.cmp(candidate, source, shallow=False):
             return candidate
     raise EvomergeError(f"too many uploads named {path.name} in {path.parent}")
-
-
-def _yaml(value: Any) -> str:
-    """A mapping as YAML for a code box; empty when there is nothing (not ``{}``)."""
-    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).strip() if value else ""
-
-
-def _text(value: str | None) -> str:
-    """A text field's value, stripped (Gradio gives None for a field never typed in)."""
-    return (value or "").strip()

@@ -4,13 +4,16 @@ they belong under."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from ..config import ConfigError
+from ..config import ConfigError, FitnessConfig, MergeConfig, SearchConfig
 from ..errors import EvomergeError
 from ..loader import load_config
 
@@ -66,6 +69,88 @@ def preset_config(name: str) -> dict[str, Any]:
     config["search"].update(population_size=8, generations=4)
     config.pop("output", None)
     return config
+
+
+def _default(section: type[BaseModel], key: str) -> Any:
+    """The schema's default: what a config without ``key`` runs with, so the form shows it."""
+    return section.model_fields[key].get_default(call_default_factory=True)
+
+
+def form_values(raw: dict[str, Any]) -> tuple[Any, ...]:
+    """The form's fields (in ``FIELD_KEYS`` order) showing config ``raw``; a key the config
+    does not set shows the schema's default, so writing the form back changes nothing."""
+    m, s, f = (raw.get(k) or {} for k in ("models", "search", "fitness"))
+    return (
+        m.get("base") or "",
+        ", ".join(m.get("endpoints") or []),
+        (raw.get("merge") or {}).get("method", _default(MergeConfig, "method")),
+        s.get("algorithm", _default(SearchConfig, "algorithm")),
+        s.get("population_size", _default(SearchConfig, "population_size")),
+        s.get("generations", _default(SearchConfig, "generations")),
+        s.get("max_seconds"),
+        f.get("estimator", _default(FitnessConfig, "estimator")),
+        f.get("anchors"),
+        s.get("granularity", _default(SearchConfig, "granularity")),
+        _yaml(s.get("options")),
+        _yaml(s.get("frozen")),
+        _yaml(s.get("bounds")),
+        yaml.safe_dump(raw.get("tasks") or [], sort_keys=False, allow_unicode=True),
+    )
+
+
+def compose(
+    base: dict[str, Any], model: str, endpoints: str, method: str, algorithm: str, population: float | None,
+    generations: float | None, seconds: float | None, estimator: str, anchors: float | None, granularity: str,
+    options: str, frozen: str, bounds: str, tasks: str,
+) -> str:  # fmt: skip
+    """The config the form shows, as YAML: ``base`` (the preset, or the config last loaded
+    into the form) with the form's fields written over it; every key the form has no field
+    for is kept as ``base`` has it."""
+    raw = copy.deepcopy(base)
+    models = [e.strip() for e in field_text(endpoints).split(",") if e.strip()]
+    section = raw.setdefault("models", {})
+    section["endpoints"] = models
+    if field_text(model):
+        section["base"] = field_text(model)
+    else:
+        section.pop("base", None)
+    raw.setdefault("merge", {})["method"] = method
+    search = raw.setdefault("search", {})
+    search.update(algorithm=algorithm, population_size=_int(population), generations=_int(generations))
+    search["granularity"] = granularity
+    _set(search, "max_seconds", seconds or None)  # whichever comes first, with the generations
+    fitness = raw.setdefault("fitness", {})
+    fitness["estimator"] = estimator
+    full = estimator == "full"  # it scores every item: anchors are not its setting
+    _set(fitness, "anchors", None if full else _int(anchors))
+    for key, text in (("options", options), ("frozen", frozen), ("bounds", bounds)):
+        with contextlib.suppress(yaml.YAMLError):  # until it parses, the YAML view keeps the last value
+            _set(search, key, yaml.safe_load(field_text(text)) or None)  # empty: the config's default, not written
+    with contextlib.suppress(yaml.YAMLError):
+        raw["tasks"] = yaml.safe_load(field_text(tasks))
+    return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
+def _set(section: dict[str, Any], key: str, value: Any) -> None:
+    """``section[key] = value``; None removes the key (the schema's default applies)."""
+    if value is None:
+        section.pop(key, None)
+    else:
+        section[key] = value
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _yaml(value: Any) -> str:
+    """A mapping as YAML for a code box; empty when there is nothing (not ``{}``)."""
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).strip() if value else ""
+
+
+def field_text(value: str | None) -> str:
+    """A text field's value, stripped (Gradio gives None for a field never typed in)."""
+    return (value or "").strip()
 
 
 def validate(text: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:

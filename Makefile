@@ -31,7 +31,7 @@ browser:
 test: setup browser lint types
 	$(PY) -m pytest -q --durations=15
 
-# Before a commit: the same checks and the quick tests (under 2 minutes once the demo family exists).
+# Before a commit: the same checks and the quick tests (about 4 minutes on 2 cores once the demo family exists).
 check: setup lint types
 	$(PY) -m pytest -q -m "not slow"
 

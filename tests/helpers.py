@@ -28,21 +28,27 @@ from evomerge.search.store import TIME_COLUMNS
 POP = 6
 
 
-def small_mix(demo_family: Path) -> tuple[Path, Path]:
-    """The demo family's "mix" task cut to 180 search items (every 5th) and 90 test items
-    (every 10th), every skill kept: real generation, a sixth of the cost. Written once per
-    family, beside the temp folder (the family's own folder is never written)."""
+def small_split(demo_family: Path, task: str) -> tuple[Path, Path]:
+    """A demo family task's search and test files cut to every 5th search item and every
+    10th test item (mix: 180 and 90), every skill kept: real generation at a fraction of the
+    cost, for tests of plumbing. Written once per family into the temp folder (the family's
+    own folder is never written)."""
     key = hashlib.sha256(str(demo_family.resolve()).encode()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / "evomerge-test-tasks" / key
+    folder = Path(tempfile.gettempdir()) / "evomerge-test-tasks" / key / task
     paths = (folder / "search.jsonl", folder / "test.jsonl")
     for path, step in zip(paths, (5, 10), strict=True):
         if not path.exists():
-            lines = (demo_family / "data" / "mix" / path.name).read_text().splitlines()[::step]
+            lines = (demo_family / "data" / task / path.name).read_text().splitlines()[::step]
             folder.mkdir(parents=True, exist_ok=True)
             scratch = path.with_suffix(f".{os.getpid()}.tmp")
             scratch.write_text("\n".join(lines) + "\n")
             scratch.replace(path)  # atomic: a parallel test never reads half a file
     return paths
+
+
+def small_mix(demo_family: Path) -> tuple[Path, Path]:
+    """The mix task (every skill's items) cut small: 180 search items, 90 test items."""
+    return small_split(demo_family, "mix")
 
 
 def small_config(demo_family: Path, **search: object) -> dict:

@@ -1,5 +1,6 @@
 """Every example config runs end to end on the demo family, at a small budget (one
-generation of four; fewer anchors and respondents) set through the CLI's overrides."""
+generation of four; fewer anchors and respondents; the demo data's tasks cut to a fifth of
+their search items and a tenth of their test items) set through the CLI's overrides."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
+from helpers import small_split
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 
@@ -27,6 +29,10 @@ def test_example_runs_end_to_end(example: Path, demo_family, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # paths in a config are relative to its folder: any directory will do
     raw = load_config(example)
     small = SMALL + (["fitness.respondents=2"] if raw.fitness.estimator != "mean" else [])
+    for i, task in enumerate(raw.tasks):  # the demo data's tasks cut small (the lm-eval tasks are as written)
+        if task.search is not None and Path(task.search).is_relative_to(demo_family):
+            search, test = small_split(demo_family, Path(task.search).parent.name)
+            small += [f"tasks.{i}.search={search}", f"tasks.{i}.test={test}"]
     config = load_config(example, small)
     result = run_experiment(config, tmp_path / example.stem)
     results = json.loads((result.run_dir / "results.json").read_text())

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import logging
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -92,11 +93,13 @@ def cli(
     from evomerge.cli import app
 
     saved_env, saved_cwd, level = dict(os.environ), Path.cwd(), logging.getLogger("evomerge").level
+    saved_sigint = signal.getsignal(signal.SIGINT)
     try:
         if cwd is not None:
             os.chdir(cwd)
         result = CliRunner().invoke(app, list(args), env=env, input=input, catch_exceptions=True)
     finally:
+        signal.signal(signal.SIGINT, saved_sigint)
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)

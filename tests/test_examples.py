@@ -11,7 +11,7 @@ import pytest
 
 from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
-from helpers import small_split
+from helpers import cli, small_split
 
 pytestmark = pytest.mark.slow  # end-to-end: `make check` skips it, `make test` (CI) runs it
 
@@ -51,10 +51,10 @@ def test_the_example_merge_config_runs_as_is(demo_family, tmp_path, monkeypatch)
     """`demo:` paths work in a merge config too (they did only in experiment configs)."""
     from transformers import AutoModelForCausalLM
 
-    from evomerge.merge import merge_config
-
     monkeypatch.setenv("EVOMERGE_DEMO_DIR", str(demo_family))
-    out = merge_config(ROOT / "examples" / "merges" / "demo-ties.yaml", tmp_path / "merged")
+    out = tmp_path / "merged"
+    done = cli("merge", str(ROOT / "examples" / "merges" / "demo-ties.yaml"), "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 6
     assert str(demo_family / "models" / "greek") in (out / "mergekit_config.yml").read_text()

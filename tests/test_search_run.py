@@ -184,7 +184,7 @@ def test_the_cli_shows_a_bar_with_an_eta_for_respondents_and_the_test(demo_famil
     """Minutes of respondent scoring and the held-out test showed nothing without -v."""
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(small_config(demo_family, generations=1)))
-    out = cli("run", str(config), "--run-dir", str(tmp_path / "r"))
+    out = cli_process("run", str(config), "--run-dir", str(tmp_path / "r"))  # third-party bars: a fresh process's
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     respondents = next(line for line in lines if line.startswith("scoring respondents (mix)"))
@@ -234,9 +234,11 @@ def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished
 def test_ctrl_c_says_how_to_resume_and_exits_130(finished, demo_family, tmp_path):
     """Ctrl-C (SIGINT) in the middle of generation 1: a one-line hint naming
     ``evomerge resume`` and the run directory, exit code 130, and a resume that ends
-    with the uninterrupted run's evaluations."""
+    with the uninterrupted run's evaluations. The run is started with SIGINT ignored, as a
+    script's `evomerge run ... &` starts it: it still stops."""
     run_dir = tmp_path / "interrupted"
-    proc = start_run(demo_family, run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  (in the child, before exec)
+    proc = start_run(demo_family, run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if evaluations_so_far(run_dir) >= POP + 2:

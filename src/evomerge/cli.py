@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -47,6 +48,11 @@ def main(
     logging.getLogger("evomerge").setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:  # transformers', datasets' and lm-eval's own bars (tqdm) would flood the terminal
         os.environ.setdefault("TQDM_DISABLE", "1")
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Started in the background (`cmd &` in a script, some launchers): SIGINT arrives
+        # ignored, and then neither Ctrl-C, `kill -INT` nor the GUI's Stop would stop a run.
+        # Interrupting is always safe: every finished evaluation is stored, resume is exact.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _announce_build(target: Path) -> None:

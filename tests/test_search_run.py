@@ -257,10 +257,11 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(finished, demo_family, tmp_path
 def test_a_second_process_on_a_running_run_refuses_at_once(finished, demo_family, tmp_path):
     """While `evomerge run` works on a run directory, a `resume` and a `run` of it refuse
     within seconds (exit 2, naming the holder's PID); the first run finishes as if alone.
-    It is given 40 generations, so it is still running when the second command comes (at
-    3 it could finish in between); its first 3 equal the 3-generation run's."""
+    It is given 12 generations, so it is still running when the second commands come (they
+    run in this process, seconds apart; at 3 it could finish in between); its first 3 equal
+    the 3-generation run's."""
     run_dir = tmp_path / "shared"
-    first = start_run(demo_family, run_dir, 40, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = start_run(demo_family, run_dir, 12, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     config = run_dir.parent / f"{run_dir.name}.yaml"  # the config start_run wrote
     try:
         deadline = time.time() + 240

@@ -134,10 +134,9 @@ def _plugin_problems(config: ExperimentConfig) -> tuple[ExperimentConfig, Proble
     check("search.executor", lambda: EXECUTORS.get(search.executor))
     for tracker in config.output.trackers:
         check("output.trackers", lambda tracker=tracker: TRACKERS.get(tracker))  # type: ignore[misc]
-    if config.output.generation not in engine_names():
-        problems.append(
-            ("output.generation", unknown_name("generation engine", config.output.generation, engine_names()))
-        )
+    engines = engine_names()
+    if config.output.generation not in engines:
+        problems.append(("output.generation", unknown_name("generation engine", config.output.generation, engines)))
     fitness_ok = _fitness_problems("fitness", config.fitness, problems)
     tasks = []
     for i, task in enumerate(config.tasks):

@@ -93,13 +93,14 @@ def cli(
     from evomerge.cli import app
 
     saved_env, saved_cwd, level = dict(os.environ), Path.cwd(), logging.getLogger("evomerge").level
-    saved_sigint = signal.getsignal(signal.SIGINT)
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if cwd is not None:
             os.chdir(cwd)
         result = CliRunner().invoke(app, list(args), env=env, input=input, catch_exceptions=True)
     finally:
-        signal.signal(signal.SIGINT, saved_sigint)
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)

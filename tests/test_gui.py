@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -357,3 +358,87 @@ def test_without_the_extra_the_command_names_it():
     code = "import sys; sys.modules['gradio'] = None; from evomerge.cli import app; app(['gui'])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2 and "pip install 'evomerge[gui]'" in out.stdout
+
+
+def test_a_run_name_outside_the_runs_folder_is_refused_by_every_field(page, server, finished_run):
+    """`../NAME` in the Monitor's, Resume's, Stop's, the Runs page's and Export's run field
+    used to reach a run outside the runs folder (Resume started `evomerge resume` on it).
+    Here a real finished run sits beside the runs folder; every field refuses its path."""
+    runs = server[2]
+    outside = shutil.copytree(finished_run.run_dir, runs.parent / "outside")
+    refusal = "run name '../outside': use letters, digits"
+    page.get_by_role("tab", name="Monitor").click()
+    page.locator("#monitor-run textarea, #monitor-run input").first.fill("../outside")
+    page.wait_for_function(f"document.querySelector('#progress').innerText.includes({refusal!r})")
+
+    def said(text: str) -> None:
+        page.wait_for_function(f"document.querySelector('#control').innerText.includes({text!r})")
+
+    page.locator("#resume").click()
+    said(refusal)
+    field = page.locator("#monitor-run textarea, #monitor-run input").first
+    field.fill("a")  # finished: Stop answers it is not running, so the refusal below is Stop's own
+    page.locator("#stop").click()
+    said("Not running.")
+    field.fill("../outside")
+    page.locator("#stop").click()
+    said(refusal)
+    assert not (runs / "outside.log").exists()  # no process was started on it
+    page.get_by_role("tab", name="Runs").click()
+    page.locator("#runs-run textarea, #runs-run input").first.fill("../outside")
+    page.wait_for_function(f"document.querySelector('#runs-status').innerText.includes({refusal!r})")
+    page.locator("#export-out textarea, #export-out input").first.fill(str(runs.parent / "from-outside"))
+    page.locator("#export").click()
+    page.wait_for_function(f"document.querySelector('#exported').innerText.includes({refusal!r})")
+    assert not (runs.parent / "from-outside").exists() and not (outside / ".lock").exists()
+    page.locator("#runs-run textarea, #runs-run input").first.fill("")
+    page.get_by_role("tab", name="Monitor").click()
+    page.locator("#monitor-run textarea, #monitor-run input").first.fill("")
+
+
+def test_the_gui_reaches_no_network_and_sigterm_removes_its_scratch(demo_family, tmp_path):
+    """The GUI in a process of its own whose every socket connection and name lookup is
+    recorded (a Python audit hook, installed before evomerge runs): serving the page to a
+    loopback client, nothing else is reached (Gradio's analytics and version check used to
+    call out at start). SIGTERM then stops it like Ctrl-C (exit 143) and its scratch folder
+    (plots, the YAML to download) is gone."""
+    import urllib.request
+
+    log, scratch, port = tmp_path / "network.log", tmp_path / "tmp", free_port()
+    scratch.mkdir()
+    starter = tmp_path / "start.py"
+    starter.write_text(
+        "import sys\n"
+        f"LOG = {str(log)!r}\n"
+        "def hook(event, args):\n"
+        "    if event == 'socket.getaddrinfo' or (event == 'socket.connect' and isinstance(args[1], tuple)):\n"
+        "        target = args[1] if event == 'socket.connect' else args[:2]\n"
+        "        with open(LOG, 'a') as f:\n"
+        "            f.write(f'{event} {target!r}\\n')\n"
+        "sys.addaudithook(hook)\n"
+        "from evomerge.cli import app\n"
+        f"app(['gui', '--port', '{port}', '--runs', {str(tmp_path / 'runs')!r}])\n"
+    )
+    env = {**os.environ, "EVOMERGE_DEMO_DIR": str(demo_family), "TMPDIR": str(scratch)}
+    env.pop("GRADIO_ANALYTICS_ENABLED", None)
+    proc = subprocess.Popen([sys.executable, str(starter)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.5)
+        assert b"evomerge" in page
+        assert any(p.name.startswith("evomerge-gui-") for p in scratch.iterdir())
+        time.sleep(3)  # Gradio's version check ran in a thread at start
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reached = [line for line in log.read_text().splitlines() if not re.search(r"127\.0\.0\.1|localhost|'::1'", line)]
+    assert reached == [], reached
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("evomerge-gui-")]

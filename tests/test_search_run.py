@@ -231,25 +231,34 @@ def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(finished
     ]
 
 
-def test_ctrl_c_says_how_to_resume_and_exits_130(finished, demo_family, tmp_path):
-    """Ctrl-C (SIGINT) in the middle of generation 1: a one-line hint naming
-    ``evomerge resume`` and the run directory, exit code 130, and a resume that ends
-    with the uninterrupted run's evaluations. The run is started with SIGINT ignored, as a
-    script's `evomerge run ... &` starts it: it still stops."""
-    run_dir = tmp_path / "interrupted"
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_says_how_to_resume_and_exits_130_or_143(stop, finished, demo_family, tmp_path):
+    """Ctrl-C (SIGINT) or SIGTERM (`kill`, a scheduler) in the middle of generation 1: a
+    one-line hint naming ``evomerge resume`` and the run directory, exit code 130 (143),
+    no temp file left, and a resume that ends with the uninterrupted run's evaluations.
+    The run is started with SIGINT ignored, as a script's `evomerge run ... &` starts it:
+    it still stops."""
+    run_dir, scratch = tmp_path / "interrupted", tmp_path / "tmp"
+    scratch.mkdir()
     ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  (in the child, before exec)
-    proc = start_run(demo_family, run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    proc = start_run(
+        demo_family, run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore, env=env
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if evaluations_so_far(run_dir) >= POP + 2:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop)
             break
         time.sleep(0.02)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (proc.returncode, err[-2000:])
-    assert f"Continue with: evomerge resume {run_dir}" in " ".join(out.split()), out
+    assert proc.returncode == (130 if stop == signal.SIGINT else 143), (proc.returncode, err[-2000:])
+    said = " ".join(out.split())
+    assert f"Continue with: evomerge resume {run_dir}" in said, out
+    assert ("terminated (SIGTERM)" in said) == (stop == signal.SIGTERM), out
     assert "Traceback" not in err
     assert "Loading weights" not in err and "it/s" not in err  # third-party progress bars stay quiet without -v
+    assert list(scratch.iterdir()) == [] and not list(run_dir.glob(".*.tmp"))  # no temp file left
     resume_cli(run_dir)
     assert csv_without_times(run_dir / "evaluations.csv") == csv_without_times(finished.run_dir / "evaluations.csv")
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, ParamSpec
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -23,6 +25,7 @@ if TYPE_CHECKING:  # the search stack loads lazily, so --help stays fast
     from .config import ExperimentConfig
     from .search.experiment import RunResult
 
+P = ParamSpec("P")
 app = typer.Typer(help="Evolutionary merging of LLMs.", no_args_is_help=True, add_completion=False)
 console = Console()
 
@@ -53,21 +56,56 @@ def main(
         # ignored, and then neither Ctrl-C, `kill -INT` nor the GUI's Stop would stop a run.
         # Interrupting is always safe: every finished evaluation is stored, resume is exact.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)  # `kill`, a scheduler's stop, a container's shutdown
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's ``KeyboardInterrupt`` is: the same clean-ups run (temp
+    folders removed, every finished evaluation kept), and the command exits 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def _announce_build(target: Path) -> None:
     console.print(f"building the demo family in {target}: about 3 minutes on 2 CPU cores, once (add -v for progress)")
 
 
-def _fail(err: EvomergeError) -> typer.Exit:
-    """The error as the library wrote it: not wrapped, and brackets (gene names) kept."""
-    console.print("[red]error:[/red]", escape(str(err)), soft_wrap=True)
+def _fail(err: Exception) -> typer.Exit:
+    """One line, exit 2: the library's own errors as it wrote them (not wrapped, brackets
+    such as gene names kept); anything else named by its type, as a bug to report."""
+    text = str(err)
+    if not isinstance(err, EvomergeError):
+        said = " ".join(text.split())  # one line, however the library that raised it wrapped it
+        text = f"{type(err).__name__}: {said} (evomerge did not foresee this error: -v shows where; please report it)"
+    console.print("[red]error:[/red]", escape(text), soft_wrap=True)
     if logging.getLogger("evomerge").isEnabledFor(logging.INFO):  # -v: where it came from
         console.print_exception()
     return typer.Exit(code=2)
 
 
-@app.command("demo-models")
+def command(name: str | None = None) -> Callable[[Callable[P, None]], Callable[P, None]]:
+    """``app.command``, with every error the command meets as one line and exit 2 (``_fail``):
+    a user never sees a traceback without ``-v``. Ctrl-C and typer's own exits pass through."""
+
+    def register(function: Callable[P, None]) -> Callable[P, None]:
+        @functools.wraps(function)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+            try:
+                function(*args, **kwargs)
+            except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+                raise
+            except Exception as err:
+                raise _fail(err) from err
+
+        app.command(name)(guarded)
+        return guarded
+
+    return register
+
+
+@command("demo-models")
 def demo_models(
     out: Annotated[
         Path | None, typer.Option(help="Where to build. Default: $EVOMERGE_DEMO_DIR or ~/.cache/evomerge/demo-<v>.")
@@ -81,17 +119,14 @@ def demo_models(
     target = out or default_family_dir()
     if not is_built(target) or force:
         _announce_build(target)
-    try:
-        path = build_demo_family(target, force=force)
-    except EvomergeError as err:
-        raise _fail(err) from err
+    path = build_demo_family(target, force=force)
     manifest = read_manifest(path)
     console.print(f"demo family: {path}")
     console.print(f"models: {', '.join(manifest['models'])}; target task: {manifest['target_task']}")
     console.print(f"built in {manifest['build_seconds']['total']:.0f}s with torch {manifest['torch']}")
 
 
-@app.command()
+@command()
 def demo(
     family: Annotated[Path | None, typer.Option(help="A built demo family (built if absent).")] = None,
     split: Annotated[str, typer.Option(help="Which split to score: search or test.")] = "test",
@@ -104,11 +139,8 @@ def demo(
     console.print(f"demo family: {target}")
     if not is_built(target):
         _announce_build(target)
-    try:
-        path = build_demo_family(target)
-        rows = score_family(path, split)
-    except EvomergeError as err:
-        raise _fail(err) from err
+    path = build_demo_family(target)
+    rows = score_family(path, split)
     columns = [k for k in rows[0].scores if k != "average"]
     table = Table(title=f"exact match (%) on the held-out {split} split")
     for col in ["model", *columns, "average", "how"]:
@@ -133,7 +165,7 @@ def demo(
     )
 
 
-@app.command()
+@command()
 def merge(
     config: Annotated[Path, typer.Argument(help="A mergekit YAML config (models, base_model, merge_method, ...).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the merged HF checkpoint.")],
@@ -146,18 +178,17 @@ def merge(
     """Merge models once, as a mergekit config says, and save an HF checkpoint."""
     from .loader import resolve_demo_text
     from .merge import merge_config
+    from .search.store import storage_errors
 
     if not config.exists():
         raise _fail(EvomergeError(f"merge config {config} not found"))
-    try:
-        text = resolve_demo_text(config.read_text())  # demo:models/add, as in experiment configs
+    text = resolve_demo_text(config.read_text())  # demo:models/add, as in experiment configs
+    with storage_errors(out, run=False):
         path = merge_config(text, out, force=force, allow_pickle=allow_pickle, device=device)
-    except EvomergeError as err:
-        raise _fail(err) from err
     console.print(f"merged model written to {path}")
 
 
-@app.command()
+@command()
 def calibrate(
     config: Annotated[Path, typer.Argument(help="An experiment config (models, merge, tasks, fitness).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for the table, the plot and the caches.")],
@@ -172,12 +203,9 @@ def calibrate(
     from .fitness.calibrate import calibrate as run_calibration
     from .loader import load_config
 
-    try:
-        rows = run_calibration(
-            load_config(config), out, merges=merges, anchor_counts=anchors, repeats=repeats, device=device
-        )
-    except EvomergeError as err:
-        raise _fail(err) from err
+    rows = run_calibration(
+        load_config(config), out, merges=merges, anchor_counts=anchors, repeats=repeats, device=device
+    )
     table = Table(title=f"estimators against full evaluation on {merges} random merges (mean of {repeats} seeds)")
     for col in ["task", "estimator", "anchors", "items", "MAE (points)", "Spearman"]:
         table.add_column(col, justify="left" if col in ("task", "estimator") else "right")
@@ -194,7 +222,7 @@ def calibrate(
     console.print(f"table, plot and caches in {out}")
 
 
-@app.command()
+@command()
 def run(
     config: Annotated[
         Path, typer.Argument(help="An experiment config (models, merge, tasks, fitness, search, output).")
@@ -217,33 +245,32 @@ def run(
 
     if config.is_file() and DEMO_PREFIX in config.read_text() and not is_built(default_family_dir()):
         _announce_build(default_family_dir())
-    try:
-        experiment = load_config(config, set_ or ())
-        target = run_dir or _default_run_dir(experiment, config)
-        with _interrupt_hint(target):
-            result = run_experiment(experiment, target, progress=progress)
-    except EvomergeError as err:
-        raise _fail(err) from err
+    experiment = load_config(config, set_ or ())
+    target = run_dir or _default_run_dir(experiment, config)
+    with _interrupt_hint(target):
+        result = run_experiment(experiment, target, progress=progress)
     _show_results(result)
 
 
 @contextlib.contextmanager
 def _interrupt_hint(run_dir: Path) -> Iterator[None]:
-    """Ctrl-C: every finished evaluation is stored already; say how to go on, exit 130."""
+    """Ctrl-C or SIGTERM: every finished evaluation is stored already; say how to go on,
+    exit 130 (143 for SIGTERM), as a shell reports a process its signal stopped."""
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         from .search.rundir import RunDir
 
+        what = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
         if RunDir(run_dir).holds_run():
             console.print(
-                f"interrupted; every finished evaluation is stored in {escape(str(run_dir))}. "
+                f"{what}; every finished evaluation is stored in {escape(str(run_dir))}. "
                 f"Continue with: evomerge resume {escape(str(run_dir))}",
                 soft_wrap=True,
             )
         else:
-            console.print("interrupted before the run started; nothing was stored")
-        raise typer.Exit(code=130) from None
+            console.print(f"{what} before the run started; nothing was stored")
+        raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130) from None
 
 
 def _default_run_dir(experiment: ExperimentConfig, config: Path) -> Path:
@@ -253,7 +280,7 @@ def _default_run_dir(experiment: ExperimentConfig, config: Path) -> Path:
     return RunDir.default(config_file=config, run_dir=experiment.output.run_dir).path
 
 
-@app.command()
+@command()
 def init(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the config.")] = Path("experiment.yaml"),
     base: Annotated[str | None, typer.Option(help="Base model (dir or hub id).")] = None,
@@ -296,7 +323,7 @@ def init(
     console.print(f"config written to {out}; run it with: evomerge run {out}")
 
 
-@app.command()
+@command()
 def gui(
     port: Annotated[int, typer.Option(help="The port to serve on.")] = 7860,
     runs: Annotated[
@@ -322,10 +349,32 @@ def gui(
 
     runs = runs or RUNS
     console.print(f"evomerge GUI on http://127.0.0.1:{port} (runs in {escape(str(runs))}); Ctrl-C stops it")
-    serve(port, runs, share=share)
+    with _interrupt_exit():
+        serve(port, runs, share=share)  # Gradio stops on Ctrl-C or SIGTERM; its scratch goes at exit
 
 
-@app.command("config-schema")
+@contextlib.contextmanager
+def _interrupt_exit() -> Iterator[None]:
+    """Exit 130 on Ctrl-C, 143 on SIGTERM, after the ``with`` block's clean-ups."""
+    received: list[int] = []
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def note(signum: int, frame: object) -> None:
+        received.append(signum)
+        _terminate(signum, frame)
+
+    signal.signal(signal.SIGTERM, note)
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if received:  # Gradio caught it and returned
+        raise typer.Exit(code=143)
+
+
+@command("config-schema")
 def config_schema() -> None:
     """Print the experiment config's JSON schema (for editors and validation)."""
     import json
@@ -335,7 +384,7 @@ def config_schema() -> None:
     typer.echo(json.dumps(schema(), indent=2))
 
 
-@app.command()
+@command()
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="A run directory that `evomerge run` wrote.")],
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -348,29 +397,23 @@ def resume(
     With --set search.generations=N (or another budget), extend a finished run."""
     from .search.experiment import resume_run
 
-    try:
-        with _interrupt_hint(run_dir):
-            result = resume_run(run_dir, progress=progress, budget=list(set_ or []))
-    except EvomergeError as err:
-        raise _fail(err) from err
+    with _interrupt_hint(run_dir):
+        result = resume_run(run_dir, progress=progress, budget=list(set_ or []))
     _show_results(result)
 
 
-@app.command("test")
+@command("test")
 def test_run(
     run_dir: Annotated[Path, typer.Argument(help="A run directory, finished or not.")],
 ) -> None:
     """Score the run's best so far (or its Pareto front) and the baselines on the test split."""
     from .search.experiment import resume_run
 
-    try:
-        result = resume_run(run_dir, search=False)
-    except EvomergeError as err:
-        raise _fail(err) from err
+    result = resume_run(run_dir, search=False)
     _show_results(result)
 
 
-@app.command()
+@command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Draw the run's figures again and write RUN_DIR/report.html (opens offline)."""
     from .report import write_report
@@ -379,15 +422,12 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
 
     if not RunDir(run_dir).holds_run():
         raise _fail(EvomergeError(f"{run_dir} holds no run ({RunDir(run_dir).store_file.name} is missing)"))
-    try:
-        with storage_errors(run_dir):
-            path = write_report(run_dir)
-    except EvomergeError as err:
-        raise _fail(err) from err
+    with storage_errors(run_dir):
+        path = write_report(run_dir)
     console.print(f"report: {path}")
 
 
-@app.command()
+@command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the HF checkpoint.")],
@@ -404,13 +444,10 @@ def export(
     from .models.hub import push_to_hub as push
     from .search.experiment import export_run
 
-    try:
-        path = export_run(run_dir, out, member=member, force=force)
-        console.print(f"merged model and mergekit_config.yml written to {path}")
-        if push_to_hub:
-            console.print(f"pushed to {escape(push(path, push_to_hub, private=private))}")
-    except EvomergeError as err:
-        raise _fail(err) from err
+    path = export_run(run_dir, out, member=member, force=force)
+    console.print(f"merged model and mergekit_config.yml written to {path}")
+    if push_to_hub:
+        console.print(f"pushed to {escape(push(path, push_to_hub, private=private))}")
 
 
 def _show_results(result: RunResult) -> None:

@@ -22,6 +22,10 @@ DEMO_PREFIX = "demo:"
 loader resolves it, building the family on first use, so such configs run anywhere."""
 
 
+#: numpy's and torch's seeds are 32-bit: a seed outside 0..SEED_MAX fails inside the search.
+SEED_MAX = 2**32 - 1
+
+
 def _names_of(kind: str) -> dict[str, Any]:
     """Marks a field whose value names a ``kind`` registry entry; the loader's schema lists
     what is registered there (the config itself imports no registry)."""
@@ -80,6 +84,11 @@ class MergeConfig(_Section):
         None,
         description="Memory the merge device may use, e.g. 24GB or 80GiB; default: its free memory at start.",
     )
+    tokenizer_source: str | None = Field(
+        None,
+        description="Where the models' vocabularies differ: base, or one of the models, whose tokenizer the "
+        "merges use; embeddings and lm_head are aligned by token (mergekit's tokenizer_source).",
+    )
 
 
 class TaskConfig(_Section):
@@ -118,7 +127,7 @@ class TaskConfig(_Section):
         description="generation: count an answer right only if it is also in this language (ISO code, e.g. ja); "
         "needs evomerge[lang].",
     )
-    seed: int = Field(0, description="Seeds the split of data into search and test.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seeds the split of data into search and test.")
     fitness: FitnessConfig | None = Field(None, description="This objective's estimator; default: the fitness section.")
     objective: bool = Field(
         True,
@@ -182,7 +191,7 @@ class FitnessConfig(_Section):
     lam: float | None = Field(
         None, alias="lambda", ge=0, le=1, description="gp-IRT/gmp-IRT weight; default: chosen on validation."
     )
-    seed: int = Field(0, description="Seeds the respondents and the anchors.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seeds the respondents and the anchors.")
 
     @field_validator("dim")
     @classmethod
@@ -317,7 +326,7 @@ class ExperimentConfig(_Section):
     fitness: FitnessConfig = Field(default_factory=FitnessConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
-    seed: int = Field(0, description="Seeds the algorithm and the merges' random parts (DARE).")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seeds the algorithm and the merges' random parts (DARE).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
@@ -330,6 +339,9 @@ class ExperimentConfig(_Section):
             low, high = self.search.path.scale_range
             if not 0 < low <= 1 <= high:
                 raise ValueError(f"search.path.scale_range {[low, high]}: choose 0 < low <= 1 <= high")
+        source, models = self.merge.tokenizer_source, [*self.models.endpoints, *filter(None, [self.models.base])]
+        if source is not None and source != "base" and source not in models:
+            raise ValueError(f"merge.tokenizer_source {source!r}: use base or one of the models {models}")
         if self.tasks and not any(t.objective for t in self.tasks):
             raise ValueError("every task is a check (objective: false): make at least one task an objective")
         return self

@@ -49,6 +49,7 @@ from .registry import Registry, summary, unknown_name
 from .search.algorithms import AlgorithmError, canonical_algorithm, make_algorithm
 from .search.executors import EXECUTORS
 from .search.trackers import TRACKERS
+from .yamltext import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def load_config(
             source = path.read_text()
             base_dir = base_dir or path.parent
         try:
-            raw = yaml.safe_load(source)
+            raw = load_yaml(source)
         except yaml.YAMLError as err:
             raise ConfigError(f"the config is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
@@ -292,7 +293,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key.strip():
         raise ConfigError(f"--set {override!r}: write key=value, e.g. search.generations=5")
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {override!r}: the value is not valid YAML ({err})") from None
     parts = key.strip().split(".")

@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import EvomergeError
+from ..yamltext import load_yaml
 from .tasks import Item
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,8 @@ class LMEvalScorer:
             if path.suffix in (".yaml", ".yml"):
                 if not path.is_file():
                     raise LMEvalError(f"lm-eval task file {path} not found")
-                import yaml
 
-                named = (yaml.safe_load(path.read_text()) or {}).get("task")
+                named = (load_yaml(path.read_text()) or {}).get("task")
                 if not named:
                     raise LMEvalError(f"{path}: an lm-eval task YAML needs a 'task:' name")
                 name = str(named)

@@ -90,8 +90,10 @@ def load_hf_dataset(
 
 def _rows(path: Path) -> Any:
     suffix = path.suffix.lower()
+    # utf-8-sig: a byte-order mark (Excel and Notepad write one) would otherwise become part
+    # of the first column's name ('\ufeffquestion') or the first line's JSON.
     if suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -103,7 +105,7 @@ def _rows(path: Path) -> Any:
                     raise TaskDataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
                 yield number, row
     elif suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
             for number, row in enumerate(reader, start=2):  # line 1 is the header
                 yield number, row

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import filecmp
+import os
 import re
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ import yaml
 from ..errors import EvomergeError
 from ..search.monitor import activity, list_runs, run_status
 from ..search.rundir import RUNS, RunDir
+from ..yamltext import load_yaml
 from .form import (
     FIELD_KEYS,
     PRESETS,
@@ -33,11 +35,15 @@ from .form import (
     validate,
 )
 from .launcher import Launcher
+from .paths import output_folder
+from .paths import run_dir as run_dir_of
 from .views import Figures, best_genes, evaluations_table, test_table
 
 
 def build_app(runs: Path | str = RUNS) -> Any:
-    """The Blocks app over the run directories under ``runs``."""
+    """The Blocks app over the run directories under ``runs``. It reaches no network: Gradio's
+    analytics and version check are off (they would call out at start), its fonts are local."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read at import and by each component
     import gradio as gr
 
     from ..fitness.estimators import ESTIMATORS
@@ -91,7 +97,7 @@ def build_app(runs: Path | str = RUNS) -> Any:
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, kept)
         try:
-            tasks_list = yaml.safe_load(field_text(tasks_text)) or []
+            tasks_list = load_yaml(field_text(tasks_text)) or []
         except yaml.YAMLError:
             tasks_list = []
         tasks_list = tasks_list if isinstance(tasks_list, list) else []
@@ -118,7 +124,10 @@ def build_app(runs: Path | str = RUNS) -> Any:
         (``seen``, kept per browser page): the timer asks every second."""
         if not field_text(name):
             return "No run selected.", None, gr.update(visible=False), None, None, None, None
-        run_dir = (runs / field_text(name)).resolve()
+        try:
+            run_dir = run_dir_of(runs, name)
+        except EvomergeError as err:
+            return str(err), None, gr.update(visible=False), None, None, None, None
         now = (run_dir, activity(run_dir), launcher.running(run_dir), launcher.failure(run_dir))
         if now == seen:
             return (*(gr.update() for _ in range(6)), seen)
@@ -130,12 +139,15 @@ def build_app(runs: Path | str = RUNS) -> Any:
                 evaluations_table(status), test_table(status), now)  # fmt: skip
 
     def stop(name: str) -> str:
-        stopped = launcher.stop((runs / field_text(name)).resolve())
+        try:
+            stopped = launcher.stop(run_dir_of(runs, name))
+        except EvomergeError as err:
+            return str(err)
         return "Stopped; every finished evaluation is stored. Resume continues it." if stopped else "Not running."
 
     def resume(name: str) -> str:
         try:
-            launcher.resume((runs / field_text(name)).resolve())
+            launcher.resume(run_dir_of(runs, name))
         except EvomergeError as err:
             return str(err)
         return f"Resumed **{field_text(name)}**."
@@ -158,17 +170,18 @@ def build_app(runs: Path | str = RUNS) -> Any:
         """The chosen run's status, test table and report."""
         if not field_text(name):
             return "", None, None
-        status = run_status(runs / field_text(name))
+        try:
+            status = run_status(run_dir_of(runs, name))
+        except EvomergeError as err:
+            return str(err), None, None
         if status.state == "empty":
             return f"No run named {field_text(name)!r} under `{runs}`.", None, None
         report = RunDir(status.path).report
         return status.summary(), test_table(status), str(report) if report.exists() else None
 
     def export(name: str, member: str, out: str) -> str:
-        if not field_text(out):
-            return "**Not exported.** Give a folder to export to."
         try:
-            path = export_run(runs / field_text(name), field_text(out), member=field_text(member) or None)
+            path = export_run(run_dir_of(runs, name), output_folder(out), member=field_text(member) or None)
         except EvomergeError as err:
             return f"**Not exported.** {err}"
         return f"Exported to `{path}` (HF checkpoint, mergekit_config.yml, model card)."
@@ -180,19 +193,22 @@ def build_app(runs: Path | str = RUNS) -> Any:
         if not field_text(prompt):
             return "", "Type a prompt."
         key = (field_text(target), field_text(member) or "best")
-        is_run = RunDir(runs / key[0]).holds_run()
+        is_run = "/" not in key[0] and RunDir(runs / key[0]).holds_run()  # else a model folder, by its path
         source = f"run {key[0]}, member {key[1]}, merged in memory" if is_run else f"exported model {key[0]}"
         try:
             if key not in loaded:
                 loaded.clear()  # one model in memory at a time
-                loaded[key] = load_member(runs / key[0], key[1]) if is_run else load_exported(Path(key[0]).expanduser())
+                if is_run:
+                    loaded[key] = load_member(run_dir_of(runs, key[0]), key[1])
+                else:
+                    loaded[key] = load_exported(output_folder(key[0]))
             model, tokenizer = loaded[key]
             text = generate(model, tokenizer, [prompt], max_new_tokens=int(max_new_tokens or 32), stop=())[0]
         except EvomergeError as err:
             return "", f"error: {err}"
         return text, f"From {source}."
 
-    with gr.Blocks(title="evomerge", delete_cache=(3600, 3600)) as app:
+    with gr.Blocks(title="evomerge", delete_cache=(3600, 3600), analytics_enabled=False) as app:
         gr.Markdown("# evomerge: evolutionary model merging")
         fields: dict[str, Any] = {}  # by FIELD_KEYS' names
         errors: dict[str, Any] = {}  # the message box under each

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from ..config import ConfigError, FitnessConfig, MergeConfig, SearchConfig
 from ..errors import EvomergeError
 from ..loader import load_config
+from ..yamltext import load_yaml
 
 #: The four classic modes, each a config that runs on the demo family as is.
 PRESETS = {
@@ -125,9 +126,9 @@ def compose(
     _set(fitness, "anchors", None if full else _int(anchors))
     for key, text in (("options", options), ("frozen", frozen), ("bounds", bounds)):
         with contextlib.suppress(yaml.YAMLError):  # until it parses, the YAML view keeps the last value
-            _set(search, key, yaml.safe_load(field_text(text)) or None)  # empty: the config's default, not written
+            _set(search, key, load_yaml(field_text(text)) or None)  # empty: the config's default, not written
     with contextlib.suppress(yaml.YAMLError):
-        raw["tasks"] = yaml.safe_load(field_text(tasks))
+        raw["tasks"] = load_yaml(field_text(tasks))
     return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
 
 
@@ -157,7 +158,7 @@ def validate(text: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
     """The YAML as a config dict and no problems when valid, else None and the config's own
     (key, message) problems: the same pydantic check as ``evomerge run``."""
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
         if not isinstance(raw, dict):
             raise ConfigError("a config is a YAML mapping with sections models, merge, tasks, fitness, search")
         load_config(raw, resolve_demo=False)

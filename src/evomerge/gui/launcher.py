@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import yaml
 from ..errors import EvomergeError
 from ..loader import resolve_relative_paths
 from ..search.monitor import is_running, lock_holder
+from ..search.rundir import RunDir
+from .paths import run_dir as run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,7 @@ class Launcher:
         self.processes: dict[Path, subprocess.Popen[bytes]] = {}
 
     def start(self, raw: dict[str, Any], name: str) -> Path:
-        if not re.fullmatch(r"[\w.-]+", name) or name.strip(".") == "":
-            raise EvomergeError(f"run name {name!r}: use letters, digits, '-', '_' and '.' (a folder under the runs)")
-        run_dir = (self.runs / name).resolve()
+        run_dir = run_dir_of(self.runs, name)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise EvomergeError(f"{run_dir} exists already; choose another run name (or Resume it on Monitor)")
         resolve_relative_paths(raw, Path.cwd())  # paths typed in the form are from where the GUI runs
@@ -44,6 +43,8 @@ class Launcher:
         return self._spawn(run_dir, ["run", str(config), "--run-dir", str(run_dir)])
 
     def resume(self, run_dir: Path) -> Path:
+        if not RunDir(run_dir).holds_run():
+            raise EvomergeError(f"no run named {run_dir.name!r} under {self.runs}; check the name on Runs")
         if self.running(run_dir) or is_running(run_dir):
             raise EvomergeError(f"{run_dir.name} is running")
         return self._spawn(run_dir, ["resume", str(run_dir)])

@@ -171,7 +171,7 @@ class Merger:
     def merge_tensor(self, recipe: Recipe, name: str, target: torch.Tensor, stack: torch.Tensor | None = None) -> None:
         """Write one merged tensor into ``target`` (any float dtype, on the merge device)."""
         asked = (recipe.tokenizer_source, recipe.unsafe_truncate_embeddings)
-        if asked != (self.tokenizer_source, self.unsafe_truncate_embeddings):
+        if asked != (None, False) and asked != (self.tokenizer_source, self.unsafe_truncate_embeddings):
             raise MergeConfigError(
                 f"this Merger aligns vocabularies as tokenizer_source={self.tokenizer_source!r}, "
                 f"unsafe_truncate_embeddings={self.unsafe_truncate_embeddings}, but the recipe asks for "

@@ -24,7 +24,8 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 from ..errors import MergeConfigError
-from ..models.checkpoint import resolve
+from ..models.checkpoint import Checkpoint, resolve
+from ..models.integrity import check_checkpoint
 from .layerpath import LayerPath, check_hops
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class PathMerger:
         loaded: dict[str, nn.Module] = {}
         for name in sources:
             folder = resolve(name)
+            check_checkpoint(Checkpoint(name, folder, trust_remote_code=trust_remote_code))
             model: Any = AutoModelForCausalLM.from_pretrained(
                 folder, dtype="auto", use_safetensors=True, trust_remote_code=trust_remote_code
             )

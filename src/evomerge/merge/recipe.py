@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import MergeConfigError
+from ..yamltext import load_yaml
 from .methods import MethodSpec, check_value, get_method, resolve_params
 
 Scalar = bool | int | float | str
@@ -190,7 +191,7 @@ def per_layer(values: Sequence[float], num_layers: int, group_size: int = 1) -> 
 
 def parse_yaml(text: str) -> dict[str, Any]:
     try:
-        config = yaml.safe_load(text)
+        config = load_yaml(text)
     except yaml.YAMLError as err:
         raise MergeConfigError(f"not valid YAML: {err}") from err
     if not isinstance(config, dict):

@@ -177,11 +177,13 @@ def load_live_model(merger: Merger, *, out_dtype: str | None = None) -> torch.nn
 
 
 def load_live_tokenizer(merger: Merger) -> PreTrainedTokenizerBase:
-    """The base model's tokenizer (its code runs only with the pool's trust_remote_code)."""
+    """The merges' tokenizer: the base model's, or the merger's ``tokenizer_source`` (its code
+    runs only with the pool's trust_remote_code)."""
     from transformers import AutoTokenizer
 
-    base = merger.pool.base
-    return AutoTokenizer.from_pretrained(base.path, trust_remote_code=base.trust_remote_code)
+    base, source = merger.pool.base, merger.tokenizer_source
+    path = base.path if source in (None, "base") else resolve(source)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=base.trust_remote_code)
 
 
 def _tokenizer_source(recipe: Recipe, merger: Merger) -> Path:

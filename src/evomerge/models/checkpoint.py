@@ -50,13 +50,55 @@ def resolve(name_or_path: str | Path, *, revision: str | None = None, trust_remo
         raise CheckpointError(f"{name_or_path}: not a checkpoint directory (expected a folder with config.json)")
     from huggingface_hub import snapshot_download
 
+    patterns = [*_HUB_FILES, "*.py"] if trust_remote_code else _HUB_FILES
     try:
-        patterns = [*_HUB_FILES, "*.py"] if trust_remote_code else _HUB_FILES
+        _hub_reachable(str(name_or_path), revision)
         return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=patterns))
     except Exception as err:  # the hub client raises many types; all mean "could not get it"
+        try:  # what an earlier download left in the hub's cache serves offline
+            return Path(snapshot_download(str(name_or_path), revision=revision, local_files_only=True))
+        except Exception:
+            pass
         raise CheckpointError(
             f"{name_or_path}: no such local directory, and it could not be fetched from the Hugging Face hub ({err})"
         ) from err
+
+
+def hub_timeout() -> float:
+    """Seconds the hub may take to answer before a run gives up: ``$EVOMERGE_HUB_TIMEOUT``, default 60."""
+    return float(os.environ.get("EVOMERGE_HUB_TIMEOUT", "60"))
+
+
+def _hub_reachable(repo_id: str, revision: str | None) -> None:
+    """Ask the hub about ``repo_id`` with an overall deadline. The client's own timeouts
+    apply per request and its retries multiply them: behind a proxy that stalls, a run
+    waited over 400 s before failing. The question runs in a daemon thread, which a
+    process may leave behind when it gives up."""
+    import threading
+
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # snapshot_download reads the cache
+    outcome: list[BaseException | None] = []
+
+    def ask() -> None:
+        try:
+            HfApi().repo_info(repo_id, revision=revision, timeout=hub_timeout())
+            outcome.append(None)
+        except BaseException as err:  # reported to the caller's thread
+            outcome.append(err)
+
+    thread = threading.Thread(target=ask, daemon=True, name="evomerge-hub")
+    thread.start()
+    thread.join(hub_timeout())
+    if not outcome:
+        raise TimeoutError(
+            f"the hub did not answer within {hub_timeout():.0f} s (a proxy or network that stalls?); "
+            "set HF_HUB_OFFLINE=1 to use only models already downloaded, or EVOMERGE_HUB_TIMEOUT to wait longer"
+        )
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def needs_remote_code(config: dict[str, Any]) -> str:
@@ -168,6 +210,14 @@ class Checkpoint:
         if file.suffix != ".safetensors":
             return self._pickled_file(file)[name].dtype
         return SAFETENSORS_DTYPES[self._header(file)[1][name]["dtype"]]
+
+    def dtype_name(self, name: str) -> str:
+        """The tensor's dtype as its file spells it (``BF16``, ``F8_E4M3``; pickles: ``torch.float16``),
+        known to torch or not."""
+        file = self._file(name)
+        if file.suffix != ".safetensors":
+            return str(self._pickled_file(file)[name].dtype)
+        return str(self._header(file)[1][name]["dtype"])
 
     def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """A copy of one tensor, read with ``pread`` into ``out`` (CPU, contiguous, this

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import IncompatibleModelsError
 from .checkpoint import Checkpoint
 from .groups import TensorGroup, tensor_group
+from .integrity import check_checkpoint
 from .vocab import read_vocab
 
 #: Architecture fields that must agree, each under the names model families use for it.
@@ -68,7 +69,8 @@ def check_compatible(models: Sequence[Checkpoint], *, align_vocab: bool = False)
                     continue
                 raise IncompatibleModelsError(
                     f"{name}: vocabulary sizes differ ({ref.name} {a[0]}, {other.name} {b[0]}). Set "
-                    "tokenizer_source (base, or a model) to align embeddings by token, or "
+                    "tokenizer_source (base, or a model; merge.tokenizer_source in an experiment config) to align "
+                    "embeddings by token, or "
                     "unsafe_truncate_embeddings to keep the common prefix of token ids."
                 )
             raise IncompatibleModelsError(f"{name}: shape {b} in {other.name} but {a} in {ref.name}")
@@ -78,7 +80,8 @@ def check_compatible(models: Sequence[Checkpoint], *, align_vocab: bool = False)
             raise IncompatibleModelsError(
                 f"{other.name} and {ref.name} have different tokenizers ({len(changed)} tokens differ, "
                 f"e.g. {changed[:3]}); the same row of the embeddings would mean different tokens. "
-                "Set tokenizer_source (base, or a model) to align embeddings by token."
+                "Set tokenizer_source (base, or a model; merge.tokenizer_source in an experiment config) to align "
+                "embeddings by token."
             )
 
 
@@ -94,6 +97,8 @@ class ModelPool:
         self.base = base
         self.endpoints = list(endpoints)
         self.align_vocab = align_vocab
+        for model in self.models:
+            check_checkpoint(model)
         check_compatible(self.models, align_vocab=align_vocab)
 
     @classmethod

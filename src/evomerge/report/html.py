@@ -8,13 +8,12 @@ import base64
 import html
 from pathlib import Path
 
-import yaml
-
 from ..merge.layerpath import LayerPath, is_path_yaml
 from ..models.save import write_text_atomically
 from ..search.loop import winners
 from ..search.rundir import RunDir
 from ..search.store import TestRow, test_columns
+from ..yamltext import load_yaml
 from . import plots
 
 STYLE = """
@@ -53,7 +52,7 @@ def write_report(run_dir: Path | str) -> Path:
             "Estimated vs held-out score": plots.estimates_vs_test(tests, names, rd.figure("estimates")),
         }
     config = rd.config.read_text() if rd.config.exists() else ""
-    method = (yaml.safe_load(config) or {}).get("merge", {}).get("method", "?") if config else "?"
+    method = (load_yaml(config) or {}).get("merge", {}).get("method", "?") if config else "?"
     method = "layer-path" if winner_path else method
     parts = [
         f"<h1>evomerge run: {html.escape(rd.path.name)}</h1>",

@@ -31,6 +31,7 @@ from ..merge.pathmodel import PathMerger
 from ..merge.run import merge_config, save_candidate
 from ..progress import showing
 from ..threads import one_blas_thread
+from ..yamltext import load_yaml
 from .algorithms import make_algorithm
 from .executors import EXECUTORS
 from .heldout import candidates, recipe_baselines, results_card, run_tests, write_results
@@ -104,16 +105,19 @@ def run_experiment(
     if not objectives:
         raise ConfigError("tasks: give at least one task (each task is an objective)")
     fresh = not rd.holds_run()
+    rd.check_names([n for o in objectives for n in o.names])  # before anything exists, as the models' checks
     merger = open_models(config)  # before the run directory exists: a model or memory error leaves nothing
     with storage_errors(rd.path), rd.lock(), one_blas_thread(), showing(progress):
         store = rd.open_store()
         try:
             _check_store(store, rd, config, objectives, resume)
             return _run(config, rd, store, objectives, checks, progress, search, merger, callbacks)
-        except EvomergeError:  # bad models or data: a fresh run leaves nothing behind
+        except Exception as err:  # whatever it is, bug or bad input: a fresh run leaves nothing behind
+            store.close()
             if fresh and not resume:
-                store.close()
                 _remove_if_empty(rd)
+            elif resume and not _has_evaluations(rd):
+                raise _unstarted(rd, err) from err
             raise
         finally:
             store.close()
@@ -140,12 +144,17 @@ def resume_run(
                 f"--set {change!r}: a resume may change only the budget ({', '.join(BUDGET_KEYS)}); "
                 "for other changes start a new run"
             )
-    config = load_config(rd.config, budget)
+    try:
+        config = load_config(rd.config, budget)
+    except EvomergeError as err:  # a config stored by an older evomerge that today's refuses
+        if _has_evaluations(rd):
+            raise
+        raise _unstarted(rd, err) from err
     return run_experiment(config, rd.path, resume=True, progress=progress, search=search)
 
 
 def _without_budget(text: str) -> str:
-    raw = yaml.safe_load(text)
+    raw = load_yaml(text)
     for key in BUDGET_KEYS:
         section, _, name = key.partition(".")
         raw.get(section, {}).pop(name, None)
@@ -217,15 +226,32 @@ def _check_store(
         raise ResumeError(f"the run's objectives were {store.get('objectives')}, now {names}")
 
 
+def _has_evaluations(rd: RunDir) -> bool:
+    try:
+        store = rd.open_store()
+    except EvomergeError:
+        return True  # a store that cannot be read is not removed, nor called empty
+    try:
+        return next(iter(store.evaluations(failed=True)), None) is not None
+    finally:
+        store.close()
+
+
+def _unstarted(rd: RunDir, err: Exception) -> ResumeError:
+    """A resume that fails where the run's first attempt failed, before any evaluation: the
+    stored config cannot be changed by a resume, and there is nothing in it to keep."""
+    said = " ".join(str(err).split()) or type(err).__name__
+    return ResumeError(
+        f"{said} ({rd} stopped before its first evaluation, so it holds nothing to keep: remove it "
+        "and start again with `evomerge run` once the cause is fixed)"
+    )
+
+
 def _remove_if_empty(rd: RunDir) -> None:
     """A new run that failed before its first evaluation leaves nothing behind, so the same
     command with the config fixed starts afresh (files the run did not write are kept)."""
-    store = rd.open_store()
-    try:
-        if next(iter(store.evaluations(failed=True)), None) is not None:
-            return
-    finally:
-        store.close()
+    if _has_evaluations(rd):
+        return
     for path in rd.first_files():
         path.unlink(missing_ok=True)
     if not any(rd.path.iterdir()):
@@ -333,19 +359,14 @@ def export_run(run_dir: Path | str, out: Path | str, *, member: str | None = Non
     """Save a run's winner as an HF checkpoint with its mergekit YAML. ``member``: a
     Pareto member (``pareto:K``) or any evaluation (``id:N``, as in evaluations.csv)."""
     config, recipe = member_recipe(run_dir, member)
-    if isinstance(recipe, LayerPath):  # the sources loaded, the path written with its scales folded
-        card = results_card(RunDir(Path(run_dir)).results)
-        merger = open_models(config)
-        assert isinstance(merger, PathMerger)
-        return save_candidate(merger.model, recipe, merger, out, force=force, card=card)
-    return merge_config(
-        recipe,
-        out,
-        force=force,
-        allow_pickle=config.models.allow_pickle,
-        device=config.output.device,
-        card=results_card(RunDir(Path(run_dir)).results),
-    )
+    card = results_card(RunDir(Path(run_dir)).results)
+    with storage_errors(Path(out), run=False):  # a full disk or a busy mount point: one line, nothing partial
+        if isinstance(recipe, LayerPath):  # the sources loaded, the path written with its scales folded
+            merger = open_models(config)
+            assert isinstance(merger, PathMerger)
+            return save_candidate(merger.model, recipe, merger, out, force=force, card=card)
+        allow_pickle, device = config.models.allow_pickle, config.output.device
+        return merge_config(recipe, out, force=force, allow_pickle=allow_pickle, device=device, card=card)
 
 
 def load_member(run_dir: Path | str, member: str | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
@@ -389,4 +410,5 @@ def search_space(config: ExperimentConfig, num_layers: int) -> SearchSpace:
         frozen=s.frozen,
         fixed=config.merge.parameters,
         seed=config.seed,
+        tokenizer_source=config.merge.tokenizer_source,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..yamltext import load_yaml
 from .lock import LOCK_FILE
 from .rundir import RunDir
 from .store import EvaluationRow, GenerationRow, RunStore, TestRow
@@ -139,6 +140,5 @@ def list_runs(root: Path | str) -> list[RunStatus]:
 
 
 def _yaml(text: str | None) -> dict[str, Any]:
-    import yaml
 
-    return (yaml.safe_load(text) or {}) if text else {}
+    return (load_yaml(text) or {}) if text else {}

@@ -115,6 +115,22 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def _send_token_if_the_cluster_has_one() -> None:
+    """Ray 2.5x+ starts a cluster with token authentication when a token is at hand
+    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN``), but a driver joining it by ``host:port``
+    sends none unless ``RAY_AUTH_MODE=token`` is set, and is refused (``InvalidAuthToken``)
+    while ``address: auto`` is let in. Ray's own start-up check settles the mode as a
+    local ``ray.init`` does; an explicit ``RAY_AUTH_MODE`` is left alone. Ray versions
+    before token authentication lack the module: nothing to do."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 class RayExecutor:
     """Candidates spread over Ray actors (``search.ray``: address, workers, resources)."""
 
@@ -151,6 +167,7 @@ class RayExecutor:
                     configure_logging=False,
                 )
             else:
+                _send_token_if_the_cluster_has_one()
                 ray.init(address=s.address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise RayExecutorError(

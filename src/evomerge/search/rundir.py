@@ -9,15 +9,22 @@ writer at a time). Modules ask a ``RunDir`` for these paths and never spell them
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import EvomergeError
 from ..fitness.respondents import respondents_file
 from .lock import LOCK_FILE, run_lock
 from .store import RunStore
+
+
+class RunNameError(EvomergeError):
+    """A run would write a file whose name the file system refuses."""
+
 
 #: Where runs go when neither the command line nor the config names a directory.
 RUNS = Path("runs")
@@ -79,6 +86,23 @@ class RunDir:
         """One writer at a time (``search.lock``)."""
         with run_lock(self.path):
             yield
+
+    def check_names(self, tasks: list[str]) -> None:
+        """Refuse task names whose files (``respondents-<task>.json`` and its temp file) would
+        exceed the file system's name limit, before the run directory exists."""
+        existing = next(p for p in [self.path, *self.path.parents] if p.exists())
+        try:
+            limit = os.pathconf(existing, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):  # not POSIX, or the file system will not say
+            limit = 255
+        for task in tasks:
+            longest = len(f".{self.respondents(task).name}.12345678.tmp".encode())  # atomic_file's temp name
+            if longest > limit:
+                raise RunNameError(
+                    f"task {task[:40]!r}... is {len(task.encode())} bytes long: the file system of {existing} "
+                    f"allows file names up to {limit} bytes, and the run names files after its tasks; "
+                    f"give it a name of at most {limit - longest + len(task.encode())} bytes"
+                )
 
     def first_files(self) -> list[Path]:
         """What a run writes before its first evaluation: removed again if it fails then."""

@@ -30,9 +30,14 @@ def open_models(config: ExperimentConfig, *, device: str | None = None) -> Sourc
         allow_pickle=m.allow_pickle,
         revision=m.revision,
         trust_remote_code=m.trust_remote_code,
+        align_vocab=config.merge.tokenizer_source is not None,
     )
     return Merger(
-        pool, device=device or config.output.device, tier=config.merge.tier, memory_budget=config.merge.memory_budget
+        pool,
+        device=device or config.output.device,
+        tier=config.merge.tier,
+        memory_budget=config.merge.memory_budget,
+        tokenizer_source=config.merge.tokenizer_source,
     )
 
 

@@ -87,8 +87,10 @@ class SearchSpace:
         frozen: Mapping[str, float] | None = None,
         fixed: Mapping[str, Any] | None = None,
         seed: int = 0,
+        tokenizer_source: str | None = None,
     ) -> None:
         self.spec = get_method(method)
+        self.tokenizer_source = tokenizer_source
         self.endpoints, self.base = list(endpoints), base
         self.num_layers, self.granularity, self.group_size = num_layers, granularity, group_size
         self.fixed, self.seed = dict(fixed or {}), seed
@@ -167,6 +169,8 @@ class SearchSpace:
         ]
         if shared:
             config["parameters"] = shared
+        if self.tokenizer_source is not None:
+            config["tokenizer_source"] = self.tokenizer_source
         if self.seed:
             config["evomerge"] = {"seed": self.seed}
         return Recipe.from_mergekit(config)

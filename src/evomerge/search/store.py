@@ -158,7 +158,12 @@ class RunStore:
             if version < SCHEMA_VERSION:
                 self._migrate()
         except sqlite3.DatabaseError as err:
-            raise RunStoreError(f"{self.path} is not a readable run store ({err})") from err
+            raise RunStoreError(
+                f"{self.path} is not a readable run store ({err}): the file is damaged (a copy cut short, a full "
+                f"disk, a disk error), so its evaluations cannot be read. evaluations.csv "
+                "beside it keeps those exported so far; start a new run in another directory (or remove this one "
+                "to reuse its name)"
+            ) from err
 
     def _migrate(self) -> None:
         """Bring a store written before ``SCHEMA_VERSION`` up to date, in one transaction."""
@@ -362,26 +367,34 @@ class RunStore:
 
 
 @contextmanager
-def storage_errors(run_dir: Path) -> Iterator[None]:
-    """A run directory that cannot be written (a full disk, no permission) or read (a damaged
-    store) as a ``StorageError`` saying what to do; SQLite commits each evaluation in a
-    transaction, so what was stored before stays whole."""
+def storage_errors(path: Path, *, run: bool = True) -> Iterator[None]:
+    """A run directory (``run``) or an output folder that cannot be written (a full disk, no
+    permission, a busy mount point) or read (a damaged store) as a ``StorageError`` saying
+    what to do. SQLite commits each evaluation in a transaction and outputs are written
+    atomically, so what was stored before stays whole and nothing partial is left."""
     from safetensors import SafetensorError
 
     try:
         yield
     except (sqlite3.Error, SafetensorError, OSError) as err:
         code = getattr(err, "errno", None)
-        full = code in (errno.ENOSPC, errno.EDQUOT) or "full" in str(err) or "No space" in str(err)
-        denied = code in (errno.EACCES, errno.EPERM, errno.EROFS) or "readonly" in str(err)
-        if isinstance(err, OSError) and not (full or denied):
+        said = str(err) if isinstance(err, sqlite3.Error) else ""  # SQLite's errors carry no errno
+        full = code in (errno.ENOSPC, errno.EDQUOT) or "full" in said or "No space" in said
+        denied = code in (errno.EACCES, errno.EPERM, errno.EROFS) or "readonly" in said
+        busy = code == errno.EBUSY
+        if isinstance(err, OSError) and not (full or denied or busy):
             raise
-        if full:
+        where = "run directory (--run-dir / output.run_dir)" if run else "output folder (--out)"
+        if full and run:
             advice = (
-                f"free some space, then continue with `evomerge resume {run_dir}`: every finished evaluation is stored"
+                f"free some space, then continue with `evomerge resume {path}`: every finished evaluation is stored"
             )
+        elif full:
+            advice = "free some space (or choose another --out) and try again; nothing partial was left"
         elif denied:
-            advice = "make it writable or choose another run directory (--run-dir / output.run_dir)"
+            advice = f"make it writable or choose another {where}"
+        elif busy:
+            advice = f"it is a mount point or in use: give a folder inside it, or another {where}"
         else:
             advice = f"{RunStore.FILE} is damaged; the run cannot be read (start a new run in another directory)"
-        raise StorageError(f"{run_dir}: {err}. {advice.capitalize()}") from err
+        raise StorageError(f"{path}: {err}. {advice[0].upper()}{advice[1:]}") from err

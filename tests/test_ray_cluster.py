@@ -1,0 +1,88 @@
+"""Joining a running Ray cluster, as docs/runs.md says to: `ray start --head` in this test
+(a multi-process cluster on a free port, its own temp folder), then `evomerge run` with
+``search.ray.address: auto`` and with ``host:port`` right after the cluster starts. Both
+equal the local executor's run; `ray stop` ends the cluster and no process of it is left.
+
+A driver joining by ``host:port`` used to be refused with Ray's ``InvalidAuthToken`` when
+the cluster had token authentication on (Ray 2.5x+ turns it on when a token exists)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import csv_without_times, small_config
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster: `make check` skips it, `make test` (CI) runs it
+
+RAY = Path(sys.executable).with_name("ray")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cluster_processes(temp: Path) -> list[int]:
+    """PIDs whose command line names the cluster's temp folder (every Ray process of it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if str(temp).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture
+def ray_head():
+    """A head node started by the `ray` CLI; Ray's socket paths must stay short, hence /tmp."""
+    from evomerge.search.ray_executor import import_ray
+
+    import_ray().shutdown()  # a Ray this process started (another module's) is not the one to join
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    port = _free_port()
+    start = [str(RAY), "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard=false",
+             "--disable-usage-stats", "--temp-dir", str(temp)]  # fmt: skip
+    started = subprocess.run(start, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield port, temp
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
+        deadline = time.time() + 30
+        while _cluster_processes(temp) and time.time() < deadline:
+            time.sleep(0.5)
+        left = _cluster_processes(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert left == [], f"Ray processes left after `ray stop`: {left}"
+
+
+def test_a_run_joins_a_started_cluster_by_auto_and_by_address(ray_head, finished_run, demo_family, tmp_path):
+    port, _ = ray_head
+    for address in ("auto", f"127.0.0.1:{port}"):
+        config = small_config(demo_family)
+        config["search"]["executor"] = "ray"
+        config["search"]["ray"] = {"workers": 2, "address": address}
+        path = tmp_path / "exp.yaml"
+        path.write_text(yaml.safe_dump(config))
+        run_dir = tmp_path / address.replace(":", "-")
+        command = [sys.executable, "-m", "evomerge", "run", str(path), "--run-dir", str(run_dir), "--no-progress"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"address {address}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+        assert csv_without_times(run_dir / "evaluations.csv") == csv_without_times(
+            finished_run.run_dir / "evaluations.csv"
+        )

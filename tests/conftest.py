@@ -99,3 +99,23 @@ def tied_family(tmp_path_factory, demo_family) -> Path:
     """The GPT-2 family with task vectors of few distinct magnitudes, as bf16 fine-tunes
     have: many entries tie at any magnitude cut, so a mask depends on the sort's order."""
     return _gpt2_family(tmp_path_factory.mktemp("tied"), demo_family, quantized=True)
+
+
+@pytest.fixture(scope="session")
+def extended_vocab(tmp_path_factory, demo_family) -> Path:
+    """The `add` specialist with two added tokens (and embedding rows for them)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("vocab") / "add_ext"
+    model = AutoModelForCausalLM.from_pretrained(demo_family / "models" / "add")
+    tokenizer = AutoTokenizer.from_pretrained(demo_family / "models" / "add")
+    tokenizer.add_tokens(["<x1>", "<x2>"])
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[-2:] = torch.randn(2, model.config.hidden_size)
+        model.get_output_embeddings().weight[-2:] = torch.randn(2, model.config.hidden_size)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -214,6 +214,15 @@ def _weight_as(demo_family: Path, out: Path, member: str, dtype_name: str) -> Pa
     return model
 
 
+def _with_base(config: dict, model: Path) -> dict:
+    return config | {"models": config["models"] | {"base": str(model)}}
+
+
+def _with_endpoint(config: dict, model: Path) -> dict:
+    return config | {"models": config["models"] | {"endpoints": ["demo:models/add", str(model)]}}
+
+
+TENSOR = r"tensor 'model\.layers\.1\.mlp\.up_proj\.weight'"
 CONFIG_CASES = {
     "seed-negative": (lambda c, fam, tmp: c | {"seed": -1}, r"seed: Input should be greater than or equal to 0"),
     "seed-too-large": (
@@ -225,51 +234,29 @@ CONFIG_CASES = {
         r"task 'x+'\.\.\. is 300 bytes long: the file system .* allows file names up to 255 bytes",
     ),
     "heads-disagree": (
-        lambda c, fam, tmp: (
-            c
-            | {
-                "models": c["models"]
-                | {"base": str(_edited_base(fam, tmp / "b", num_attention_heads=3, num_key_value_heads=3))}
-            }
-        ),
+        lambda c, fam, tmp: _with_base(c, _edited_base(fam, tmp / "b", num_attention_heads=3, num_key_value_heads=3)),
         r"b: its config.json does not describe a model transformers can build \(ValueError: The hidden size",
     ),
     "intermediate-size-disagrees": (
-        lambda c, fam, tmp: (
-            c | {"models": c["models"] | {"base": str(_edited_base(fam, tmp / "b", intermediate_size=392))}}
-        ),
+        lambda c, fam, tmp: _with_base(c, _edited_base(fam, tmp / "b", intermediate_size=392)),
         r"b: tensor 'model\.layers\.0\.mlp\.down_proj\.weight' has shape \[128, 384\] "
         r"but its config.json implies \[128, 392\]",
     ),
     "int64-endpoint": (
-        lambda c, fam, tmp: (
-            c
-            | {
-                "models": c["models"]
-                | {"endpoints": ["demo:models/add", str(_weight_as(fam, tmp / "g", "greek", "int64"))]}
-            }
-        ),
-        r"g: tensor 'model\.layers\.1\.mlp\.up_proj\.weight' holds I64 weights \(integers or bools\)",
+        lambda c, fam, tmp: _with_endpoint(c, _weight_as(fam, tmp / "g", "greek", "int64")),
+        rf"g: {TENSOR} holds I64 weights \(integers or bools\)",
     ),
     "int64-base": (
-        lambda c, fam, tmp: c | {"models": c["models"] | {"base": str(_weight_as(fam, tmp / "b", "base", "int64"))}},
-        r"b: tensor 'model\.layers\.1\.mlp\.up_proj\.weight' holds I64 weights",
+        lambda c, fam, tmp: _with_base(c, _weight_as(fam, tmp / "b", "base", "int64")),
+        rf"b: {TENSOR} holds I64 weights",
     ),
     "uint32-endpoint": (
-        lambda c, fam, tmp: (
-            c
-            | {
-                "models": c["models"]
-                | {"endpoints": ["demo:models/add", str(_weight_as(fam, tmp / "g", "greek", "uint32"))]}
-            }
-        ),
-        r"holds U32 weights \(integers or bools\)",
+        lambda c, fam, tmp: _with_endpoint(c, _weight_as(fam, tmp / "g", "greek", "uint32")),
+        rf"g: {TENSOR} holds U32 weights \(integers or bools\)",
     ),
     "fp8-base": (
-        lambda c, fam, tmp: (
-            c | {"models": c["models"] | {"base": str(_weight_as(fam, tmp / "b", "base", "float8_e4m3fn"))}}
-        ),
-        r"holds F8_E4M3 weights \(8-bit floats, a quantized format\); evomerge merges floating-point weights only",
+        lambda c, fam, tmp: _with_base(c, _weight_as(fam, tmp / "b", "base", "float8_e4m3fn")),
+        rf"b: {TENSOR} holds F8_E4M3 weights \(8-bit floats, a quantized format\); evomerge merges floating-point",
     ),
 }
 
@@ -447,34 +434,14 @@ def test_a_hub_that_does_not_answer_fails_within_the_timeout(demo_family, tmp_pa
         for connection in held:
             connection.close()
     assert time.time() - started < 60, "the run waited for the hub beyond its timeout"
-    _assert_refused(
-        done, r"someone/greek-model: .*the hub did not answer within 3 s .* set HF_HUB_OFFLINE=1", tmp_path
-    )
+    _assert_refused(done, r"someone/greek-model: .*the hub did not answer within 3 s .* set HF_HUB_OFFLINE=1", tmp_path)
 
 
-@pytest.fixture(scope="module")
-def other_vocabulary(tmp_path_factory, demo_family) -> Path:
-    """The `add` specialist with two added tokens (and embedding rows for them)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("vocab") / "add_ext"
-    model = AutoModelForCausalLM.from_pretrained(demo_family / "models" / "add")
-    tokenizer = AutoTokenizer.from_pretrained(demo_family / "models" / "add")
-    tokenizer.add_tokens(["<x1>", "<x2>"])
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[-2:] = 0.01
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def test_endpoints_with_another_vocabulary_run_with_merge_tokenizer_source(demo_family, other_vocabulary, tmp_path):
+def test_endpoints_with_another_vocabulary_run_with_merge_tokenizer_source(demo_family, extended_vocab, tmp_path):
     """The refusal's advice (set tokenizer_source) could not be followed in an experiment
     config; `merge.tokenizer_source: base` now runs, and best/ has the base's vocabulary."""
     config = small_config(demo_family, generations=1, population_size=4)
-    config["models"]["endpoints"] = [str(other_vocabulary), "demo:models/greek"]
+    config["models"]["endpoints"] = [str(extended_vocab), "demo:models/greek"]
     config["fitness"] = {"estimator": "full"}
     _assert_refused(
         _run(config, tmp_path), r"vocabulary sizes differ .* merge\.tokenizer_source in an experiment config", tmp_path

@@ -366,6 +366,7 @@ def test_a_run_name_outside_the_runs_folder_is_refused_by_every_field(page, serv
     Here a real finished run sits beside the runs folder; every field refuses its path."""
     runs = server[2]
     outside = shutil.copytree(finished_run.run_dir, runs.parent / "outside")
+    untouched = sorted((p.name, p.stat().st_mtime_ns) for p in outside.iterdir())
     refusal = "run name '../outside': use letters, digits"
     page.get_by_role("tab", name="Monitor").click()
     page.locator("#monitor-run textarea, #monitor-run input").first.fill("../outside")
@@ -390,7 +391,8 @@ def test_a_run_name_outside_the_runs_folder_is_refused_by_every_field(page, serv
     page.locator("#export-out textarea, #export-out input").first.fill(str(runs.parent / "from-outside"))
     page.locator("#export").click()
     page.wait_for_function(f"document.querySelector('#exported').innerText.includes({refusal!r})")
-    assert not (runs.parent / "from-outside").exists() and not (outside / ".lock").exists()
+    assert not (runs.parent / "from-outside").exists()
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in outside.iterdir()) == untouched
     page.locator("#runs-run textarea, #runs-run input").first.fill("")
     page.get_by_role("tab", name="Monitor").click()
     page.locator("#monitor-run textarea, #monitor-run input").first.fill("")

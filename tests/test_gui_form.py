@@ -216,3 +216,23 @@ def test_a_config_that_leaves_keys_to_the_schema_shows_and_keeps_its_defaults():
     assert load_config(yaml.safe_load(compose(bare, *form_values(bare))), resolve_demo=False) == load_config(
         bare, resolve_demo=False
     )
+
+
+@pytest.mark.parametrize("name", ["../outside", "..", "/etc", "a/b", "", " ", "...", "a\\b"])
+def test_a_run_name_that_is_not_a_folder_under_the_runs_is_refused(name, tmp_path):
+    from evomerge.gui.paths import RunNameError, run_dir
+
+    with pytest.raises(RunNameError, match="use letters, digits"):
+        run_dir(tmp_path / "runs", name)
+    assert run_dir(tmp_path / "runs", " my-run_2.b ") == (tmp_path / "runs" / "my-run_2.b").resolve()
+
+
+def test_an_export_folder_is_made_absolute_and_not_a_file(tmp_path, monkeypatch):
+    from evomerge.gui.paths import RunNameError, output_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert output_folder("exported") == tmp_path / "exported"
+    (tmp_path / "file").write_text("x")
+    for text, said in (("", "give a folder"), ("file", "is a file")):
+        with pytest.raises(RunNameError, match=said):
+            output_folder(text)

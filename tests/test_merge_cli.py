@@ -196,23 +196,6 @@ def test_two_architectures_are_refused(demo_family, gpt2_family, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.fixture(scope="module")
-def extended_vocab(tmp_path_factory, demo_family) -> Path:
-    """The `add` specialist with two added tokens (and embedding rows for them)."""
-    out = tmp_path_factory.mktemp("vocab") / "add_ext"
-    model = AutoModelForCausalLM.from_pretrained(demo_family / "models" / "add")
-    tokenizer = AutoTokenizer.from_pretrained(demo_family / "models" / "add")
-    tokenizer.add_tokens(["<x1>", "<x2>"])
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[-2:] = torch.randn(2, model.config.hidden_size)
-        model.get_output_embeddings().weight[-2:] = torch.randn(2, model.config.hidden_size)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.mark.parametrize("source", ["base", "add_ext", "truncate"])
 def test_different_vocabularies_merge_as_mergekit_aligns_them(source, demo_family, extended_vocab, tmp_path):
     models = demo_family / "models"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -174,3 +175,25 @@ def test_hub_ids_are_fetched_at_their_revision_and_code_only_when_trusted(member
     calls.clear()
     ModelPool.open("org/base", ["org/math"], revision="abc123", trust_remote_code=True)
     assert [(c[1], "*.py" in c[2]) for c in calls] == [("abc123", True), ("abc123", True)]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "said"),
+    [("int64", "I64 weights (integers or bools)"), ("bool", "BOOL weights"), ("float8_e5m2", "F8_E5M2 weights (8-bit")],
+)
+def test_a_weight_that_is_not_floating_point_is_refused_by_name(members, tmp_path, dtype, said):
+    """Cast into a merge, an integer weight made every model score 0.0 with no warning;
+    an FP8 one crashed with a KeyError."""
+    name = "model.layers.2.self_attn.v_proj.weight"
+    odd = variant(members["add"], tmp_path / "odd", edit=lambda t: t | {name: t[name].to(getattr(torch, dtype))})
+    with pytest.raises(CheckpointError, match=re.escape(f"odd: tensor '{name}' holds {said}")):
+        ModelPool.open(members["base"], [odd])
+
+
+def test_a_config_json_that_disagrees_with_the_tensors_is_refused(members, tmp_path):
+    wide = variant(members["add"], tmp_path / "wide", config_edit=lambda c: c.update(intermediate_size=400))
+    with pytest.raises(CheckpointError, match=r"wide: tensor 'model\.layers\.0\.mlp\.down_proj\.weight' has shape"):
+        ModelPool.open(members["base"], [wide])
+    heads = variant(members["add"], tmp_path / "heads", config_edit=lambda c: c.update(num_attention_heads=5))
+    with pytest.raises(CheckpointError, match=r"heads: its config.json does not describe a model transformers can"):
+        ModelPool.open(members["base"], [heads])

@@ -116,7 +116,17 @@ LAYERS = [
     ("loader", ["evomerge.loader"]),
     ("report", ["evomerge.report."]),
     ("run", ["evomerge.search.experiment"]),
-    ("entry points", ["evomerge.api", "evomerge.wizard", "evomerge.gui.", "evomerge.cli", "evomerge.__main__"]),
+    (
+        "entry points",
+        [
+            "evomerge.api",
+            "evomerge.wizard",
+            "evomerge.gui.",
+            "evomerge.cli",
+            "evomerge.interrupts",
+            "evomerge.__main__",
+        ],
+    ),
 ]
 
 

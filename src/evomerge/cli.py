@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ParamSpec
 
@@ -18,7 +16,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import EvomergeError
 
 if TYPE_CHECKING:  # the search stack loads lazily, so --help stays fast
@@ -51,21 +49,7 @@ def main(
     logging.getLogger("evomerge").setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:  # transformers', datasets' and lm-eval's own bars (tqdm) would flood the terminal
         os.environ.setdefault("TQDM_DISABLE", "1")
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        # Started in the background (`cmd &` in a script, some launchers): SIGINT arrives
-        # ignored, and then neither Ctrl-C, `kill -INT` nor the GUI's Stop would stop a run.
-        # Interrupting is always safe: every finished evaluation is stored, resume is exact.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)  # `kill`, a scheduler's stop, a container's shutdown
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C's ``KeyboardInterrupt`` is: the same clean-ups run (temp
-    folders removed, every finished evaluation kept), and the command exits 143."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
+    interrupts.install()
 
 
 def _announce_build(target: Path) -> None:
@@ -247,30 +231,9 @@ def run(
         _announce_build(default_family_dir())
     experiment = load_config(config, set_ or ())
     target = run_dir or _default_run_dir(experiment, config)
-    with _interrupt_hint(target):
+    with interrupts.hint(console, target):
         result = run_experiment(experiment, target, progress=progress)
     _show_results(result)
-
-
-@contextlib.contextmanager
-def _interrupt_hint(run_dir: Path) -> Iterator[None]:
-    """Ctrl-C or SIGTERM: every finished evaluation is stored already; say how to go on,
-    exit 130 (143 for SIGTERM), as a shell reports a process its signal stopped."""
-    try:
-        yield
-    except KeyboardInterrupt as stop:
-        from .search.rundir import RunDir
-
-        what = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
-        if RunDir(run_dir).holds_run():
-            console.print(
-                f"{what}; every finished evaluation is stored in {escape(str(run_dir))}. "
-                f"Continue with: evomerge resume {escape(str(run_dir))}",
-                soft_wrap=True,
-            )
-        else:
-            console.print(f"{what} before the run started; nothing was stored")
-        raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130) from None
 
 
 def _default_run_dir(experiment: ExperimentConfig, config: Path) -> Path:
@@ -349,29 +312,8 @@ def gui(
 
     runs = runs or RUNS
     console.print(f"evomerge GUI on http://127.0.0.1:{port} (runs in {escape(str(runs))}); Ctrl-C stops it")
-    with _interrupt_exit():
+    with interrupts.exit_code():
         serve(port, runs, share=share)  # Gradio stops on Ctrl-C or SIGTERM; its scratch goes at exit
-
-
-@contextlib.contextmanager
-def _interrupt_exit() -> Iterator[None]:
-    """Exit 130 on Ctrl-C, 143 on SIGTERM, after the ``with`` block's clean-ups."""
-    received: list[int] = []
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def note(signum: int, frame: object) -> None:
-        received.append(signum)
-        _terminate(signum, frame)
-
-    signal.signal(signal.SIGTERM, note)
-    try:
-        yield
-    except KeyboardInterrupt as stop:
-        raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if received:  # Gradio caught it and returned
-        raise typer.Exit(code=143)
 
 
 @command("config-schema")
@@ -397,7 +339,7 @@ def resume(
     With --set search.generations=N (or another budget), extend a finished run."""
     from .search.experiment import resume_run
 
-    with _interrupt_hint(run_dir):
+    with interrupts.hint(console, run_dir):
         result = resume_run(run_dir, progress=progress, budget=list(set_ or []))
     _show_results(result)
 

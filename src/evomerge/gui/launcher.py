@@ -77,7 +77,7 @@ class Launcher:
         """Why a run this GUI started ended with an error (a missing model, a bad data file):
         its ``error:`` line from the log, or None if it runs, finished or was stopped."""
         proc = self.processes.get(run_dir)
-        if proc is None or proc.poll() in (None, 0, 130):
+        if proc is None or proc.poll() in (None, 0, 130, 143):  # finished, or stopped (Ctrl-C, SIGTERM)
             return None
         log_path = self.log(run_dir)
         lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]

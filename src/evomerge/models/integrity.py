@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, needs_remote_code
 
 #: The weights evomerge merges; FP8, integer and bool tensors are refused by name.
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
@@ -38,14 +38,16 @@ def check_float_weights(checkpoint: Checkpoint) -> None:
 
 def check_config_matches_tensors(checkpoint: Checkpoint) -> None:
     """Refuse a checkpoint whose ``config.json`` implies other shapes than its tensors have
-    (heads, sizes), or that transformers cannot build a model from."""
+    (heads, sizes), or that transformers cannot build a model from. A model with its own
+    code is not built here: its code is run only where the run loads it."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    trust = checkpoint.trust_remote_code
+    if needs_remote_code(checkpoint.config):
+        return
     try:
-        config = AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=trust)
+        config = AutoConfig.from_pretrained(checkpoint.path)
         with torch.device("meta"):
-            model: Any = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+            model: Any = AutoModelForCausalLM.from_config(config)
     except Exception as err:  # transformers raises ValueError, KeyError, its own validation errors
         reason = str(err).strip().splitlines()[-1].strip() if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -63,6 +65,7 @@ def check_config_matches_tensors(checkpoint: Checkpoint) -> None:
 
 
 def check_checkpoint(checkpoint: Checkpoint) -> None:
-    """Both checks: what every model of a pool or a layer path passes before it is used."""
+    """Both checks: what every model of a layer path passes before it is used (a pool runs
+    them around its own comparison of the models, whose messages say more)."""
     check_float_weights(checkpoint)
     check_config_matches_tensors(checkpoint)

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import IncompatibleModelsError
 from .checkpoint import Checkpoint
 from .groups import TensorGroup, tensor_group
-from .integrity import check_checkpoint
+from .integrity import check_config_matches_tensors, check_float_weights
 from .vocab import read_vocab
 
 #: Architecture fields that must agree, each under the names model families use for it.
@@ -98,8 +98,10 @@ class ModelPool:
         self.endpoints = list(endpoints)
         self.align_vocab = align_vocab
         for model in self.models:
-            check_checkpoint(model)
-        check_compatible(self.models, align_vocab=align_vocab)
+            check_float_weights(model)
+        check_compatible(self.models, align_vocab=align_vocab)  # first: "vocabularies differ" says more
+        for model in self.models:
+            check_config_matches_tensors(model)
 
     @classmethod
     def open(

@@ -378,7 +378,7 @@ def storage_errors(path: Path, *, run: bool = True) -> Iterator[None]:
         yield
     except (sqlite3.Error, SafetensorError, OSError) as err:
         code = getattr(err, "errno", None)
-        said = str(err) if isinstance(err, sqlite3.Error) else ""  # SQLite's errors carry no errno
+        said = "" if isinstance(err, OSError) else str(err)  # SQLite's and safetensors' errors carry no errno
         full = code in (errno.ENOSPC, errno.EDQUOT) or "full" in said or "No space" in said
         denied = code in (errno.EACCES, errno.EPERM, errno.EROFS) or "readonly" in said
         busy = code == errno.EBUSY

@@ -49,28 +49,25 @@ class Launcher:
             raise EvomergeError(f"{run_dir.name} is running")
         return self._spawn(run_dir, ["resume", str(run_dir)])
 
-    def stop(self, run_dir: Path, timeout: float = 60) -> str:
+    def stop(self, run_dir: Path, timeout: float = 60) -> bool:
         """SIGINT, as Ctrl-C: the run stops after storing what finished (exit 130). A run this
-        GUI did not start (the CLI's, an earlier GUI's) is reached through its lock's PID.
-        Says what happened: ``stopped``, ``not running``, or ``still running`` when the
-        process has not ended within ``timeout`` (it is never killed: it would lose the
-        candidate or the test in progress)."""
+        GUI did not start (the CLI's, an earlier GUI's) is reached through its lock's PID."""
         proc = self.processes.get(run_dir)
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                return "still running"
-            return "stopped"
+                proc.terminate()
+            return True
         pid = lock_holder(run_dir)
         if pid is None:
-            return "not running"
+            return False
         os.kill(pid, signal.SIGINT)
         deadline = time.monotonic() + timeout
         while is_running(run_dir) and time.monotonic() < deadline:
             time.sleep(0.2)
-        return "still running" if is_running(run_dir) else "stopped"
+        return True
 
     def running(self, run_dir: Path) -> bool:
         proc = self.processes.get(run_dir)

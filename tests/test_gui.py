@@ -55,7 +55,12 @@ def server(demo_family, tmp_path_factory):
     port = free_port()
     env = {**os.environ, "EVOMERGE_DEMO_DIR": str(demo_family)}
     command = [sys.executable, "-m", "evomerge", "gui", "--port", str(port), "--runs", str(runs)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT ignored, as `nohup evomerge gui &` starts it: the runs it starts inherit that,
+    # and Stop (SIGINT) must still stop them (test_stop_then_resume_finishes_with_the_same_results).
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  (in the child, before exec)
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ignore
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -107,6 +112,11 @@ def config_shows(page, *texts: str, timeout: float = 30_000) -> None:
 def launch(page, name: str, population: int, generations: int, tasks: str) -> None:
     """The demo preset with the given budget, every candidate scored on all its items: the
     items of the small mix task, typed into the Tasks box (plumbing: a sixth of the cost)."""
+    fill_form(page, name, population, generations, tasks)
+    page.locator("#launch").click()
+
+
+def fill_form(page, name: str, population: int, generations: int, tasks: str) -> None:
     page.get_by_role("tab", name="New experiment").click()
     page.get_by_label("multi-objective, custom data (demo)").check()  # then back: the form is the preset's again
     config_shows(page, "NSGA2")
@@ -119,7 +129,6 @@ def launch(page, name: str, population: int, generations: int, tasks: str) -> No
     config_shows(page, "evomerge-test-tasks")
     page.locator("#run-name textarea, #run-name input").first.fill(name)
     config_shows(page, f"population_size: {population}", f"generations: {generations}", "estimator: full")
-    page.locator("#launch").click()
 
 
 #: The monitor's line (the box also shows Gradio's own "processing | 0.1s" while it updates).
@@ -177,6 +186,23 @@ def test_a_bad_population_shows_the_message_by_the_field_and_starts_nothing(page
     page.wait_for_function("document.querySelector('#message').innerText.includes('Not started')")
     assert "did you mean 'output'" in page.locator("#message").inner_text()  # (the edit's check said it first)
     assert not (server[2] / "bad").exists()
+
+
+@pytest.mark.parametrize("box", ["tasks", "options", "frozen", "bounds"])
+def test_broken_yaml_in_a_box_is_said_under_it_and_launch_waits(box, page, server, small_tasks):
+    """It used to be dropped in silence: the YAML view kept the last valid value and Launch
+    ran a config the user never wrote."""
+    fill_form(page, f"broken-{box}", population=POP, generations=2, tasks=small_tasks)
+    page.locator(f"#{box} .cm-content").fill("key: [unclosed")
+    page.wait_for_function(
+        f"document.querySelector('#{box}-error').innerText.includes('not valid YAML at line 1')", timeout=30_000
+    )
+    assert "last valid value, and Launch waits until it is fixed" in page.locator(f"#{box}-error").inner_text()
+    page.locator("#launch").click()
+    page.wait_for_function("document.querySelector('#message').innerText.includes('Not started')", timeout=30_000)
+    assert not (server[2] / f"broken-{box}").exists()
+    page.locator(f"#{box} .cm-content").fill(small_tasks if box == "tasks" else "")  # fixed: the message goes
+    page.wait_for_function(f"document.querySelector('#{box}-error').innerText.trim() === ''", timeout=30_000)
 
 
 def test_launch_watch_and_test_table(page, server, small_tasks):
@@ -314,7 +340,8 @@ def test_stop_then_resume_finishes_with_the_same_results(page, server, small_tas
     page.get_by_role("tab", name="Monitor").click()
     wait_for(page, lambda t: t.startswith("running") and evaluations(t) >= 1)
     page.locator("#stop").click()
-    wait_for(page, lambda t: t.startswith("interrupted"), timeout=120)
+    wait_for(page, lambda t: t.startswith("interrupted"), timeout=10)  # the GUI started with SIGINT ignored
+    page.wait_for_function("document.querySelector('#control').innerText.includes('Stopped; every finished')")
     stopped_at = evaluations(progress(page))
     assert stopped_at < POP * GENERATIONS, "the run finished before it was stopped"
     page.locator("#resume").click()
@@ -343,6 +370,28 @@ def test_a_run_started_by_the_cli_is_stopped_here_and_resumed_by_the_cli(page, s
             proc.kill()
     resume_cli(runs / "c")
     assert csv_without_times(runs / "c" / "evaluations.csv") == csv_without_times(runs / "a" / "evaluations.csv")
+
+
+def test_the_runs_list_keeps_its_order_and_a_click_picks_the_run_clicked(page, server):
+    """The list was sorted by folder time, which reading a run's store changes: it reordered
+    itself on every refresh, and a click once chose another run than the one clicked."""
+
+    def listed() -> list[str]:
+        cells = page.locator("#runs tbody tr td:first-child").all_inner_texts()
+        return [c.strip() for c in cells]
+
+    page.get_by_role("tab", name="Runs").click()
+    page.wait_for_function("document.querySelectorAll('#runs tbody tr').length >= 2")
+    first = listed()
+    for _ in range(3):  # each refresh reads every run's store
+        page.locator("#refresh").click()
+        time.sleep(1.5)
+        assert listed() == first
+    for name in first[:2]:
+        page.locator("#runs tbody tr td:first-child").get_by_text(name, exact=True).first.click()
+        page.wait_for_function(
+            "name => (document.querySelector('#runs-run textarea, #runs-run input').value === name)", arg=name
+        )
 
 
 def test_the_server_answers_on_loopback_only(server):

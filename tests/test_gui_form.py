@@ -236,3 +236,44 @@ def test_an_export_folder_is_made_absolute_and_not_a_file(tmp_path, monkeypatch)
     for text, said in (("", "give a folder"), ("file", "is a file")):
         with pytest.raises(RunNameError, match=said):
             output_folder(text)
+
+
+def test_a_yaml_box_that_does_not_parse_is_a_problem_under_it():
+    from evomerge.gui.form import box_problems
+
+    assert box_problems("pop_size: 8", "", "weight: [0, 1]", "- name: t\n  data: x.jsonl") == []
+    problems = box_problems("pop_size: [8", "", "", "- name: t\n  data: [x")
+    assert [key for key, _ in problems] == ["search.options", "tasks"]
+    assert problems[0][1].startswith("not valid YAML at line 1, column ")
+    assert "the config below still has this box's last valid value" in problems[1][1]
+
+
+def test_the_runs_list_is_ordered_by_when_each_run_started(tmp_path):
+    """Not by the folder's time, which reading a store (its -wal and -shm files) changes."""
+    import os
+
+    from evomerge.search.monitor import list_runs
+    from evomerge.search.rundir import RunDir
+
+    for i, name in enumerate(["older", "newer"]):
+        rd = RunDir(tmp_path / name)
+        rd.path.mkdir()
+        rd.config.write_text("{}")
+        os.utime(rd.config, (1_000_000 + i, 1_000_000 + i))
+        rd.open_store().close()
+    os.utime(tmp_path / "older", None)  # the folder just touched, as a read does
+    assert [s.path.name for s in list_runs(tmp_path)] == ["newer", "older"]
+
+
+def test_a_phase_tells_its_listener_of_each_step_with_bars_off():
+    from evomerge.progress import announce, phase, reporting
+
+    heard: list[tuple[str, int, int]] = []
+    with reporting(lambda *said: heard.append(said)):
+        with phase("scoring respondents (mix)", 2) as bar:
+            bar.advance()
+            bar.advance()
+        announce("saving")
+    announce("unheard")  # outside the block
+    assert heard == [("scoring respondents (mix)", 0, 2), ("scoring respondents (mix)", 1, 2),
+                     ("scoring respondents (mix)", 2, 2), ("saving", 0, 0)]  # fmt: skip

@@ -660,3 +660,37 @@ def test_a_config_whose_tasks_are_all_checks_is_refused(demo_family):
     config["tasks"][0]["objective"] = False
     with pytest.raises(ConfigError, match="every task is a check"):
         load_config(config)
+
+
+def test_the_monitor_shows_the_phase_and_wall_clock_time_of_a_running_run(demo_family, tmp_path):
+    """The GUI's monitor used to show "0 evaluations | 0 s" while respondents were scored and
+    "about 0 s left" through the held-out test, and counted only the search's time. While
+    the search runs it now says `searching`, with the time since the run's process started
+    it (respondents included) and the search's ETA; stopped, the phase is not shown."""
+    from evomerge.search.loop import Callback
+    from evomerge.search.monitor import run_status
+
+    seen: list[tuple[str, str, float, float]] = []
+
+    class Look(Callback):
+        def on_evaluation(self, searcher, done):
+            status = run_status(searcher.store.path.parent)
+            seen.append((status.state, status.phase_text, status.elapsed_s, status.generations_elapsed_s))
+
+    started = time.time()
+    run = run_experiment(load_config(small_config(demo_family, generations=2)), tmp_path / "r", callbacks=[Look()])
+    assert seen and {s[:2] for s in seen} == {("running", "searching")}
+    assert all(0 <= search <= wall <= time.time() - started for _, _, wall, search in seen)
+    final = run_status(run.run_dir)
+    assert final.state == "finished" and final.phase_text == "" and "searching" not in final.summary()
+    assert final.phase["name"] == "saving the winner and the report"  # its last phase, stored
+
+
+def test_a_held_out_test_in_progress_gives_its_own_eta():
+    from evomerge.search.monitor import RunStatus
+
+    now = time.time()
+    status = RunStatus(Path("r"), "running", phase={"name": "held-out test", "done": 2, "total": 6, "since": now - 100,
+                                                    "at": now - 20})  # fmt: skip
+    assert status.phase_text == "held-out test 2/6" and 35 < status.eta_s < 45 and status.elapsed_s >= 100
+    assert "held-out test 2/6 | generation 0" in status.summary()

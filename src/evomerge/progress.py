@@ -4,16 +4,39 @@ held-out test): each with done/total, elapsed time and an ETA.
 They show only while a run asked for progress (``evomerge run`` without
 ``--no-progress``): ``showing()`` turns them on for its block, so the library stays
 quiet when called from Python, and nothing is passed down through every function.
+``reporting(listener)`` also tells a listener of every phase and step, bars or not: the
+run stores them, and the GUI's monitor shows the phase a run is in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 _SHOWING: ContextVar[bool] = ContextVar("evomerge_progress", default=False)
+
+#: Told (phase, steps done, steps in all) at a phase's start and after each step.
+Listener = Callable[[str, int, int], None]
+_LISTENER: ContextVar[Listener | None] = ContextVar("evomerge_phase_listener", default=None)
+
+
+@contextmanager
+def reporting(listener: Listener) -> Iterator[None]:
+    """Tell ``listener`` of every phase inside this block, and of each of its steps."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+def announce(description: str, done: int = 0, total: int = 0) -> None:
+    """A phase without a bar (saving the winner, say), for the listener only."""
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(description, done, total)
 
 
 @contextmanager
@@ -27,21 +50,26 @@ def showing(enabled: bool = True) -> Iterator[None]:
 
 
 class Phase:
-    """One bar; ``advance()`` after each finished step. A no-op while bars are off."""
+    """One bar; ``advance()`` after each finished step. The bar is a no-op while bars are
+    off; the listener (``reporting``) hears each step either way."""
 
-    def __init__(self, bar: Any = None, task: Any = None) -> None:
+    def __init__(self, description: str, total: int, bar: Any = None, task: Any = None) -> None:
+        self.description, self.total, self.done = description, total, 0
         self.bar, self.task = bar, task
+        announce(description, 0, total)
 
     def advance(self, steps: int = 1) -> None:
+        self.done += steps
         if self.bar is not None:
             self.bar.update(self.task, advance=steps)
+        announce(self.description, self.done, self.total)
 
 
 @contextmanager
 def phase(description: str, total: int) -> Iterator[Phase]:
     """A bar for ``total`` steps, shown while ``showing()`` is on and there is work to do."""
     if not _SHOWING.get() or total <= 0:
-        yield Phase()
+        yield Phase(description, total)
         return
     from rich.progress import (
         BarColumn,
@@ -61,4 +89,4 @@ def phase(description: str, total: int) -> Iterator[Phase]:
         TimeRemainingColumn(),
     )
     with bar:
-        yield Phase(bar, bar.add_task(description, total=total))
+        yield Phase(description, total, bar, bar.add_task(description, total=total))

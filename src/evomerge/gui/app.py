@@ -26,6 +26,8 @@ from ..yamltext import load_yaml
 from .form import (
     FIELD_KEYS,
     PRESETS,
+    YAML_BOXES,
+    box_problems,
     compose,
     field_text,
     form_values,
@@ -70,9 +72,10 @@ def build_app(runs: Path | str = RUNS) -> Any:
         under = [f"**{'; '.join(fields[f])}**" if f in fields else "" for f in FIELD_KEYS]
         return (*under, "\n".join(f"- {line}" for line in rest) if rest else ok)
 
-    def check(text: str) -> tuple[Any, ...]:
-        """Every edit: the messages by the fields, and the download button holds the YAML shown."""
-        return (*messages(validate(text)[1]), download(text))
+    def check(text: str, *boxes: str) -> tuple[Any, ...]:
+        """Every edit: the messages by the fields (a YAML box that does not parse first), and
+        the download button holds the YAML shown."""
+        return (*messages(box_problems(*boxes) + validate(text)[1]), download(text))
 
     def paste(text: str) -> tuple[Any, ...]:
         """The YAML view, pasted or edited, back into the form (if it is a valid config); the
@@ -99,20 +102,25 @@ def build_app(runs: Path | str = RUNS) -> Any:
         try:
             tasks_list = load_yaml(field_text(tasks_text)) or []
         except yaml.YAMLError:
-            tasks_list = []
-        tasks_list = tasks_list if isinstance(tasks_list, list) else []
-        names = {t.get("name") for t in tasks_list if isinstance(t, dict)}
+            tasks_list = None  # the box's text is kept as typed, the new task added below it
+        listed = tasks_list if isinstance(tasks_list, list) else []
+        names = {t.get("name") for t in listed if isinstance(t, dict)}
         name = re.sub(r"\W+", "_", source.stem).strip("_") or "task"
         name = next(n for n in (name, *(f"{name}_{i}" for i in range(2, 1000))) if n not in names)
-        tasks_list.append({"name": name, "data": str(kept), "scorer": "generation", "extractor": "number"})
-        return yaml.safe_dump(tasks_list, sort_keys=False, allow_unicode=True)
+        task = {"name": name, "data": str(kept), "scorer": "generation", "extractor": "number"}
+        if not isinstance(tasks_list, list) and field_text(tasks_text):
+            return field_text(tasks_text) + "\n" + yaml.safe_dump([task], sort_keys=False, allow_unicode=True)
+        return yaml.safe_dump([*listed, task], sort_keys=False, allow_unicode=True)
 
-    def launch(text: str, name: str) -> tuple[Any, ...]:
+    def launch(text: str, name: str, *boxes: str) -> tuple[Any, ...]:
+        """Refused while a YAML box does not parse: the config shown would not be what the form says."""
         raw, problems = validate(text)
-        if raw is None:
+        problems = box_problems(*boxes) + problems
+        if problems:
             *under, rest = messages(problems)
             return (*under, f"**Not started.** {rest or 'See the messages under the fields.'}", gr.update())
         name = field_text(name) or "gui-run"
+        assert raw is not None  # validated above
         try:
             run_dir = launcher.start(raw, name)
         except EvomergeError as err:
@@ -140,10 +148,15 @@ def build_app(runs: Path | str = RUNS) -> Any:
 
     def stop(name: str) -> str:
         try:
-            stopped = launcher.stop(run_dir_of(runs, name))
+            state = launcher.stop(run_dir_of(runs, name))
         except EvomergeError as err:
             return str(err)
-        return "Stopped; every finished evaluation is stored. Resume continues it." if stopped else "Not running."
+        return {
+            "stopped": "Stopped; every finished evaluation is stored. Resume continues it.",
+            "not running": "Not running.",
+            "still running": "Asked to stop (Ctrl-C), but it is still running a minute later; the monitor shows "
+            "when it ends, and Stop may be pressed again.",
+        }[state]
 
     def resume(name: str) -> str:
         try:
@@ -162,7 +175,10 @@ def build_app(runs: Path | str = RUNS) -> Any:
         return pd.DataFrame(rows, columns=["run", "state", "evaluations", "best"])
 
     def pick(listing: Any, event: Any) -> str:
-        return str(listing.iloc[event.index[0], 0])
+        """The run on the row clicked, as the browser showed it (the table may have been
+        refreshed since this listing was sent)."""
+        row = getattr(event, "row_value", None)
+        return str(row[0]) if row else str(listing.iloc[event.index[0], 0])
 
     pick.__annotations__["event"] = gr.SelectData  # how Gradio knows to pass the clicked cell
 
@@ -305,13 +321,16 @@ def build_app(runs: Path | str = RUNS) -> Any:
         form = [fields[f] for f in FIELD_KEYS]  # compose's arguments, in order
         error_boxes = [errors[f] for f in FIELD_KEYS]
         preset.change(fill, preset, [*form, base_config]).then(compose, [base_config, *form], config)
-        for component in form:
-            component.change(compose, [base_config, *form], config)
+        boxes = [fields[f] for f in YAML_BOXES]
+        for component in form:  # then check: a box that does not parse leaves the config unchanged
+            component.change(compose, [base_config, *form], config).then(
+                check, [config, *boxes], [*error_boxes, message, download_button]
+            )
         fields["method"].change(method_help, fields["method"], method_info)
-        config.change(check, config, [*error_boxes, message, download_button])
+        config.change(check, [config, *boxes], [*error_boxes, message, download_button])
         add_file.upload(upload, [add_file, fields["tasks"]], fields["tasks"])
         load_button.click(paste, config, [*form, base_config, message])
-        launch_button.click(launch, [config, name], [*error_boxes, message, watched])
+        launch_button.click(launch, [config, name, *boxes], [*error_boxes, message, watched])
         seen = gr.State()  # what this page's monitor shows: the run and its activity then
         monitored = [progress, fitness, pareto, genes, table, tests, seen]
         gr.Timer(1.0).tick(watch, [watched, seen], monitored)

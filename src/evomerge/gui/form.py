@@ -124,12 +124,36 @@ def compose(
     fitness["estimator"] = estimator
     full = estimator == "full"  # it scores every item: anchors are not its setting
     _set(fitness, "anchors", None if full else _int(anchors))
+    # A box that does not parse keeps its last valid value in the YAML view; box_problems
+    # says so under the box, and Launch refuses until it parses.
     for key, text in (("options", options), ("frozen", frozen), ("bounds", bounds)):
-        with contextlib.suppress(yaml.YAMLError):  # until it parses, the YAML view keeps the last value
+        with contextlib.suppress(yaml.YAMLError):
             _set(search, key, load_yaml(field_text(text)) or None)  # empty: the config's default, not written
     with contextlib.suppress(yaml.YAMLError):
         raw["tasks"] = load_yaml(field_text(tasks))
     return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
+#: The form's YAML boxes, in ``FIELD_KEYS`` order.
+YAML_BOXES = ("options", "frozen", "bounds", "tasks")
+
+
+def box_problems(options: str, frozen: str, bounds: str, tasks: str) -> list[tuple[str, str]]:
+    """(config key, message) for each YAML box that does not parse. ``compose`` cannot write
+    such a box into the config, so the YAML view still shows its last valid value: the
+    message says so, and a launch with any of these problems is refused."""
+    problems = []
+    for field, text in zip(YAML_BOXES, (options, frozen, bounds, tasks), strict=True):
+        try:
+            load_yaml(field_text(text))
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problems.append(
+                (FIELD_KEYS[field], f"not valid YAML{at} ({getattr(err, 'problem', None) or err}); the config "
+                 "below still has this box's last valid value, and Launch waits until it is fixed")
+            )  # fmt: skip
+    return problems
 
 
 def _set(section: dict[str, Any], key: str, value: Any) -> None:

@@ -49,25 +49,28 @@ class Launcher:
             raise EvomergeError(f"{run_dir.name} is running")
         return self._spawn(run_dir, ["resume", str(run_dir)])
 
-    def stop(self, run_dir: Path, timeout: float = 60) -> bool:
+    def stop(self, run_dir: Path, timeout: float = 60) -> str:
         """SIGINT, as Ctrl-C: the run stops after storing what finished (exit 130). A run this
-        GUI did not start (the CLI's, an earlier GUI's) is reached through its lock's PID."""
+        GUI did not start (the CLI's, an earlier GUI's) is reached through its lock's PID.
+        Says what happened: ``stopped``, ``not running``, or ``still running`` when the
+        process has not ended within ``timeout`` (it is never killed: it would lose the
+        candidate or the test in progress)."""
         proc = self.processes.get(run_dir)
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                proc.terminate()
-            return True
+                return "still running"
+            return "stopped"
         pid = lock_holder(run_dir)
         if pid is None:
-            return False
+            return "not running"
         os.kill(pid, signal.SIGINT)
         deadline = time.monotonic() + timeout
         while is_running(run_dir) and time.monotonic() < deadline:
             time.sleep(0.2)
-        return True
+        return "still running" if is_running(run_dir) else "stopped"
 
     def running(self, run_dir: Path) -> bool:
         proc = self.processes.get(run_dir)

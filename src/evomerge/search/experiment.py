@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..merge.candidate import Candidate, Sources, candidate_from_yaml, put_into
 from ..merge.layerpath import LayerPath
 from ..merge.pathmodel import PathMerger
 from ..merge.run import merge_config, save_candidate
-from ..progress import showing
+from ..progress import announce, reporting, showing
 from ..threads import one_blas_thread
 from ..yamltext import load_yaml
 from .algorithms import make_algorithm
@@ -109,9 +110,16 @@ def run_experiment(
     merger = open_models(config)  # before the run directory exists: a model or memory error leaves nothing
     with storage_errors(rd.path), rd.lock(), one_blas_thread(), showing(progress):
         store = rd.open_store()
+        started, phase_at = time.time(), {"": 0.0}
+
+        def note(name: str, done: int, total: int) -> None:  # the phase the monitor shows (monitor.RunStatus)
+            at = phase_at.setdefault(name, time.time())  # when this phase began
+            store.set("phase", {"name": name, "done": done, "total": total, "since": started, "at": at})
+
         try:
             _check_store(store, rd, config, objectives, resume)
-            return _run(config, rd, store, objectives, checks, progress, search, merger, callbacks)
+            with reporting(note):
+                return _run(config, rd, store, objectives, checks, progress, search, merger, callbacks)
         except Exception as err:  # whatever it is, bug or bad input: a fresh run leaves nothing behind
             store.close()
             if fresh and not resume:
@@ -295,6 +303,7 @@ def _run(
                     s.algorithm, problem.n_obj, options, population_size=s.population_size, seed=config.seed
                 )
                 termination = Termination(s.generations, s.max_evaluations, s.max_seconds, s.patience)
+                announce("searching")
                 reason = Searcher(
                     problem, algorithm, executor, store, termination, seed=config.seed, progress=progress,
                     on_error=s.on_error, callbacks=[*callbacks, *trackers],
@@ -313,6 +322,7 @@ def _run(
         if config.output.save_best and problem.n_obj > 1:
             log.info("%d Pareto members: none is saved as best/; their recipes are in results.json", len(best))
         finished = store.get("stop_reason") is not None  # an unfinished run's best may still change
+        announce("saving the winner and the report")
         if config.output.save_best and finished and problem.n_obj == 1 and best and not rd.best.exists():
             winner = candidate_from_yaml(best[0].recipe)
             put_into(merger, model, winner)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class RunStatus:
     tests: list[TestRow] = field(default_factory=list)
     planned_generations: int | None = None
     stop_reason: str | None = None
+    phase: dict[str, Any] | None = None  # what the run's process does now (progress.reporting)
 
     @property
     def evaluations(self) -> list[EvaluationRow]:
@@ -44,24 +46,56 @@ class RunStatus:
         return list(self.generations[-1].best["best"]) if self.generations else []
 
     @property
-    def elapsed_s(self) -> float:
+    def generations_elapsed_s(self) -> float:
+        """The search's own seconds, over its finished generations."""
         return self.generations[-1].elapsed_s if self.generations else 0.0
 
     @property
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds since the running process started the run (loading, respondents
+        and the test included); once stopped, the search's own time."""
+        if self.state == "running" and self.phase:
+            return max(0.0, time.time() - float(self.phase["since"]))
+        return self.generations_elapsed_s
+
+    @property
+    def phase_text(self) -> str:
+        """``scoring respondents (mix) 3/7``, ``held-out test 2/6``, ``searching``, ... while running."""
+        if self.state != "running" or not self.phase:
+            return ""
+        total = int(self.phase.get("total") or 0)
+        return str(self.phase["name"]) + (f" {self.phase.get('done', 0)}/{total}" if total else "")
+
+    @property
     def eta_s(self) -> float | None:
-        """Seconds left at the mean pace so far, when the budget is in generations."""
-        done = len(self.generations)
-        if self.state != "running" or not done or not self.planned_generations:
+        """Seconds left in the phase that can tell: the search at its mean time per
+        generation (then the held-out test), or the test at its pace so far."""
+        if self.state != "running":
             return None
-        return max(0.0, self.elapsed_s / done * (self.planned_generations - done))
+        phase = self.phase or {}
+        name = str(phase.get("name", ""))
+        if name.startswith("held-out test"):
+            done, total = int(phase.get("done", 0)), int(phase.get("total", 0))
+            spent = time.time() - float(phase.get("at", time.time()))
+            return None if not done else max(0.0, spent / done * (total - done))
+        done = len(self.generations)
+        if name not in ("", "searching") or not done or not self.planned_generations:
+            return None
+        return max(0.0, self.generations_elapsed_s / done * (self.planned_generations - done))
 
     def summary(self) -> str:
         best = ", ".join("-" if b is None else f"{b:.4f}" for b in self.best) or "-"
         total = f"/{self.planned_generations}" if self.planned_generations else ""
-        eta = "" if self.eta_s is None else f" | about {self.eta_s:.0f} s left"
+        doing = self.phase_text
+        eta = (
+            ""
+            if self.eta_s is None
+            else f" | about {self.eta_s:.0f} s left"
+            + (" in the search, then the held-out test" if doing == "searching" else "")
+        )
         return (
-            f"{self.state} | generation {len(self.generations)}{total} | {len(self.evaluations)} evaluations"
-            f" | best {best} | {self.elapsed_s:.0f} s{eta}"
+            f"{self.state} | {doing + ' | ' if doing else ''}generation {len(self.generations)}{total} | "
+            f"{len(self.evaluations)} evaluations | best {best} | {self.elapsed_s:.0f} s{eta}"
         )
 
 
@@ -124,6 +158,7 @@ def run_status(run_dir: Path | str) -> RunStatus:
             tests=store.tests(),
             planned_generations=(config.get("search") or {}).get("generations"),
             stop_reason=store.get("stop_reason"),
+            phase=store.get("phase"),
         )
     finally:
         store.close()
@@ -131,12 +166,19 @@ def run_status(run_dir: Path | str) -> RunStatus:
 
 
 def list_runs(root: Path | str) -> list[RunStatus]:
-    """Every run directory directly under ``root``, newest first."""
+    """Every run directory directly under ``root``, newest first by when it started (its
+    ``config.yaml``, written once): the folder's own time changes whenever its store is
+    read, and a list ordered by it reordered itself under the user's click."""
     root = Path(root)
     if not root.is_dir():
         return []
     dirs = [d for d in root.iterdir() if d.is_dir() and RunDir(d).holds_run()]
-    return [run_status(d) for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)]
+
+    def started(d: Path) -> tuple[float, str]:
+        config = RunDir(d).config
+        return (config.stat().st_mtime if config.exists() else 0.0), d.name
+
+    return [run_status(d) for d in sorted(dirs, key=started, reverse=True)]
 
 
 def _yaml(text: str | None) -> dict[str, Any]:

@@ -175,7 +175,7 @@ RECORDER = """STATUS_LINE => {
 def test_a_bad_population_shows_the_message_by_the_field_and_starts_nothing(page, server, small_tasks):
     launch(page, "bad", population=-3, generations=2, tasks=small_tasks)
     page.wait_for_function("document.querySelector('#message').innerText.includes('Not started')", timeout=30_000)
-    assert "greater than or equal to 1" in page.locator("#population-error").inner_text()
+    assert "must be 1 or more" in page.locator("#population-error").inner_text()
     assert page.locator("#generations-error").inner_text().strip() == ""  # only the field at fault
     assert not (server[2] / "bad").exists()
     set_number(page, "population", POP)  # fixed: the message goes

@@ -56,7 +56,7 @@ def test_the_preset_is_valid_and_config_errors_carry_their_keys():
 
 def test_each_problem_goes_under_the_field_that_sets_it():
     fields, rest = problems_by_field(problems_of(lambda r: r["search"].update(population_size=-3)))
-    assert list(fields) == ["population"] and "greater than or equal to 1" in fields["population"][0] and not rest
+    assert list(fields) == ["population"] and fields["population"][0] == "must be 1 or more" and not rest
     fields, _ = problems_by_field(problems_of(lambda r: r["search"].update(options={"bogus": 1})))
     assert list(fields) == ["options"] and "no option 'bogus'" in fields["options"][0]
     fields, _ = problems_by_field(problems_of(lambda r: r["search"].update(algorithm="GAA")))
@@ -277,3 +277,91 @@ def test_a_phase_tells_its_listener_of_each_step_with_bars_off():
     announce("unheard")  # outside the block
     assert heard == [("scoring respondents (mix)", 0, 2), ("scoring respondents (mix)", 1, 2),
                      ("scoring respondents (mix)", 2, 2), ("saving", 0, 0)]  # fmt: skip
+
+
+def test_a_message_is_shown_as_text_not_markup():
+    """A YAML error quotes `<stream end>`: as Markdown it was a tag, and the message was cut there."""
+    from evomerge.gui.experiment_page import ExperimentPage
+
+    under = ExperimentPage.messages([("tasks", "expected ',' or ']', but got '<stream end>'")])
+    shown = under[list(FIELD_KEYS).index("tasks")]
+    assert "&lt;stream end&gt;" in shown and "<stream" not in shown
+
+
+def test_the_preflight_says_under_each_field_which_model_or_data_file_the_run_would_stop_at(demo_family, tmp_path):
+    """A missing model folder or a data file that does not parse used to start a run that
+    failed a minute later ("Started", then an error on the Monitor)."""
+    from evomerge.gui.experiment_page import ExperimentPage
+    from evomerge.preflight import preflight
+
+    assert preflight(load_config(PRESET)) == []
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.jsonl").write_text('{"question": "1+1", "answer": "2"}\n{not json\n')
+    raw = copy.deepcopy(PRESET)
+    raw["models"]["endpoints"] = [str(tmp_path / "greeek"), str(tmp_path / "empty"), "someone/not-cached"]
+    raw["tasks"][0] = {"name": "t", "data": str(tmp_path / "bad.jsonl")}
+    problems = dict(preflight(load_config(raw)))
+    assert list(problems) == ["models.endpoints.0", "models.endpoints.1", "models.endpoints.2", "tasks.0"]
+    assert problems["models.endpoints.0"].startswith(f"{tmp_path / 'greeek'}: no such folder ({tmp_path} holds: ")
+    assert "has no config.json" in problems["models.endpoints.1"]
+    assert "hub is off (HF_HUB_OFFLINE)" in problems["models.endpoints.2"]  # the tests run offline
+    assert "bad.jsonl" in problems["tasks.0"]
+    page = ExperimentPage(tmp_path / "runs", Launcher(tmp_path / "runs"), tmp_path)
+    said = page.launch(yaml.safe_dump(raw), "r", "", "", "", yaml.safe_dump(raw["tasks"]))
+    assert "no such folder" in said[list(FIELD_KEYS).index("endpoints")]
+    assert "bad.jsonl" in said[list(FIELD_KEYS).index("tasks")] and said[-2].startswith("**Not started.**")
+    assert not (tmp_path / "runs").exists()  # nothing written, nothing started
+
+
+def multi_status(tmp_path: Path) -> RunStatus:
+    """Two objectives; evaluations 2 and 4 score the same (one point of the front), 3 is dominated."""
+
+    def row(n: int, scores: list[float]) -> EvaluationRow:
+        return EvaluationRow(n, 0, f"d{n}", [0.1], {"w@all": n / 10}, "", scores, {}, 0.0, 0.0)
+
+    every = [row(1, [0.9, 0.1]), row(2, [0.5, 0.5]), row(3, [0.4, 0.4]), row(4, [0.5, 0.5]), row(5, [0.1, 0.9])]
+    return RunStatus(tmp_path, "finished", ["a", "b"], [True, True], every=every)
+
+
+def test_a_front_names_each_point_once_and_the_status_says_whose_scores_it_shows(tmp_path):
+    from evomerge.gui.views import best_genes, member_names
+
+    status = multi_status(tmp_path)
+    assert [status.evaluation_id(r) for r in status.front] == [1, 2, 5]  # 4 scores as 2: not a second member
+    assert status.best_text() == "Pareto front of 3 | best per objective: a 0.9000 (id:1), b 0.9000 (id:5)"
+    members = member_names(status)
+    assert members[:3] == [("pareto:0 (id:1): a 0.9000, b 0.1000", "id:1"),
+                           ("pareto:1 (id:2): a 0.5000, b 0.5000", "id:2"),
+                           ("pareto:2 (id:5): a 0.1000, b 0.9000", "id:5")]  # fmt: skip
+    assert [value for _, value in members[3:]] == ["id:4", "id:3"]  # the others, newest first
+    genes = best_genes(status)
+    assert list(genes.columns) == ["gene", "pareto:0 (id:1)", "pareto:1 (id:2)", "pareto:2 (id:5)"]
+    assert genes.iloc[0].tolist() == ["w@all", 0.1, 0.2, 0.5]
+
+
+def test_the_runs_pages_show_results_inline_export_with_overwrite_and_compare(finished_run, tmp_path):
+    import shutil
+
+    from evomerge.gui.run_pages import RunPages
+
+    runs = tmp_path / "runs"
+    for name in ("one", "two"):
+        shutil.copytree(finished_run.run_dir, runs / name)
+    pages = RunPages(runs, Launcher(runs), Figures(tmp_path / "plots"))
+    (tmp_path / "plots").mkdir()
+    assert pages.names() == ["two", "one"] or pages.names() == ["one", "two"]
+    status, tests, report, _file, csv, log, members = pages.details("one")
+    assert status.startswith("finished |") and report.startswith('<iframe id="report-frame" srcdoc="')
+    assert "search estimate: mix" in tests.columns and tests["search estimate: mix"].notna().all()
+    assert csv.endswith("evaluations.csv") and log is None  # the CLI ran it: no GUI log
+    assert members["choices"][0][0].startswith("best (id:") and members["value"] == members["choices"][0][1]
+    out = tmp_path / "exported"
+    assert pages.export("one", members["value"], str(out), False).startswith("Exported to")
+    again = pages.export("one", members["value"], str(out), False)
+    assert "tick Overwrite" in again and "--force" not in again  # the GUI has no command line
+    assert pages.export("one", members["value"], str(out), True).startswith("Exported to")
+    said, plot, table, genes = pages.compare(["one", "two"])
+    assert said.startswith("one: finished") and Path(plot).exists()
+    assert table["run"].tolist().count("one") == table["run"].tolist().count("two") > 1
+    assert genes.columns.tolist()[:1] == ["gene"] and len(genes.columns) == 3
+    assert pages.compare(["one"])[0] == "Pick two or more runs."

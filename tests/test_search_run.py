@@ -683,7 +683,21 @@ def test_the_monitor_shows_the_phase_and_wall_clock_time_of_a_running_run(demo_f
     assert all(0 <= search <= wall <= time.time() - started for _, _, wall, search in seen)
     final = run_status(run.run_dir)
     assert final.state == "finished" and final.phase_text == "" and "searching" not in final.summary()
-    assert final.phase["name"] == "saving the winner and the report"  # its last phase, stored
+    assert final.phase["name"] == "done" and final.state_text() == "finished"  # its last phase, stored
+
+
+def test_a_run_stopped_during_its_held_out_test_is_labelled_so():
+    """It was shown as `finished` with no test table (its search had finished)."""
+    from evomerge.search.monitor import RunStatus
+
+    phase = {"name": "held-out test", "done": 2, "total": 6, "since": 0.0, "at": 0.0}
+    status = RunStatus(Path("r"), "finished", phase=phase)
+    assert status.state_text() == "interrupted | stopped during the held-out test 2/6; Resume finishes it"
+    assert status.summary().startswith("interrupted | stopped during the held-out test 2/6")
+    assert RunStatus(Path("r"), "finished", phase={**phase, "name": "done"}).state_text() == "finished"
+    searching = RunStatus(Path("r"), "interrupted", phase={**phase, "name": "searching"})
+    assert searching.state_text() == "interrupted"  # resume replays the search: nothing to say
+    assert RunStatus(Path("r"), "running").phase_text == "loading the models"  # no phase stored yet
 
 
 def test_a_held_out_test_in_progress_gives_its_own_eta():

@@ -113,7 +113,7 @@ LAYERS = [
     ("demo", ["evomerge.demo."]),
     ("fitness", ["evomerge.fitness."]),
     ("search", ["evomerge.search."]),
-    ("loader", ["evomerge.loader"]),
+    ("loader", ["evomerge.loader", "evomerge.preflight"]),
     ("report", ["evomerge.report."]),
     ("run", ["evomerge.search.experiment"]),
     (

@@ -206,11 +206,40 @@ FIELD_KEYS = {
 SECTION_FIELDS = {"models": "endpoints", "fitness": "anchors", "search": "generations"}
 
 
+#: pydantic's wording, in a user's: (pattern, replacement) applied to a message's start.
+PLAIN_WORDS = [
+    (r"Input should be greater than or equal to (\S+)", r"must be \1 or more"),
+    (r"Input should be greater than (\S+)", r"must be more than \1"),
+    (r"Input should be less than or equal to (\S+)", r"must be \1 or less"),
+    (r"Input should be less than (\S+)", r"must be less than \1"),
+    (r"Input should be a valid integer.*", "must be a whole number"),
+    (r"Input should be a valid number.*", "must be a number"),
+    (r"Input should be a valid (list|array).*", "must be a list (one '- item' per line)"),
+    (r"Input should be a valid dictionary.*", "must be a mapping (one 'name: value' per line)"),
+    (r"Input should be a valid string.*", "must be text"),
+    (r"Input should be a valid boolean.*", "must be true or false"),
+    (r"Input should be (.+)", r"must be \1"),
+    (r"Field required", "is required"),
+    (r"List should have at least (\d+) items?.*", r"needs at least \1 entries"),
+]
+
+
+def plain(message: str) -> str:
+    """A config message as a user would say it (``must be 1 or more``, not pydantic's
+    ``Input should be greater than or equal to 1``); others as they are."""
+    for pattern, words in PLAIN_WORDS:
+        if re.match(pattern, message):
+            return re.sub(pattern, words, message, count=1)
+    return message
+
+
 def problems_by_field(problems: list[tuple[str, str]]) -> tuple[dict[str, list[str]], list[str]]:
-    """Each problem's message under its field's name; those of no field in a list of lines."""
+    """Each problem's message, in plain words, under its field's name; those of no field in a
+    list of lines."""
     fields: dict[str, list[str]] = {}
     rest: list[str] = []
     for key, message in problems:
+        message = plain(message)
         if key == "config" and (named := re.match(r"([a-z_]+(?:\.\w+)+):? ", message)):
             key = named[1]  # a whole-config check that names its key first ("merge.method ties needs ...")
         field = next((f for f, k in FIELD_KEYS.items() if key == k or key.startswith(k + ".")), None)

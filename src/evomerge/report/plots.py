@@ -34,13 +34,14 @@ def literal_text() -> AbstractContextManager:
 def fitness_per_generation(
     generations: Sequence[GenerationRow], names: Sequence[str], maximize: Sequence[bool], out: Path
 ) -> Path | None:
-    """Best so far and the generation's mean, per objective."""
+    """Best so far and the generation's mean, per objective (one above the other: the
+    figure stays readable in a 400 px wide column)."""
     if not generations:
         return None
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    fig, axes = plt.subplots(len(names), 1, figsize=(5.5, 3.4 * len(names)), squeeze=False)
     x = [g.generation for g in generations]
     for k, (name, up) in enumerate(zip(names, maximize, strict=True)):
-        ax = axes[0, k]
+        ax = axes[k, 0]
         ax.plot(x, [g.best["best"][k] for g in generations], marker="o", label="best so far")
         ax.plot(x, [g.best["mean"][k] for g in generations], marker=".", linestyle="--", label="generation mean")
         ax.set_xlabel("generation")
@@ -49,6 +50,36 @@ def fitness_per_generation(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Fitness per generation (search estimates)")
+    return _save(fig, out)
+
+
+#: A run as ``fitness_of_runs`` draws it: its name, generations, objective names, maximize.
+RunCurves = tuple[str, Sequence[GenerationRow], Sequence[str], Sequence[bool]]
+
+
+def fitness_of_runs(runs: Sequence[RunCurves], out: Path) -> Path | None:
+    """Several runs' best so far on one plot per objective, to compare them; objectives a
+    run lacks are left out of it."""
+    names: dict[str, bool] = {}
+    for _, _, objectives, maximize in runs:
+        for name, up in zip(objectives, maximize, strict=True):
+            names.setdefault(name, up)
+    if not names or not any(generations for _, generations, _, _ in runs):
+        return None
+    fig, axes = plt.subplots(len(names), 1, figsize=(5.5, 3.4 * len(names)), squeeze=False)
+    for k, (name, up) in enumerate(names.items()):
+        ax = axes[k, 0]
+        for run, generations, objectives, _ in runs:
+            if name in objectives and generations:
+                at = list(objectives).index(name)
+                ax.plot([g.generation for g in generations], [g.best["best"][at] for g in generations],
+                        marker="o", label=run)  # fmt: skip
+        ax.set_xlabel("generation")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"{name} ({'higher' if up else 'lower'} is better)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Best so far per generation (search estimates)")
     return _save(fig, out)
 
 

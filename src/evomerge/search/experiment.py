@@ -330,6 +330,7 @@ def _run(
         from ..report import write_report  # the report reads the store; it sits above the search
 
         write_report(rd.path)
+        announce("done")  # the monitor tells a run that ended from one stopped in a phase
         return RunResult(rd.path, reason, len(rows), problem, best, tests, merger, model, tokenizer)
     finally:
         for tracker in trackers:

@@ -306,7 +306,8 @@ class Searcher:
         best = (signs * all_f.min(axis=0)).tolist()
         scored = [known[d] for d in digests if known[d] is not None]
         mean = np.array(scored, dtype=float).mean(axis=0).tolist() if scored else [None] * self.problem.n_obj
-        front = len(NonDominatedSorting().do(all_f, only_non_dominated_front=True)) if self.problem.n_obj > 1 else 1
+        on_front = NonDominatedSorting().do(all_f, only_non_dominated_front=True) if self.problem.n_obj > 1 else [0]
+        front = len({tuple(all_f[i]) for i in on_front})  # its points, as winners() counts them
         return {"best": best, "mean": mean, "front": front, "improved": improved}
 
     def _state(self) -> dict[str, Any]:
@@ -322,7 +323,8 @@ class Searcher:
 
 def winners(rows: Sequence[EvaluationRow], maximize: Sequence[bool]) -> list[EvaluationRow]:
     """The best evaluation (one objective; the earliest on ties) or the Pareto front
-    over every evaluation (several objectives), each recipe once."""
+    over every evaluation (several objectives), each point of it once: recipes that score
+    the same are one member (the earliest), so ``pareto:K`` names one point."""
     if not rows:
         return []
     signs = np.array([-1.0 if up else 1.0 for up in maximize])
@@ -330,7 +332,10 @@ def winners(rows: Sequence[EvaluationRow], maximize: Sequence[bool]) -> list[Eva
     if len(maximize) == 1:
         return [rows[int(np.argmin(f[:, 0]))]]
     front = NonDominatedSorting().do(f, only_non_dominated_front=True)
-    return [rows[i] for i in sorted(front)]
+    first: dict[tuple[float, ...], EvaluationRow] = {}  # recipes with equal scores: one point, the earliest
+    for i in sorted(front):
+        first.setdefault(tuple(f[i]), rows[i])
+    return list(first.values())
 
 
 class ProgressBar(Callback):

@@ -46,6 +46,26 @@ class RunStatus:
         return list(self.generations[-1].best["best"]) if self.generations else []
 
     @property
+    def front(self) -> list[EvaluationRow]:
+        """The best evaluation, or the Pareto front (as ``best`` and ``pareto:K`` name them)."""
+        from .loop import winners
+
+        return winners(self.evaluations, self.maximize)
+
+    def evaluation_id(self, row: EvaluationRow) -> int:
+        """``row``'s ``id:N``: its rank in evaluations.csv, failed evaluations included."""
+        return next(n for n, r in enumerate(self.every, 1) if r.id == row.id)
+
+    @property
+    def stopped_in(self) -> str:
+        """The phase a run that is not running stopped in before its end (``held-out test
+        2/6``), or "" when it ended, or stopped during the search (where resume is exact)."""
+        if self.state == "running" or not self.phase:
+            return ""
+        name = str(self.phase.get("name", ""))
+        return "" if name in ("done", "searching") or name.startswith("scoring respondents") else self.phase_text_of()
+
+    @property
     def generations_elapsed_s(self) -> float:
         """The search's own seconds, over its finished generations."""
         return self.generations[-1].elapsed_s if self.generations else 0.0
@@ -60,11 +80,16 @@ class RunStatus:
 
     @property
     def phase_text(self) -> str:
-        """``scoring respondents (mix) 3/7``, ``held-out test 2/6``, ``searching``, ... while running."""
-        if self.state != "running" or not self.phase:
+        """``scoring respondents (mix) 3/7``, ``held-out test 2/6``, ``searching``, ... while
+        running; ``loading the models`` before the run has stored a phase."""
+        if self.state != "running":
             return ""
-        total = int(self.phase.get("total") or 0)
-        return str(self.phase["name"]) + (f" {self.phase.get('done', 0)}/{total}" if total else "")
+        return self.phase_text_of() if self.phase else "loading the models"
+
+    def phase_text_of(self) -> str:
+        phase = self.phase or {}
+        total = int(phase.get("total") or 0)
+        return str(phase.get("name", "")) + (f" {phase.get('done', 0)}/{total}" if total else "")
 
     @property
     def eta_s(self) -> float | None:
@@ -83,8 +108,30 @@ class RunStatus:
             return None
         return max(0.0, self.generations_elapsed_s / done * (self.planned_generations - done))
 
+    def best_text(self) -> str:
+        """The best so far: one candidate's score, or with several objectives each objective's
+        best and the candidate that reached it (they are different candidates)."""
+        if len(self.objectives) < 2:
+            return "best " + (", ".join("-" if b is None else f"{b:.4f}" for b in self.best) or "-")
+        rows = self.evaluations
+        if not rows:
+            return "best -"
+        parts = []
+        for k, (name, up) in enumerate(zip(self.objectives, self.maximize, strict=True)):
+            values = [r.objectives[k] for r in rows]
+            row = rows[values.index(max(values) if up else min(values))]  # the earliest on ties
+            parts.append(f"{name} {row.objectives[k]:.4f} (id:{self.evaluation_id(row)})")
+        return f"Pareto front of {len(self.front)} | best per objective: " + ", ".join(parts)
+
+    def state_text(self) -> str:
+        """The state, and for a run stopped before its end the phase it stopped in."""
+        where = self.stopped_in
+        if not where:
+            return self.state
+        return f"interrupted | stopped during the {where}; Resume finishes it"
+
     def summary(self) -> str:
-        best = ", ".join("-" if b is None else f"{b:.4f}" for b in self.best) or "-"
+        best = self.best_text()
         total = f"/{self.planned_generations}" if self.planned_generations else ""
         doing = self.phase_text
         eta = (
@@ -94,8 +141,8 @@ class RunStatus:
             + (" in the search, then the held-out test" if doing == "searching" else "")
         )
         return (
-            f"{self.state} | {doing + ' | ' if doing else ''}generation {len(self.generations)}{total} | "
-            f"{len(self.evaluations)} evaluations | best {best} | {self.elapsed_s:.0f} s{eta}"
+            f"{self.state_text()} | {doing + ' | ' if doing else ''}generation {len(self.generations)}{total} | "
+            f"{len(self.evaluations)} evaluations | {best} | {self.elapsed_s:.0f} s{eta}"
         )
 
 
@@ -165,7 +212,7 @@ def run_status(run_dir: Path | str) -> RunStatus:
     return status
 
 
-def list_runs(root: Path | str) -> list[RunStatus]:
+def run_dirs(root: Path | str) -> list[Path]:
     """Every run directory directly under ``root``, newest first by when it started (its
     ``config.yaml``, written once): the folder's own time changes whenever its store is
     read, and a list ordered by it reordered itself under the user's click."""
@@ -178,7 +225,12 @@ def list_runs(root: Path | str) -> list[RunStatus]:
         config = RunDir(d).config
         return (config.stat().st_mtime if config.exists() else 0.0), d.name
 
-    return [run_status(d) for d in sorted(dirs, key=started, reverse=True)]
+    return sorted(dirs, key=started, reverse=True)
+
+
+def list_runs(root: Path | str) -> list[RunStatus]:
+    """Every run under ``root`` (as ``run_dirs`` orders them), read."""
+    return [run_status(d) for d in run_dirs(root)]
 
 
 def _yaml(text: str | None) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def test_config_schema_is_json_with_every_section():
 def test_run_with_overrides_then_resume_test_and_export(demo_family: Path, tmp_path: Path):
     """``--set`` shrinks the small demo experiment to one generation of 3; the run prints the
     test table, ``resume`` and ``test`` on the finished run print it again (evaluating
-    nothing), ``export`` writes the winner."""
+    nothing; resume names its phases), ``export`` writes the winner."""
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump(small_config(demo_family)))
     args = [
@@ -78,9 +78,10 @@ def test_run_with_overrides_then_resume_test_and_export(demo_family: Path, tmp_p
     out = run(*args)
     assert out.returncode == 0, out.stderr
     assert "held-out test scores (3 evaluations" in out.stdout and "endpoint:greek" in out.stdout
-    again = run("resume", str(tmp_path / "r"), "--no-progress")
+    again = run("resume", str(tmp_path / "r"))  # with progress: the phases the GUI's monitor names
     assert again.returncode == 0, again.stderr
     assert "(3 evaluations" in again.stdout
+    assert "loading the models" in again.stderr and "saving the winner and the report" in again.stderr
     tested = run("test", str(tmp_path / "r"))
     assert tested.returncode == 0 and "default task_arithmetic" in tested.stdout
     exported = run("export", str(tmp_path / "r"), "--out", str(tmp_path / "e"))

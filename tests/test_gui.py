@@ -101,6 +101,26 @@ def choose(page, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def pick_run(page, tab: str, elem_id: str, name: str, timeout: float = 60) -> None:
+    """Choose run ``name`` in a page's run picker; its list is read when the tab is opened,
+    so the tab is opened again until a run just started elsewhere is listed."""
+    deadline = time.time() + timeout
+    while True:
+        page.get_by_role("tab", name="New experiment").click()
+        page.get_by_role("tab", name=tab).click()
+        page.locator(f"#{elem_id} input").click()
+        option = page.get_by_role("option", name=name, exact=True)
+        try:
+            option.click(timeout=2_000)
+            page.keyboard.press("Escape")  # a multiselect stays open
+            return
+        except Exception:
+            page.keyboard.press("Escape")
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def config_shows(page, *texts: str, timeout: float = 30_000) -> None:
     page.wait_for_function(
         "texts => texts.every(t => document.querySelector('#config').innerText.includes(t))",
@@ -130,6 +150,9 @@ def fill_form(page, name: str, population: int, generations: int, tasks: str) ->
     page.locator("#run-name textarea, #run-name input").first.fill(name)
     config_shows(page, f"population_size: {population}", f"generations: {generations}", "estimator: full")
 
+
+#: The first column of the Runs page's table: the run names.
+RUN_CELLS = '#runs [role=gridcell][data-col="0"]'
 
 #: The monitor's line (the box also shows Gradio's own "processing | 0.1s" while it updates).
 STATUS_LINE = r"^(running|finished|interrupted|empty) \|.*$"
@@ -225,16 +248,15 @@ def test_launch_watch_and_test_table(page, server, small_tasks):
     assert (server[2] / "a" / "results.json").exists()
     other = page.context.browser.new_page()  # a second page watching the same run gets its own pictures
     other.goto(server[0])
-    other.get_by_role("tab", name="Monitor").click()
-    other.locator("#monitor-run textarea, #monitor-run input").first.fill("a")
+    pick_run(other, "Monitor", "monitor-run", "a")
     other.wait_for_function("document.querySelector('#fitness img') !== null", timeout=30_000)
     other.wait_for_function("document.querySelector('#tests').innerText.includes('default task_arithmetic')")
     other.close()
 
 
-def test_a_run_that_fails_says_why_on_the_monitor(page, server):
-    """A model path that does not exist passes the config's check (it may be a hub id) and
-    fails in the run's process: the monitor shows the CLI's error line and where the log is."""
+def test_a_missing_model_folder_is_said_under_its_field_and_nothing_starts(page, server):
+    """It used to pass the form and fail in the run's process a minute later, after the page
+    had said "Started". The pre-flight names it under the field, scrolled into view."""
     page.get_by_role("tab", name="New experiment").click()
     page.get_by_label("multi-objective, custom data (demo)").check()
     config_shows(page, "NSGA2")
@@ -244,13 +266,42 @@ def test_a_run_that_fails_says_why_on_the_monitor(page, server):
     endpoints.fill("demo:models/add, /nonexistent/greek")
     endpoints.press("Tab")
     config_shows(page, "- /nonexistent/greek")
+    page.locator("#run-name textarea, #run-name input").first.fill("missing")
+    page.locator("#launch").click()
+    page.wait_for_function("document.querySelector('#message').innerText.includes('Not started')", timeout=30_000)
+    assert "/nonexistent/greek: no such folder" in page.locator("#endpoints-error").inner_text()
+    page.wait_for_function(  # scrolled to it: Launch and its summary are far below
+        "() => { const r = document.querySelector('#endpoints-error').getBoundingClientRect();"
+        " return r.top >= 0 && r.bottom <= window.innerHeight; }",
+        timeout=10_000,
+    )
+    assert not (server[2] / "missing").exists() and not (server[2] / "missing.log").exists()
+
+
+def test_a_run_that_fails_says_why_on_the_monitor(page, server, demo_family, tmp_path):
+    """What only the run finds (here a model whose config.json does not match its tensors)
+    is shown on the monitor: the CLI's error line and where the log is."""
+    import json
+
+    odd = shutil.copytree(demo_family / "models" / "greek", tmp_path / "odd")
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] * 2}))
+    page.get_by_role("tab", name="New experiment").click()
+    page.get_by_label("multi-objective, custom data (demo)").check()
+    config_shows(page, "NSGA2")
+    page.get_by_label("single objective, custom data (demo)").check()
+    config_shows(page, "algorithm: GA")
+    endpoints = page.locator("#endpoints input, #endpoints textarea").first
+    endpoints.fill(f"demo:models/add, {odd}")
+    endpoints.press("Tab")
+    config_shows(page, f"- {odd}")
     page.locator("#run-name textarea, #run-name input").first.fill("broken")
     page.locator("#launch").click()
     page.wait_for_function("document.querySelector('#message').innerText.includes('Started')", timeout=30_000)
     page.get_by_role("tab", name="Monitor").click()
     page.wait_for_function("document.querySelector('#progress').innerText.includes('process failed')", timeout=120_000)
     shown = page.locator("#progress").inner_text()
-    assert "error: /nonexistent/greek: not a checkpoint directory" in shown and "broken.log" in shown
+    assert "error: " in shown and "does not describe these weights" in shown and "broken.log" in shown
 
 
 def test_the_yaml_downloads_and_a_pasted_config_fills_the_form(page, server):
@@ -299,26 +350,46 @@ def test_an_uploaded_data_file_becomes_a_task(page, server, tmp_path):
     assert kept.read_text() == data.read_text()
 
 
-def test_the_runs_page_shows_a_runs_tests_and_report_and_exports_it(page, server, tmp_path):
-    """Run `a` (finished above) chosen by a click in the list of runs."""
+def test_the_runs_page_shows_a_runs_results_and_exports_the_candidate_picked(page, server, tmp_path):
+    """Run `a` (finished above) chosen by a click in the list of runs: its test table with the
+    search's estimates, the report inline and to download, evaluations.csv, its log; a
+    candidate picked from a list (with its score); Export, then again with Overwrite."""
     page.get_by_role("tab", name="Runs").click()
     page.wait_for_function("document.querySelector('#runs').innerText.includes('finished')")
-    page.locator("#runs").get_by_text("a", exact=True).locator("visible=true").first.click()
+    page.locator(RUN_CELLS).get_by_text("a", exact=True).click()
     page.wait_for_function("document.querySelector('#runs-tests').innerText.includes('endpoint:greek')")
     assert page.locator("#runs-status").inner_text().startswith("finished")
+    assert "search estimate: mix" in page.locator("#runs-tests").inner_text()
     assert "report.html" in page.locator("#report").inner_text()
+    files = [page.locator(f"#{elem_id}").inner_text().replace("\n", "") for elem_id in ("csv", "log")]
+    assert "evaluations.csv" in files[0] and "a.log" in files[1]  # (the page breaks a name before its suffix)
+    page.get_by_text("Report", exact=True).last.click()  # the report, inline
+    frame = page.frame_locator("#report-frame")
+    assert "evomerge run: a" in frame.locator("h1").inner_text(timeout=10_000)
+    assert page.locator("#member input").input_value().startswith("best (id:")
     out = tmp_path / "exported"
     page.locator("#export-out textarea, #export-out input").first.fill(str(out))
     page.locator("#export").click()
     page.wait_for_function("document.querySelector('#exported').innerText.includes('Exported')", timeout=120_000)
     assert (out / "config.json").exists() and (out / "mergekit_config.yml").exists()
     assert list(out.glob("*.safetensors"))
+    page.locator("#export").click()  # again: the folder is not empty
+    page.wait_for_function("document.querySelector('#exported').innerText.includes('tick Overwrite')", timeout=60_000)
+    page.locator("#force input").check()
+    page.locator("#export").click()
+    page.wait_for_function("document.querySelector('#exported').innerText.includes('Exported')", timeout=120_000)
     server[3]["exported"] = out  # tried below
 
 
 def try_prompt(page, target: str, prompt: str, source: str) -> str:
+    """A run picked from the list, or an exported model's folder typed in."""
     page.get_by_role("tab", name="Try a model").click()
-    page.locator("#try-run textarea, #try-run input").first.fill(target)
+    if "/" in target:
+        page.locator("#try-run input").fill(target)
+        page.locator("#try-run input").press("Enter")
+    else:
+        pick_run(page, "Try a model", "try-run", target)
+        page.wait_for_function("document.querySelector('#try-member input').value.startsWith('best (id:')")
     page.locator("#prompt textarea").fill(prompt)
     page.locator("#generate").click()
     page.wait_for_function(  # the answer and its source come together
@@ -329,7 +400,7 @@ def try_prompt(page, target: str, prompt: str, source: str) -> str:
 
 def test_try_a_model_generates_from_an_evaluated_candidate_and_an_export(page, server):
     """Run `a`'s best recipe, merged in memory, answers a cipher prompt; so does its export."""
-    in_memory = try_prompt(page, "a", "gr bado=", "run a, member best, merged in memory")
+    in_memory = try_prompt(page, "a", "gr bado=", "run a, candidate id:")
     assert in_memory.startswith("βαδο")
     exported = server[3]["exported"]
     assert try_prompt(page, str(exported), "gr bado=", f"exported model {exported}") == in_memory
@@ -339,9 +410,11 @@ def test_stop_then_resume_finishes_with_the_same_results(page, server, small_tas
     launch(page, "b", population=POP, generations=GENERATIONS, tasks=small_tasks)
     page.get_by_role("tab", name="Monitor").click()
     wait_for(page, lambda t: t.startswith("running") and evaluations(t) >= 1)
+    assert page.locator("#resume").is_disabled()  # buttons by the run's state
     page.locator("#stop").click()
     wait_for(page, lambda t: t.startswith("interrupted"), timeout=10)  # the GUI started with SIGINT ignored
     page.wait_for_function("document.querySelector('#control').innerText.includes('Stopped; every finished')")
+    page.wait_for_function("document.querySelector('#stop').disabled && !document.querySelector('#resume').disabled")
     stopped_at = evaluations(progress(page))
     assert stopped_at < POP * GENERATIONS, "the run finished before it was stopped"
     page.locator("#resume").click()
@@ -358,8 +431,7 @@ def test_a_run_started_by_the_cli_is_stopped_here_and_resumed_by_the_cli(page, s
     command = [sys.executable, "-m", "evomerge", "run", str(runs / "a.yaml"), "--run-dir", str(runs / "c")]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        page.get_by_role("tab", name="Monitor").click()
-        page.locator("#monitor-run textarea, #monitor-run input").first.fill("c")
+        pick_run(page, "Monitor", "monitor-run", "c")  # listed once its store exists
         wait_for(page, lambda t: t.startswith("running") and evaluations(t) >= 1)
         page.locator("#stop").click()
         wait_for(page, lambda t: t.startswith("interrupted"), timeout=120)
@@ -377,20 +449,20 @@ def test_the_runs_list_keeps_its_order_and_a_click_picks_the_run_clicked(page, s
     itself on every refresh, and a click once chose another run than the one clicked."""
 
     def listed() -> list[str]:
-        cells = page.locator("#runs tbody tr td:first-child").all_inner_texts()
-        return [c.strip() for c in cells]
+        return [c.strip() for c in page.locator(RUN_CELLS).all_inner_texts()]
 
     page.get_by_role("tab", name="Runs").click()
-    page.wait_for_function("document.querySelectorAll('#runs tbody tr').length >= 2")
+    page.wait_for_function("document.querySelectorAll('#runs [role=gridcell][data-col=\"0\"]').length >= 2")
     first = listed()
     for _ in range(3):  # each refresh reads every run's store
         page.locator("#refresh").click()
         time.sleep(1.5)
         assert listed() == first
     for name in first[:2]:
-        page.locator("#runs tbody tr td:first-child").get_by_text(name, exact=True).first.click()
-        page.wait_for_function(
-            "name => (document.querySelector('#runs-run textarea, #runs-run input').value === name)", arg=name
+        page.locator(RUN_CELLS).get_by_text(name, exact=True).click()
+        page.wait_for_function("name => document.querySelector('#runs-run input').value === name", arg=name)
+        page.wait_for_function(  # the monitor follows
+            "name => document.querySelector('#monitor-run input').value === name", arg=name
         )
 
 
@@ -409,42 +481,41 @@ def test_without_the_extra_the_command_names_it():
     assert out.returncode == 2 and "pip install 'evomerge[gui]'" in out.stdout
 
 
-def test_a_run_name_outside_the_runs_folder_is_refused_by_every_field(page, server, finished_run):
-    """`../NAME` in the Monitor's, Resume's, Stop's, the Runs page's and Export's run field
-    used to reach a run outside the runs folder (Resume started `evomerge resume` on it).
-    Here a real finished run sits beside the runs folder; every field refuses its path."""
+def test_a_run_outside_the_runs_folder_cannot_be_picked_or_typed(page, server, finished_run):
+    """`../NAME` typed in a run field used to reach a run outside the runs folder (Resume
+    started `evomerge resume` on it). Runs are now picked from lists of the runs folder's
+    runs; typed text selects nothing. Here a real finished run sits beside the runs folder."""
     runs = server[2]
     outside = shutil.copytree(finished_run.run_dir, runs.parent / "outside")
     untouched = sorted((p.name, p.stat().st_mtime_ns) for p in outside.iterdir())
-    refusal = "run name '../outside': use letters, digits"
+    for tab, picker in (("Monitor", "monitor-run"), ("Runs", "runs-run"), ("Compare", "compare-runs")):
+        page.get_by_role("tab", name="New experiment").click()
+        page.get_by_role("tab", name=tab).click()
+        box = page.locator(f"#{picker} input")
+        box.click()
+        offered = page.get_by_role("option").all_inner_texts()
+        assert "a" in [o.strip("✓\n ") for o in offered] and not any("outside" in o for o in offered)
+        box.fill("../outside")
+        box.press("Enter")
+        page.keyboard.press("Escape")
     page.get_by_role("tab", name="Monitor").click()
-    page.locator("#monitor-run textarea, #monitor-run input").first.fill("../outside")
-    page.wait_for_function(f"document.querySelector('#progress').innerText.includes({refusal!r})")
-
-    def said(text: str) -> None:
-        page.wait_for_function(f"document.querySelector('#control').innerText.includes({text!r})")
-
-    page.locator("#resume").click()
-    said(refusal)
-    field = page.locator("#monitor-run textarea, #monitor-run input").first
-    field.fill("a")  # finished: Stop answers it is not running, so the refusal below is Stop's own
-    page.locator("#stop").click()
-    said("Not running.")
-    field.fill("../outside")
-    page.locator("#stop").click()
-    said(refusal)
+    assert "outside" not in page.locator("#progress").inner_text()
     assert not (runs / "outside.log").exists()  # no process was started on it
-    page.get_by_role("tab", name="Runs").click()
-    page.locator("#runs-run textarea, #runs-run input").first.fill("../outside")
-    page.wait_for_function(f"document.querySelector('#runs-status').innerText.includes({refusal!r})")
-    page.locator("#export-out textarea, #export-out input").first.fill(str(runs.parent / "from-outside"))
-    page.locator("#export").click()
-    page.wait_for_function(f"document.querySelector('#exported').innerText.includes({refusal!r})")
-    assert not (runs.parent / "from-outside").exists()
     assert sorted((p.name, p.stat().st_mtime_ns) for p in outside.iterdir()) == untouched
-    page.locator("#runs-run textarea, #runs-run input").first.fill("")
-    page.get_by_role("tab", name="Monitor").click()
-    page.locator("#monitor-run textarea, #monitor-run input").first.fill("")
+
+
+def test_compare_shows_two_runs_side_by_side(page, server):
+    """Runs `a` and `b` (finished above): one plot, their test tables in one, their winners' genes."""
+    pick_run(page, "Compare", "compare-runs", "a")
+    pick_run(page, "Compare", "compare-runs", "b")
+    page.locator("#compare").click()
+    page.wait_for_function("document.querySelector('#compare-tests').innerText.includes('endpoint:greek')")
+    tests = page.locator("#compare-tests").inner_text()
+    assert "run" in tests and "search estimate: mix" in tests
+    genes = page.locator("#compare-genes").inner_text()
+    assert "a best (id:" in genes and "b best (id:" in genes and "weight[greek]@all" in genes
+    assert page.locator("#compare-plot img").count() == 1
+    assert page.locator("#compare-status").inner_text().startswith("a: finished")
 
 
 def test_the_gui_reaches_no_network_and_sigterm_removes_its_scratch(demo_family, tmp_path):

@@ -33,10 +33,16 @@ def reporting(listener: Listener) -> Iterator[None]:
 
 
 def announce(description: str, done: int = 0, total: int = 0) -> None:
-    """A phase without a bar (saving the winner, say), for the listener only."""
+    """A phase's start or step, for the listener. A phase without a bar (loading the
+    models, saving the winner) is also said on a line of its own while bars show, so the
+    command line names the same phases as the GUI's monitor."""
     listener = _LISTENER.get()
     if listener is not None:
         listener(description, done, total)
+    if _SHOWING.get() and total == 0 and description != "done":
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[dim]{description}[/dim]")
 
 
 @contextmanager

@@ -202,7 +202,7 @@ class RunPages:
             return "", "Type a prompt."
         key = (field_text(target), field_text(member) or "best")
         is_run = "/" not in key[0] and RunDir(self.runs / key[0]).holds_run()  # else a model folder, by its path
-        source = f"run {key[0]}, member {key[1]}, merged in memory" if is_run else f"exported model {key[0]}"
+        source = f"run {key[0]}, candidate {key[1]}, merged in memory" if is_run else f"exported model {key[0]}"
         try:
             if key not in self.loaded:
                 self.loaded.clear()  # one model in memory at a time

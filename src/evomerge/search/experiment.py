@@ -107,6 +107,8 @@ def run_experiment(
         raise ConfigError("tasks: give at least one task (each task is an objective)")
     fresh = not rd.holds_run()
     rd.check_names([n for o in objectives for n in o.names])  # before anything exists, as the models' checks
+    with showing(progress):
+        announce("loading the models")
     merger = open_models(config)  # before the run directory exists: a model or memory error leaves nothing
     with storage_errors(rd.path), rd.lock(), one_blas_thread(), showing(progress):
         store = rd.open_store()

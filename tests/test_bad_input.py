@@ -178,7 +178,7 @@ def test_concurrent_atomic_writes_of_one_file_never_collide(tmp_path):
     """Each writer has its own temp file: the last rename wins, whole; no writer fails."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from evomerge.models.save import write_text_atomically
+    from evomerge.atomic import write_text_atomically
 
     target = tmp_path / "results.json"
     texts = [json.dumps({"writer": i, "pad": "x" * 100_000}) for i in range(16)]

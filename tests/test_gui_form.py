@@ -365,3 +365,16 @@ def test_the_runs_pages_show_results_inline_export_with_overwrite_and_compare(fi
     assert table["run"].tolist().count("one") == table["run"].tolist().count("two") > 1
     assert genes.columns.tolist()[:1] == ["gene"] and len(genes.columns) == 3
     assert pages.compare(["one"])[0] == "Pick two or more runs."
+
+
+@pytest.mark.parametrize("name", [n for n, (_, source) in PRESETS.items() if source != "path"])
+def test_each_preset_is_what_the_wizard_writes_for_its_answers(name):
+    """The form's presets are written out (drawn before the first page, without the
+    registries); they stay what `evomerge init --no-input` gives."""
+    from evomerge.gui.form import wizard_preset
+    from evomerge.wizard import Answers, build_config
+
+    objectives, source = PRESETS[name]
+    config = build_config(Answers(objectives=objectives, source=source), lambda question, default: default)
+    config.pop("output")
+    assert wizard_preset(objectives, source) == config

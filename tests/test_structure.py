@@ -98,6 +98,7 @@ LAYERS = [
     (
         "leaves",
         [
+            "evomerge.atomic",
             "evomerge.errors",
             "evomerge.registry",
             "evomerge.cachedir",

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..atomic import write_text_atomically
 from ..cachedir import cache_root
 from ..errors import EvomergeError
 from ..evaluate.evaluator import Evaluator
 from ..merge.engine import Merger
 from ..merge.methods import get_method, search_range, searched_params
 from ..merge.recipe import Recipe
-from ..models.save import write_text_atomically
 from ..progress import phase
 
 log = logging.getLogger(__name__)

@@ -37,10 +37,6 @@ def build_app(runs: Path | str = RUNS) -> Any:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read at import and by each component
     import gradio as gr
 
-    from ..fitness.estimators import ESTIMATORS
-    from ..merge.methods import methods
-    from ..search.algorithms import ALGORITHMS
-
     runs = Path(runs)
     launcher = Launcher(runs)
     scratch = Path(tempfile.mkdtemp(prefix="evomerge-gui-"))  # plots and the YAML to download
@@ -77,15 +73,15 @@ def build_app(runs: Path | str = RUNS) -> Any:
             with gr.Row():
                 field(gr.Textbox, "base", "Base model (folder or hub id)")
                 field(gr.Textbox, "endpoints", "Models to merge (folders or hub ids, comma-separated)")
-            with gr.Row():
-                field(gr.Dropdown, "method", "Merge method", choices=list(methods()))
-                field(gr.Dropdown, "algorithm", "Algorithm", choices=list(ALGORITHMS))
+            with gr.Row():  # each plug-in list holds its preset's value until the page has loaded (fill_choices)
+                field(gr.Dropdown, "method", "Merge method", choices=[defaults["method"]])
+                field(gr.Dropdown, "algorithm", "Algorithm", choices=[defaults["algorithm"]])
                 field(gr.Number, "population", "Population size", precision=0)
                 field(gr.Number, "generations", "Generations", precision=0)
                 field(gr.Number, "seconds", "Time limit, s (optional)", precision=0)
-            method_info = gr.Markdown(method_help(defaults["method"]), elem_id="method-info")
+            method_info = gr.Markdown(elem_id="method-info")
             with gr.Row():
-                field(gr.Dropdown, "estimator", "Fitness estimator", choices=list(ESTIMATORS))
+                field(gr.Dropdown, "estimator", "Fitness estimator", choices=[defaults["estimator"]])
                 field(gr.Number, "anchors", "Anchors (items per candidate)", precision=0)
                 field(gr.Radio, "granularity", "Genes", choices=["global", "module", "layer"])
             with gr.Row():
@@ -165,6 +161,8 @@ def build_app(runs: Path | str = RUNS) -> Any:
             completion = gr.Textbox(label="Completion", elem_id="completion", lines=4)
             answered_by = gr.Markdown(elem_id="answered-by")
 
+        plugins = [fields["method"], fields["algorithm"], fields["estimator"], method_info]
+        app.load(fill_choices, fields["method"], plugins)
         form = [fields[f] for f in FIELD_KEYS]  # compose's arguments, in order
         error_boxes = [errors[f] for f in FIELD_KEYS]
         preset.change(new.fill, preset, [*form, base_config]).then(compose, [base_config, *form], config)
@@ -201,6 +199,20 @@ def build_app(runs: Path | str = RUNS) -> Any:
         try_run.change(pages.try_members, try_run, try_member)
         generate_button.click(pages.try_model, [try_run, try_member, prompt, try_tokens], [completion, answered_by])
     return app
+
+
+def fill_choices(method: str) -> tuple[Any, ...]:
+    """Every registered method, algorithm and estimator, and the method's help: read when a
+    page loads, not before the first page is served (the registries import torch, mergekit,
+    pymoo and scikit-learn: seconds)."""
+    import gradio as gr
+
+    from ..fitness.estimators import ESTIMATORS
+    from ..merge.methods import methods
+    from ..search.algorithms import ALGORITHMS
+
+    lists = (list(methods()), list(ALGORITHMS), list(ESTIMATORS))
+    return (*(gr.update(choices=names) for names in lists), method_help(method))
 
 
 def serve(port: int = 7860, runs: Path | str = RUNS, *, share: bool = False, host: str = "127.0.0.1") -> None:

@@ -13,8 +13,6 @@ from typing import Any
 import yaml
 
 from ..errors import EvomergeError
-from ..loader import load_config, resolve_relative_paths
-from ..preflight import preflight
 from ..search.monitor import run_dirs
 from ..yamltext import load_yaml
 from .form import FIELD_KEYS, box_problems, field_text, form_values, preset_config, problems_by_field, validate
@@ -109,6 +107,9 @@ class ExperimentPage:
         """The pre-flight on the config as the run will read it (relative paths from where
         the GUI runs, ``demo:`` paths resolved)."""
         import copy
+
+        from ..loader import load_config, resolve_relative_paths
+        from ..preflight import preflight
 
         resolved = copy.deepcopy(raw)
         resolve_relative_paths(resolved, Path.cwd())

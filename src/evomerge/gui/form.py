@@ -15,7 +15,6 @@ from pydantic import BaseModel
 
 from ..config import ConfigError, FitnessConfig, MergeConfig, SearchConfig
 from ..errors import EvomergeError
-from ..loader import load_config
 from ..yamltext import load_yaml
 
 #: The four classic modes, each a config that runs on the demo family as is.
@@ -52,16 +51,34 @@ def _layer_path_preset() -> dict[str, Any]:
     }
 
 
-def preset_config(name: str) -> dict[str, Any]:
-    """A preset's config, from the same answers ``evomerge init --no-input`` gives."""
-    from ..wizard import Answers, build_config
+def wizard_preset(objectives: str, source: str) -> dict[str, Any]:
+    """What ``evomerge init --no-input`` writes for these answers (a test holds the two
+    equal): written out, since the wizard's defaults come from the estimators' registry,
+    which imports torch and scikit-learn, and the form is drawn before the GUI's first page."""
+    names = ["mix"] if objectives == "single" else ["greek", "cyrillic"]
+    exact = {"extractor": "exact", "strict": True, "max_new_tokens": 24, "batch_size": 128}
+    tasks = [
+        {"name": n, "lm_eval": f"examples/lmeval/demo_{n}.yaml"} if source == "lmeval"
+        else {"name": n, "search": f"demo:data/{n}/search.jsonl", "test": f"demo:data/{n}/test.jsonl", **exact}
+        for n in names
+    ]  # fmt: skip
+    return {
+        "models": {"base": "demo:models/base", "endpoints": [f"demo:models/{m}" for m in ("add", "greek", "cyrillic")]},
+        "merge": {"method": "task_arithmetic"},
+        "tasks": tasks,
+        "fitness": {"estimator": "mpirt", "anchors": 60},
+        "search": {"algorithm": "GA" if objectives == "single" else "NSGA2", "population_size": 12, "generations": 10},
+    }
 
+
+def preset_config(name: str) -> dict[str, Any]:
+    """A preset's config: the answers ``evomerge init --no-input`` gives, at the GUI's budget."""
     objectives, source = PRESETS[name]
     if source == "path":
         config = _layer_path_preset()
         config["search"].update(population_size=8, generations=4)
         return config
-    config = build_config(Answers(objectives=objectives, source=source), lambda question, default: default)
+    config = wizard_preset(objectives, source)
     for task in config["tasks"]:
         lm_eval = task.get("lm_eval")
         if isinstance(lm_eval, str) and lm_eval.endswith(".yaml"):  # the repository's examples/, if here
@@ -181,6 +198,8 @@ def field_text(value: str | None) -> str:
 def validate(text: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
     """The YAML as a config dict and no problems when valid, else None and the config's own
     (key, message) problems: the same pydantic check as ``evomerge run``."""
+    from ..loader import load_config  # every plug-in: imported on the first check, not for the first page
+
     try:
         raw = load_yaml(text)
         if not isinstance(raw, dict):

@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 
 from ..errors import EvomergeError
-from ..loader import resolve_relative_paths
 from ..search.monitor import is_running, lock_holder
 from ..search.rundir import RunDir
 from .paths import run_dir as run_dir_of
@@ -33,6 +32,8 @@ class Launcher:
         self.processes: dict[Path, subprocess.Popen[bytes]] = {}
 
     def start(self, raw: dict[str, Any], name: str) -> Path:
+        from ..loader import resolve_relative_paths
+
         run_dir = run_dir_of(self.runs, name)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise EvomergeError(f"{run_dir} exists already; choose another run name (or Resume it on Monitor)")

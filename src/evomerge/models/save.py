@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
 
 import torch
 
@@ -53,25 +50,6 @@ def write_atomically(out: Path | str, write: Callable[[Path], None], *, force: b
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-@contextmanager
-def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a uniquely named temp file beside ``path``; on success it replaces ``path`` in one
-    rename, so a reader never sees half a file and two writers never share a temp name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    with atomic_file(path, encoding="utf-8") as f:
-        f.write(text)
 
 
 def model_card(config_yaml: str, title: str = "merged model", *, note: str = "", models: Sequence[str] = ()) -> str:

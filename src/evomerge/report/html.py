@@ -8,8 +8,8 @@ import base64
 import html
 from pathlib import Path
 
+from ..atomic import write_text_atomically
 from ..merge.layerpath import LayerPath, is_path_yaml
-from ..models.save import write_text_atomically
 from ..search.loop import winners
 from ..search.rundir import RunDir
 from ..search.store import TestRow, test_columns

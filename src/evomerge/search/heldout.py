@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomically
 from ..errors import EvomergeError
 from ..fitness.respondents import single_model
 from ..merge.candidate import Candidate as MergeCandidate
 from ..merge.candidate import candidate_from_yaml
 from ..merge.methods import get_method
 from ..merge.recipe import Recipe
-from ..models.save import write_text_atomically
 from ..progress import phase
 from .local_executor import Executor
 from .problem import MergeProblem

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EvomergeError
-from ..fitness.respondents import respondents_file
 from .lock import LOCK_FILE, run_lock
 from .store import RunStore
 
@@ -73,6 +72,8 @@ class RunDir:
 
     def respondents(self, task: str) -> Path:
         """The respondents' scores on ``task`` (reused by a resume and by calibration)."""
+        from ..fitness.respondents import respondents_file  # torch: not for a look at a run (the GUI's first page)
+
         return self.path / respondents_file(task)
 
     def holds_run(self) -> bool:

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import EvomergeError, StorageError
-from ..models.save import atomic_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -198,7 +198,7 @@ RECORDER = """STATUS_LINE => {
 def test_a_bad_population_shows_the_message_by_the_field_and_starts_nothing(page, server, small_tasks):
     launch(page, "bad", population=-3, generations=2, tasks=small_tasks)
     page.wait_for_function("document.querySelector('#message').innerText.includes('Not started')", timeout=30_000)
-    assert "must be 1 or more" in page.locator("#population-error").inner_text()
+    page.wait_for_function("document.querySelector('#population-error').innerText.includes('must be 1 or more')")
     assert page.locator("#generations-error").inner_text().strip() == ""  # only the field at fault
     assert not (server[2] / "bad").exists()
     set_number(page, "population", POP)  # fixed: the message goes
@@ -254,19 +254,24 @@ def test_launch_watch_and_test_table(page, server, small_tasks):
     other.close()
 
 
-def test_a_missing_model_folder_is_said_under_its_field_and_nothing_starts(page, server):
-    """It used to pass the form and fail in the run's process a minute later, after the page
-    had said "Started". The pre-flight names it under the field, scrolled into view."""
+def preset_with_endpoints(page, endpoints: str, name: str) -> None:
+    """The single-objective preset, fresh, with these models to merge, as run ``name``."""
     page.get_by_role("tab", name="New experiment").click()
     page.get_by_label("multi-objective, custom data (demo)").check()
     config_shows(page, "NSGA2")
     page.get_by_label("single objective, custom data (demo)").check()
     config_shows(page, "algorithm: GA")
-    endpoints = page.locator("#endpoints input, #endpoints textarea").first
-    endpoints.fill("demo:models/add, /nonexistent/greek")
-    endpoints.press("Tab")
-    config_shows(page, "- /nonexistent/greek")
-    page.locator("#run-name textarea, #run-name input").first.fill("missing")
+    box = page.locator("#endpoints input, #endpoints textarea").first
+    box.fill(endpoints)
+    box.press("Tab")
+    config_shows(page, f"- {endpoints.split(', ')[-1]}")
+    page.locator("#run-name textarea, #run-name input").first.fill(name)
+
+
+def test_a_missing_model_folder_is_said_under_its_field_and_nothing_starts(page, server):
+    """It used to pass the form and fail in the run's process a minute later, after the page
+    had said "Started". The pre-flight names it under the field, scrolled into view."""
+    preset_with_endpoints(page, "demo:models/add, /nonexistent/greek", "missing")
     page.locator("#launch").click()
     page.wait_for_function("document.querySelector('#message').innerText.includes('Not started')", timeout=30_000)
     assert "/nonexistent/greek: no such folder" in page.locator("#endpoints-error").inner_text()
@@ -286,16 +291,7 @@ def test_a_run_that_fails_says_why_on_the_monitor(page, server, demo_family, tmp
     odd = shutil.copytree(demo_family / "models" / "greek", tmp_path / "odd")
     config = json.loads((odd / "config.json").read_text())
     (odd / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] * 2}))
-    page.get_by_role("tab", name="New experiment").click()
-    page.get_by_label("multi-objective, custom data (demo)").check()
-    config_shows(page, "NSGA2")
-    page.get_by_label("single objective, custom data (demo)").check()
-    config_shows(page, "algorithm: GA")
-    endpoints = page.locator("#endpoints input, #endpoints textarea").first
-    endpoints.fill(f"demo:models/add, {odd}")
-    endpoints.press("Tab")
-    config_shows(page, f"- {odd}")
-    page.locator("#run-name textarea, #run-name input").first.fill("broken")
+    preset_with_endpoints(page, f"demo:models/add, {odd}", "broken")
     page.locator("#launch").click()
     page.wait_for_function("document.querySelector('#message').innerText.includes('Started')", timeout=30_000)
     page.get_by_role("tab", name="Monitor").click()
@@ -464,6 +460,22 @@ def test_the_runs_list_keeps_its_order_and_a_click_picks_the_run_clicked(page, s
         page.wait_for_function(  # the monitor follows
             "name => document.querySelector('#monitor-run input').value === name", arg=name
         )
+    late = shutil.copytree(server[2] / first[0], server[2] / "late")  # a run that appears, as a CLI's would
+    (late / "config.yaml").touch()  # started now: first in the list
+    page.wait_for_function(  # no click on Refresh: the list reads the runs folder every 5 s
+        "() => document.querySelector('#runs [role=gridcell][data-col=\"0\"]').innerText.trim() === 'late'",
+        timeout=15_000,
+    )
+    shutil.rmtree(late)
+
+
+def test_the_code_boxes_do_not_trap_the_keyboard(page, server):
+    """Tab in a YAML box indents; Escape then Tab moves on, as CodeMirror's convention is."""
+    page.get_by_role("tab", name="New experiment").click()
+    page.locator("#options .cm-content").click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("Tab")
+    assert page.evaluate("!document.querySelector('#options').contains(document.activeElement)")
 
 
 def test_the_server_answers_on_loopback_only(server):

@@ -307,10 +307,27 @@ def test_the_preflight_says_under_each_field_which_model_or_data_file_the_run_wo
     assert "hub is off (HF_HUB_OFFLINE)" in problems["models.endpoints.2"]  # the tests run offline
     assert "bad.jsonl" in problems["tasks.0"]
     page = ExperimentPage(tmp_path / "runs", Launcher(tmp_path / "runs"), tmp_path)
-    said = page.launch(yaml.safe_dump(raw), "r", "", "", "", yaml.safe_dump(raw["tasks"]))
+    said = page.launch(compose(raw, *form_values(raw)), "r", raw, *form_values(raw))
     assert "no such folder" in said[list(FIELD_KEYS).index("endpoints")]
     assert "bad.jsonl" in said[list(FIELD_KEYS).index("tasks")] and said[-2].startswith("**Not started.**")
     assert not (tmp_path / "runs").exists()  # nothing written, nothing started
+
+
+def test_launch_runs_only_what_the_yaml_view_shows(tmp_path):
+    """Launch takes the form's fields: a field's edit not yet written into the YAML view (a
+    fast click), or a view edited without Load, is refused rather than run unseen."""
+    from evomerge.gui.experiment_page import NOT_SHOWN, ExperimentPage
+
+    page = ExperimentPage(tmp_path / "runs", Launcher(tmp_path / "runs"), tmp_path)
+    fields = list(form_values(PRESET))
+    shown = compose(PRESET, *fields)
+    fields[list(FIELD_KEYS).index("population")] = -3  # typed, the view not updated yet
+    said = page.launch(shown, "r", PRESET, *fields)
+    assert said[list(FIELD_KEYS).index("population")] == "**must be 1 or more**" and "Not started" in said[-2]
+    fields[list(FIELD_KEYS).index("population")] = 6
+    said = page.launch(shown, "r", PRESET, *fields)
+    assert said[-2] == f"**Not started.** {NOT_SHOWN}"
+    assert not (tmp_path / "runs").exists()
 
 
 def multi_status(tmp_path: Path) -> RunStatus:
@@ -378,3 +395,32 @@ def test_each_preset_is_what_the_wizard_writes_for_its_answers(name):
     config = build_config(Answers(objectives=objectives, source=source), lambda question, default: default)
     config.pop("output")
     assert wizard_preset(objectives, source) == config
+
+
+@pytest.mark.parametrize(("sigint", "said"), [("default", "stopped"), ("ignore", "still running")])
+def test_stop_says_whether_a_run_it_did_not_start_has_ended_and_never_kills_it(tmp_path, sigint, said):
+    """A run held by another process (the CLI's) is reached through its lock's PID. It used
+    to be reported "Stopped" even when the process went on."""
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    launcher = Launcher(tmp_path / "runs")
+    assert launcher.stop(run) == "not running"
+    handler = "signal.SIG_IGN" if sigint == "ignore" else "signal.default_int_handler"
+    holder = (
+        f"import signal, sys, time; signal.signal(signal.SIGINT, {handler})\n"
+        "from pathlib import Path\nfrom evomerge.search.lock import run_lock\n"
+        f"with run_lock(Path({str(run)!r})):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    )
+    command = [sys.executable, "-c", holder]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert launcher.stop(run, timeout=3) == said
+        assert (proc.poll() is None) == (said == "still running")  # not killed
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

@@ -18,7 +18,8 @@ from typing import Any
 from ..search.rundir import RUNS
 from .experiment_page import SCROLL_TO_PROBLEM, ExperimentPage
 from .experiment_page import unused_path as _unused_path  # noqa: F401  (tests import it from here)
-from .form import FIELD_KEYS, PRESETS, YAML_BOXES, compose, method_help
+from .form import FIELD_KEYS, PRESETS, YAML_BOXES, compose, method_help, preset_config
+from .imports import library
 from .launcher import Launcher
 from .run_pages import RunPages
 from .views import Figures
@@ -73,15 +74,19 @@ def build_app(runs: Path | str = RUNS) -> Any:
             with gr.Row():
                 field(gr.Textbox, "base", "Base model (folder or hub id)")
                 field(gr.Textbox, "endpoints", "Models to merge (folders or hub ids, comma-separated)")
-            with gr.Row():  # each plug-in list holds its preset's value until the page has loaded (fill_choices)
-                field(gr.Dropdown, "method", "Merge method", choices=[defaults["method"]])
-                field(gr.Dropdown, "algorithm", "Algorithm", choices=[defaults["algorithm"]])
+            # Each plug-in list holds the presets' values until the page has loaded (fill_choices);
+            # any name passes to the config's check, which names the registered ones.
+            plugin: dict[str, Any] = {"allow_custom_value": True}
+            with gr.Row():
+                field(gr.Dropdown, "method", "Merge method", choices=preset_values("merge", "method"), **plugin)
+                field(gr.Dropdown, "algorithm", "Algorithm", choices=preset_values("search", "algorithm"), **plugin)
                 field(gr.Number, "population", "Population size", precision=0)
                 field(gr.Number, "generations", "Generations", precision=0)
                 field(gr.Number, "seconds", "Time limit, s (optional)", precision=0)
             method_info = gr.Markdown(elem_id="method-info")
             with gr.Row():
-                field(gr.Dropdown, "estimator", "Fitness estimator", choices=[defaults["estimator"]])
+                estimators = preset_values("fitness", "estimator")
+                field(gr.Dropdown, "estimator", "Fitness estimator", choices=estimators, **plugin)
                 field(gr.Number, "anchors", "Anchors (items per candidate)", precision=0)
                 field(gr.Radio, "granularity", "Genes", choices=["global", "module", "layer"])
             with gr.Row():
@@ -107,13 +112,15 @@ def build_app(runs: Path | str = RUNS) -> Any:
                 )  # fmt: skip
             name = gr.Textbox("gui-run", label="Run name (a folder under the runs directory)", elem_id="run-name")
             launch_button = gr.Button("Launch", variant="primary", elem_id="launch")
-            message = gr.Markdown(elem_id="message")
+            message = gr.Markdown(elem_id="message")  # what Launch and Load did
+            summary = gr.Markdown(elem_id="summary")  # the form's problems that no field shows, as it is edited
         with gr.Tab("Monitor") as monitor_tab:
             watched = run_picker("monitor-run", "Run")
             progress = gr.Markdown("No run selected.", elem_id="progress")
-            with gr.Row():
-                fitness = gr.Image(label="Fitness per generation", elem_id="fitness", type="filepath")
-                pareto = gr.Image(label="Pareto front", elem_id="pareto", type="filepath", visible=False)
+            with gr.Row():  # side by side where there is room, else one above the other (min_width)
+                picture: dict[str, Any] = {"type": "filepath", "show_label": False, "min_width": 360}  # titled plots
+                fitness = gr.Image(label="Fitness per generation", elem_id="fitness", **picture)
+                pareto = gr.Image(label="Pareto front", elem_id="pareto", visible=False, **picture)
             genes = gr.Dataframe(label="The winner's genes (each Pareto member's)", elem_id="genes")
             table = gr.Dataframe(label="Evaluations, newest first (id:N names one)", elem_id="evaluations")
             tests = gr.Dataframe(label="Held-out test", elem_id="tests")
@@ -144,7 +151,7 @@ def build_app(runs: Path | str = RUNS) -> Any:
             compared_runs = run_picker("compare-runs", "Runs to compare", multiselect=True)
             compare_button = gr.Button("Compare", elem_id="compare")
             compare_status = gr.Markdown(elem_id="compare-status")
-            compare_plot = gr.Image(label="Best so far per generation", elem_id="compare-plot", type="filepath")
+            compare_plot = gr.Image(label="Best so far per generation", elem_id="compare-plot", **picture)
             compare_tests = gr.Dataframe(label="Held-out test", elem_id="compare-tests")
             compare_genes = gr.Dataframe(label="Each run's winner's genes", elem_id="compare-genes")
         with gr.Tab("Try a model") as try_tab:
@@ -169,13 +176,13 @@ def build_app(runs: Path | str = RUNS) -> Any:
         boxes = [fields[f] for f in YAML_BOXES]
         for component in form:  # then check: a box that does not parse leaves the config unchanged
             component.change(compose, [base_config, *form], config).then(
-                new.check, [config, *boxes], [*error_boxes, message, download_button]
+                new.check, [config, *boxes], [*error_boxes, summary, download_button]
             )
         fields["method"].change(method_help, fields["method"], method_info)
-        config.change(new.check, [config, *boxes], [*error_boxes, message, download_button])
+        config.change(new.check, [config, *boxes], [*error_boxes, summary, download_button])
         add_file.upload(new.upload, [add_file, fields["tasks"]], fields["tasks"])
         load_button.click(new.paste, config, [*form, base_config, message])
-        launch_button.click(new.launch, [config, name, *boxes], [*error_boxes, message, watched]).then(
+        launch_button.click(new.launch, [config, name, base_config, *form], [*error_boxes, message, watched]).then(
             None, js=SCROLL_TO_PROBLEM
         )
         seen = gr.State()  # what this page's monitor shows: the run and its activity then
@@ -201,12 +208,18 @@ def build_app(runs: Path | str = RUNS) -> Any:
     return app
 
 
+def preset_values(section: str, key: str) -> list[str]:
+    """The values the presets give ``section.key``, in their order."""
+    return list(dict.fromkeys(str(preset_config(p)[section][key]) for p in PRESETS))
+
+
 def fill_choices(method: str) -> tuple[Any, ...]:
     """Every registered method, algorithm and estimator, and the method's help: read when a
     page loads, not before the first page is served (the registries import torch, mergekit,
     pymoo and scikit-learn: seconds)."""
     import gradio as gr
 
+    library()
     from ..fitness.estimators import ESTIMATORS
     from ..merge.methods import methods
     from ..search.algorithms import ALGORITHMS

@@ -15,7 +15,17 @@ import yaml
 from ..errors import EvomergeError
 from ..search.monitor import run_dirs
 from ..yamltext import load_yaml
-from .form import FIELD_KEYS, box_problems, field_text, form_values, preset_config, problems_by_field, validate
+from .form import (
+    FIELD_KEYS,
+    YAML_BOXES,
+    box_problems,
+    compose,
+    field_text,
+    form_values,
+    preset_config,
+    problems_by_field,
+    validate,
+)
 from .launcher import Launcher
 
 
@@ -80,13 +90,23 @@ class ExperimentPage:
             return field_text(tasks_text) + "\n" + yaml.safe_dump([task], sort_keys=False, allow_unicode=True)
         return yaml.safe_dump([*listed, task], sort_keys=False, allow_unicode=True)
 
-    def launch(self, text: str, name: str, *boxes: str) -> tuple[Any, ...]:
-        """Refused while a YAML box does not parse (the config shown would not be what the
-        form says), and while a model folder or data file would stop the run as it loads."""
+    def launch(self, text: str, name: str, base: dict[str, Any], *form: Any) -> tuple[Any, ...]:
+        """The config the form's fields make (``compose`` over ``base``), as the YAML view
+        shows it. Refused while a YAML box does not parse, while the view shows something
+        else (a field's edit not yet written into it, or the view edited without Load: the
+        page must not run what it does not show), and while a model folder or data file
+        would stop the run as it loads."""
         import gradio as gr
 
-        raw, problems = validate(text)
+        composed = compose(base, *form)
+        boxes = [form[list(FIELD_KEYS).index(box)] for box in YAML_BOXES]
+        raw, problems = validate(composed)
         problems = box_problems(*boxes) + problems
+        differs = _parsed(text) != _parsed(composed)
+        if differs:
+            problems += [p for p in validate(text)[1] if p not in problems]
+        if not problems and differs:
+            return (*self.messages([])[:-1], f"**Not started.** {NOT_SHOWN}", gr.update())
         if not problems:
             assert raw is not None  # validated above
             problems = self._preflight(raw)
@@ -117,6 +137,21 @@ class ExperimentPage:
             return preflight(load_config(resolved))
         except EvomergeError as err:
             return [("config", str(err))]
+
+
+#: Why Launch refused a config the form and the YAML view disagree on.
+NOT_SHOWN = (
+    "The config below is not what the form's fields say (an edit was still being written into it, or the YAML "
+    "was edited without Load). Press **Load this YAML into the form** to run the YAML, or edit a field to run "
+    "the form; then Launch."
+)
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError:
+        return None
 
 
 #: After Launch: the first message under a field scrolled into view (the summary sits far below).

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from ..config import ConfigError, FitnessConfig, MergeConfig, SearchConfig
 from ..errors import EvomergeError
 from ..yamltext import load_yaml
+from .imports import library
 
 #: The four classic modes, each a config that runs on the demo family as is.
 PRESETS = {
@@ -198,7 +199,8 @@ def field_text(value: str | None) -> str:
 def validate(text: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
     """The YAML as a config dict and no problems when valid, else None and the config's own
     (key, message) problems: the same pydantic check as ``evomerge run``."""
-    from ..loader import load_config  # every plug-in: imported on the first check, not for the first page
+    library()  # every plug-in: imported on the first check, not for the first page
+    from ..loader import load_config
 
     try:
         raw = load_yaml(text)
@@ -272,6 +274,7 @@ def problems_by_field(problems: list[tuple[str, str]]) -> tuple[dict[str, list[s
 
 def method_help(name: str) -> str:
     """What a search varies for ``name`` by default, with the ranges, and what it keeps fixed."""
+    library()
     from ..merge.methods import get_method, search_range, searched_params
 
     try:

@@ -16,6 +16,7 @@ from ..errors import EvomergeError
 from ..search.monitor import RunStatus, activity, list_runs, run_dirs, run_status
 from ..search.rundir import RunDir
 from .form import field_text
+from .imports import library
 from .launcher import Launcher
 from .paths import output_folder
 from .paths import run_dir as run_dir_of
@@ -59,6 +60,7 @@ class RunPages:
     def watch(self, name: str | None, seen: Any) -> tuple[Any, ...]:
         """The monitor, read again only when the run has changed since this page last looked
         (``seen``, kept per browser page): the timer asks every second."""
+        library()  # before any import of the library's heavy modules (imports.py)
         import gradio as gr
 
         off = (gr.update(interactive=False), gr.update(interactive=False))
@@ -115,6 +117,7 @@ class RunPages:
     def details(self, name: str | None) -> tuple[Any, ...]:
         """The chosen run's status, test table, report (inline and to download), its
         evaluations.csv and log to download, and its candidates to export or try."""
+        library()  # before any import of the library's heavy modules (imports.py)
         import gradio as gr
 
         nothing = ("", None, "", None, None, None, gr.update(choices=[], value=None))
@@ -138,6 +141,7 @@ class RunPages:
         )
 
     def export(self, name: str | None, member: str | None, out: str, force: bool) -> str:
+        library()  # before any import of the library's heavy modules (imports.py)
         from ..search.experiment import export_run
 
         try:
@@ -153,6 +157,7 @@ class RunPages:
     def compare(self, names: list[str] | None) -> tuple[Any, ...]:
         """Two or more runs side by side: best so far on one plot per objective, their test
         tables in one (a column says whose), and their winners' genes."""
+        library()  # before any import of the library's heavy modules (imports.py)
         import pandas as pd
 
         statuses: list[RunStatus] = []
@@ -184,6 +189,7 @@ class RunPages:
 
     def try_members(self, target: str | None) -> Any:
         """A run's candidates (an exported model's folder has none to choose)."""
+        library()  # before any import of the library's heavy modules (imports.py)
         import gradio as gr
 
         try:
@@ -195,6 +201,7 @@ class RunPages:
 
     def try_model(self, target: str | None, member: str | None, prompt: str, max_new_tokens: float) -> tuple[str, str]:
         """The completion, and which model gave it."""
+        library()  # before any import of the library's heavy modules (imports.py)
         from ..evaluate.generation import generate
         from ..search.experiment import load_exported, load_member
 

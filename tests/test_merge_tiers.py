@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from evomerge.errors import MemoryBudgetError, MergeConfigError
 from evomerge.merge import Merger, Recipe, merge_config
-from evomerge.merge.memory import EVAL_HEADROOM, parse_size, plan
+from evomerge.merge.memory import EVAL_HEADROOM, hybrid_stacks, parse_size, plan
 from evomerge.merge.run import load_live_model
 from evomerge.models import Checkpoint, ModelPool
 from evomerge.models.save import SafetensorsStream
@@ -74,7 +74,11 @@ def test_every_tier_gives_the_device_tiers_candidates_bit_for_bit(family, demo_f
     root, endpoints = _models(family, demo_family, gpt2_family, bf16_family)
     first = _recipe(root, endpoints, "ties", [{"weight": 1.0}] * 3, {})
     mergers = {tier: Merger.for_recipe(first, tier=tier) for tier in ("device", "host", "disk")}
-    assert {t: m.tier for t, m in mergers.items()} == {"device": "device", "host": "host", "disk": "disk"}
+    disk = mergers["disk"].plan
+    half = disk.device_needs["disk"] + disk.footprint.cache // 2  # a budget that holds about half the stacks
+    mergers["hybrid"] = Merger.for_recipe(first, tier="hybrid", memory_budget=half)
+    assert {t: m.tier for t, m in mergers.items()} == {t: t for t in ("device", "host", "disk", "hybrid")}
+    assert 0 < len(mergers["hybrid"].plan.cached) < len(mergers["device"].pool.tensor_names)
     live = {t: load_live_model(m) for t, m in mergers.items()}
     for method, per_model, params in CASES:
         rec = _recipe(root, endpoints, method, per_model, params)
@@ -88,10 +92,11 @@ def test_every_tier_gives_the_device_tiers_candidates_bit_for_bit(family, demo_f
             for n in base.tensor_names
         )
         assert changed > 0, method  # the merge did something
-        for tier in ("host", "disk"):
+        for tier in ("host", "disk", "hybrid"):
             for name, tensor in states["device"].items():
                 assert torch.equal(states[tier][name], tensor), (method, tier, name)
     assert mergers["device"].cache._stacks and not mergers["disk"].cache._stacks  # disk keeps no stacks
+    assert set(mergers["hybrid"].cache._stacks) == set(mergers["hybrid"].plan.cached)  # hybrid: those it planned
     stack = next(iter(mergers["device"].cache._stacks.values()))
     assert stack.dtype == (torch.bfloat16 if family == "bf16" else torch.float32)  # the checkpoints' own dtype
 
@@ -106,8 +111,10 @@ def test_auto_takes_the_fastest_tier_that_fits_the_budget(demo_family):
     assert needs["device"] - needs["disk"] == f.cache - f.largest_stack
     assert needs["disk"] == f.live + EVAL_HEADROOM + f.work + f.tables + f.largest_stack
     assert plan(pool, cpu, budget=needs["device"]).tier == "device"
-    chosen = plan(pool, cpu, budget=needs["device"] - 1)
-    assert chosen.tier == "disk" and "device needs" in chosen.reason
+    chosen = plan(pool, cpu, budget=needs["device"] - 1)  # all but a little fits: hybrid keeps what does
+    assert chosen.tier == "hybrid" and "device needs" in chosen.reason and "reads the rest" in chosen.describe()
+    assert needs["disk"] + chosen.cached_bytes <= needs["device"] - 1 and chosen.cached_bytes > f.cache / 2
+    assert plan(pool, cpu, budget=needs["disk"] + f.largest_stack - 1).tier in ("hybrid", "disk")
     assert plan(pool, cpu, budget=needs["disk"]).tier == "disk"
     with pytest.raises(MemoryBudgetError, match=r"even the disk tier needs .* merge.memory_budget"):
         plan(pool, cpu, budget=needs["disk"] - 1)
@@ -116,6 +123,27 @@ def test_auto_takes_the_fastest_tier_that_fits_the_budget(demo_family):
     # a one-off merge streamed to disk plans no live model and no evaluation headroom
     streamed = plan(pool, cpu, tier="disk", budget=10**12, live=False).device_needs["disk"]
     assert streamed == needs["disk"] - f.live - EVAL_HEADROOM
+
+
+def test_the_hybrid_tier_reads_only_the_stacks_it_does_not_keep(demo_family):
+    """Per candidate the hybrid tier reads from the checkpoints only what it does not keep,
+    so with about half the stacks kept it reads about half the disk tier's bytes."""
+    rec = _recipe(demo_family / "models", ["add", "greek"], "ties", [{"weight": 1.0, "density": 0.5}] * 2, {})
+    disk = Merger.for_recipe(rec, tier="disk")
+    half = disk.plan.device_needs["disk"] + disk.plan.footprint.cache // 2
+    hybrid = Merger.for_recipe(rec, tier="hybrid", memory_budget=half)
+    assert 0.4 < hybrid.plan.cached_bytes / disk.plan.footprint.cache <= 0.5
+    read = {}
+    for name, merger in (("disk", disk), ("hybrid", hybrid)):
+        model = load_live_model(merger)
+        merger.merge_into(model, rec)  # the first candidate reads every stack once
+        first = merger.cache.bytes_read
+        merger.merge_into(model, rec)
+        read[name] = merger.cache.bytes_read - first
+    assert read["disk"] == disk.plan.footprint.cache  # everything, again
+    assert read["hybrid"] == disk.plan.footprint.cache - hybrid.plan.cached_bytes  # only what it does not keep
+    kept = hybrid_stacks({"a": 5, "b": 3, "c": 2, "d": 1}, 6)
+    assert kept == ("a", "d")  # largest first, then what still fits
 
 
 def test_an_impossible_budget_fails_before_any_tensor_is_read(demo_family, monkeypatch):

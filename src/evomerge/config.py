@@ -75,10 +75,11 @@ class MergeConfig(_Section):
 
     method: str = Field("task_arithmetic", description="Any mergekit method, or layer_select.")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Values fixed for every candidate.")
-    tier: Literal["auto", "device", "host", "disk"] = Field(
+    tier: Literal["auto", "device", "host", "hybrid", "disk"] = Field(
         "auto",
         description="Where the models' tensors stay during a run: device (fastest), host (CPU RAM, copied to a "
-        "GPU per tensor), disk (read per candidate); auto: the fastest that fits memory_budget.",
+        "GPU per tensor), hybrid (the largest stacks that fit in RAM, the rest read per candidate), disk (read "
+        "per candidate); auto: the fastest that fits memory_budget.",
     )
     memory_budget: int | str | None = Field(
         None,

@@ -8,8 +8,11 @@ bytes). A tier only decides where stacks are kept:
 - ``host``: built once in CPU RAM (pinned when the merge device is a GPU) and copied to
   the device as a candidate reaches each tensor, the next tensor's copy overlapping the
   current tensor's merge on a second CUDA stream;
+- ``hybrid``: the plan's ``cached`` stacks as in ``host``, every other one as in ``disk``;
 - ``disk``: read from the checkpoints for every candidate, with ``pread`` (no mapped
   pages left resident), into one buffer the size of the largest stack.
+
+``bytes_read`` counts what was read from the checkpoints (a tier's cost per candidate).
 
 Every tier checks each tensor for NaN/Inf once per run. Vocabulary-aligned embeddings
 (``models/vocab.py``) are stacked in fp32, as the alignment averages rows.
@@ -38,21 +41,28 @@ class TensorCache:
         *,
         tokenizer_source: str | None = None,
         unsafe_truncate_embeddings: bool = False,
+        cached: Iterable[str] = (),
     ) -> None:
         self.pool, self.device, self.tier = pool, device, tier
+        self.cached = frozenset(cached)  # the hybrid tier's kept stacks
+        self.bytes_read = 0
         self.tokenizer_source = tokenizer_source
         self.unsafe_truncate_embeddings = unsafe_truncate_embeddings
         self._stacks: dict[str, torch.Tensor] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._checked: set[str] = set()
         self.tables: dict[tuple, object] = {}  # per-run values derived from stacks (see Merger)
-        self._pin = tier == "host" and device.type == "cuda"
+        self._pin = tier in ("host", "hybrid") and device.type == "cuda"
         self._buffer: torch.Tensor | None = None  # the disk tier reads every stack into it
 
-    def _empty(self, rows: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        """Room for a stack: in the disk tier a view of one reused buffer (no allocation, no
+    def kept(self, name: str) -> bool:
+        """Whether ``name``'s stack stays in memory once read (else it is read per candidate)."""
+        return self.tier in ("device", "host") or (self.tier == "hybrid" and name in self.cached)
+
+    def _empty(self, rows: int, numel: int, dtype: torch.dtype, *, kept: bool) -> torch.Tensor:
+        """Room for a stack: one not kept is a view of one reused buffer (no allocation, no
         page faults per tensor; a stack is valid until the next one is read)."""
-        if self.tier != "disk":
+        if kept:
             return torch.empty((rows, numel), dtype=dtype)
         nbytes = rows * numel * dtype.itemsize
         if self._buffer is None or self._buffer.numel() < nbytes:
@@ -72,15 +82,15 @@ class TensorCache:
 
     def stack(self, name: str) -> torch.Tensor:
         """``(models, numel)`` on the merge device."""
-        if self.tier == "disk":
+        if not self.kept(name):
             return self._read(name).to(self.device)
         if name not in self._stacks:
             stack = self._read(name)
             if self._pin:
                 stack = stack.pin_memory()
-            self._stacks[name] = stack if self.tier == "host" else stack.to(self.device)
+            self._stacks[name] = stack if self.tier != "device" else stack.to(self.device)
         stack = self._stacks[name]
-        return stack.to(self.device, non_blocking=True) if self.tier == "host" else stack
+        return stack if self.tier == "device" else stack.to(self.device, non_blocking=True)
 
     def stream(self, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """``(name, stack)`` for each name in turn; in the host tier on a GPU the next
@@ -93,6 +103,11 @@ class TensorCache:
         copier = torch.cuda.Stream(self.device)  # pragma: no cover - needs a GPU
 
         def issue(name: str) -> tuple[torch.Tensor, torch.cuda.Event]:  # pragma: no cover
+            if not self.kept(name):  # hybrid: read now, on this stream
+                moved = self.stack(name)
+                done = torch.cuda.Event()
+                done.record(torch.cuda.current_stream(self.device))
+                return moved, done
             if name not in self._stacks:
                 self.stack(name)  # builds the pinned host stack
             with torch.cuda.stream(copier):
@@ -119,12 +134,14 @@ class TensorCache:
                 self._check(m, name, t)
             aligned = self._align_vocab(tensors)
             self._shapes[name] = tuple(aligned[0].shape)
+            self.bytes_read += sum(t.numel() * t.element_size() for t in tensors)
             return torch.stack([t.reshape(-1) for t in aligned])
         dtypes = [m.dtype(name) for m in models]
         dtype = dtypes[0]
         for d in dtypes[1:]:
             dtype = torch.promote_types(dtype, d)
-        stack = self._empty(len(models), models[0].numel(name), dtype)
+        stack = self._empty(len(models), models[0].numel(name), dtype, kept=self.kept(name))
+        self.bytes_read += sum(m.numel(name) * d.itemsize for m, d in zip(models, dtypes, strict=True))
         for row, (m, d) in enumerate(zip(models, dtypes, strict=True)):
             if d == dtype:
                 m.read(name, out=stack[row])

@@ -92,6 +92,7 @@ class Merger:
             self.plan.tier,
             tokenizer_source=tokenizer_source,
             unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+            cached=self.plan.cached,
         )
         self.names = [m.name for m in pool.models]
         self._scratch: torch.Tensor | None = None

@@ -8,11 +8,14 @@ hand (a 7B base and two fine-tunes are 42 GB in bf16):
 - ``host``: the same in CPU RAM (pinned when the merge device is a GPU), copied to the
   device tensor by tensor as a candidate is merged. On a CPU merge device this is the
   same memory as ``device``;
+- ``hybrid``: what the budget holds of the ``host`` tier's stacks, largest first, kept in
+  RAM (pinned on a GPU); each candidate reads only the others from the checkpoints. ``auto``
+  takes it when ``host`` does not fit but some stacks do;
 - ``disk``: nothing cached; each candidate reads its tensors from the checkpoints (the
   OS page cache keeps what RAM allows).
 
 Every tier forms task vectors in fp32, chunk by chunk, while a candidate is merged, so
-all three give bit-identical candidates. Besides the cache a run needs the live model,
+all of them give bit-identical candidates. Besides the cache a run needs the live model,
 the working set of the largest tensor, small per-run tables (a magnitude histogram and
 a random-level L1 table per tensor and endpoint) and headroom for evaluation (KV cache,
 activations). ``plan`` adds these up from the checkpoints' headers alone, before any
@@ -35,8 +38,8 @@ from ..models.pool import ModelPool
 
 log = logging.getLogger(__name__)
 
-Tier = Literal["auto", "device", "host", "disk"]
-TIERS: tuple[str, ...] = ("device", "host", "disk")
+Tier = Literal["auto", "device", "host", "hybrid", "disk"]
+TIERS: tuple[str, ...] = ("device", "host", "hybrid", "disk")
 GiB = 1024**3
 #: Entries a candidate converts to fp32 at a time (per model): the fp32 working set is
 #: (models + 2) chunks, whatever the tensor's size.
@@ -137,13 +140,32 @@ def tier_needs(f: Footprint, *, on_gpu: bool, live: bool = True) -> tuple[dict[s
         "host": base + (f.largest_stack if on_gpu else f.cache),  # a GPU stages one tensor's stack
         "disk": base + f.largest_stack,
     }
-    return device_needs, {"device": 0, "host": f.cache if on_gpu else 0, "disk": 0}
+    return device_needs, {"device": 0, "host": f.cache if on_gpu else 0, "disk": 0}  # plan() adds hybrid
+
+
+def stack_sizes(pool: ModelPool) -> dict[str, int]:
+    """Each merged tensor's stack (every model's tensor, in its dtype), in bytes."""
+    names = [n for n in pool.tensor_names if pool.base.dtype(n).is_floating_point]
+    return {n: sum(m.dtype(n).itemsize * m.numel(n) for m in pool.models) for n in names}
+
+
+def hybrid_stacks(sizes: dict[str, int], room: int) -> tuple[str, ...]:
+    """The stacks the hybrid tier keeps within ``room`` bytes: largest first (each read
+    saved is a stack's bytes; a large one costs fewer reads per byte), then smaller ones
+    that still fit. Deterministic: ties go by name."""
+    kept, used = [], 0
+    for name, size in sorted(sizes.items(), key=lambda item: (-item[1], item[0])):
+        if used + size <= room:
+            kept.append(name)
+            used += size
+    return tuple(kept)
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
     """The tier a Merger uses, what each tier would need (bytes on the merge device, and in
-    host RAM for ``host`` on a GPU), the budget it was held to, and why."""
+    host RAM for ``host`` on a GPU), the budget it was held to, and why. ``cached``: the
+    stacks the hybrid tier keeps (every other tier: none, or all)."""
 
     tier: str
     device_needs: dict[str, int]
@@ -152,11 +174,19 @@ class MemoryPlan:
     host_budget: int
     footprint: Footprint
     reason: str
+    cached: tuple[str, ...] = ()
+    cached_bytes: int = 0
 
     def describe(self) -> str:
         f = self.footprint
+        kept = (
+            f"; it keeps {len(self.cached)} tensors' stacks, {gib(self.cached_bytes)} of {gib(f.cache)}, and reads "
+            f"the rest for each candidate"
+            if self.tier == "hybrid"
+            else ""
+        )
         return (
-            f"merge tier {self.tier}: {self.reason} (cache {gib(f.cache)}, live model {gib(f.live)}, "
+            f"merge tier {self.tier}: {self.reason}{kept} (cache {gib(f.cache)}, live model {gib(f.live)}, "
             f"tables {gib(f.tables)}, working set {gib(f.work)}, evaluation headroom {gib(EVAL_HEADROOM)})"
         )
 
@@ -176,7 +206,7 @@ def plan(
     live model and no evaluation headroom.
     """
     if tier not in ("auto", *TIERS):
-        raise MergeConfigError(f"unknown merge tier {tier!r}; use auto, device, host or disk")
+        raise MergeConfigError(f"unknown merge tier {tier!r}; use auto, device, host, hybrid or disk")
     f = footprint(pool, device)
     on_gpu = device.type != "cpu"
     device_needs, host_needs = tier_needs(f, on_gpu=on_gpu, live=live)
@@ -184,11 +214,24 @@ def plan(
     host_limit = available_ram() if on_gpu else limit
     source = "merge.memory_budget" if budget is not None else f"free memory on {device}"
 
+    # The hybrid tier: what the room beside the disk tier's needs holds (host RAM on a GPU).
+    room = (host_limit - GiB) if on_gpu else (limit - device_needs["disk"])
+    sizes = stack_sizes(pool)
+    cached = hybrid_stacks(sizes, max(0, room))
+    cached_bytes = sum(sizes[n] for n in cached)
+    device_needs["hybrid"] = device_needs["disk"] + (0 if on_gpu else cached_bytes)
+    host_needs["hybrid"] = cached_bytes if on_gpu else 0
+
     def fits(t: str) -> bool:
-        return device_needs[t] <= limit and host_needs[t] <= host_limit
+        worth = t != "hybrid" or (tier == "hybrid" or bool(cached))  # auto: a hybrid that keeps nothing is disk
+        return device_needs[t] <= limit and host_needs[t] <= host_limit and worth
+
+    def made(t: str, reason: str) -> MemoryPlan:
+        kept = (cached, cached_bytes) if t == "hybrid" else ((), 0)
+        return MemoryPlan(t, device_needs, host_needs, limit, host_limit, f, reason, *kept)
 
     if tier == "auto":
-        order = ("device", "host", "disk") if on_gpu else ("device", "disk")
+        order = ("device", "host", "hybrid", "disk") if on_gpu else ("device", "hybrid", "disk")
         chosen = next((t for t in order if fits(t)), None)
         if chosen is None:
             raise MemoryBudgetError(
@@ -197,10 +240,10 @@ def plan(
                 f"working set {gib(f.work)}, tables {gib(f.tables)}), but {source} is {gib(limit)}. "
                 "Free memory, raise merge.memory_budget if more is really free, or merge fewer or smaller models."
             )
-        skipped = [t for t in order[: order.index(chosen)]]
+        skipped = [t for t in order[: order.index(chosen)] if t != "hybrid"]
         why = ", ".join(f"{t} needs {gib(device_needs[t] + host_needs[t])}" for t in skipped)
         reason = f"the fastest tier within {source} ({gib(limit)})" + (f"; {why}" if why else "")
-        return MemoryPlan(chosen, device_needs, host_needs, limit, host_limit, f, reason)
+        return made(chosen, reason)
     if not fits(tier):
         where = f"{gib(device_needs[tier])} on {device}" + (
             f" and {gib(host_needs[tier])} of host RAM" if host_needs[tier] else ""
@@ -210,4 +253,4 @@ def plan(
             + (f" (host RAM free: {gib(host_limit)})" if on_gpu else "")
             + ". Use merge.tier: auto (the fastest tier that fits) or disk, or raise merge.memory_budget."
         )
-    return MemoryPlan(tier, device_needs, host_needs, limit, host_limit, f, f"asked for, within {source}")
+    return made(tier, f"asked for, within {source}")

@@ -206,8 +206,10 @@ def test_a_bad_population_shows_the_message_by_the_field_and_starts_nothing(page
     shown = yaml.safe_load(page.locator("#config .cm-content").inner_text())
     page.locator("#config .cm-content").fill(yaml.safe_dump({**shown, "outputs": {"run_dir": "x"}}))
     page.locator("#launch").click()  # a problem that no field shows is said under the form
-    page.wait_for_function("document.querySelector('#message').innerText.includes('Not started')")
-    assert "did you mean 'output'" in page.locator("#message").inner_text()  # (the edit's check said it first)
+    page.wait_for_function(  # (the edit's check said it first, in the summary box)
+        "document.querySelector('#message').innerText.includes(\"did you mean 'output'\")", timeout=30_000
+    )
+    assert "Not started" in page.locator("#message").inner_text()
     assert not (server[2] / "bad").exists()
 
 

@@ -14,7 +14,8 @@ import yaml
 
 from evomerge.config import ConfigError
 from evomerge.errors import EvomergeError
-from evomerge.gui.app import _unused_path, build_app
+from evomerge.gui.app import build_app
+from evomerge.gui.experiment_page import unused_path
 from evomerge.gui.form import (
     FIELD_KEYS,
     PRESETS,
@@ -140,10 +141,10 @@ def test_an_upload_never_replaces_a_different_earlier_file_of_its_name(tmp_path)
     kept, one, two = tmp_path / "data.jsonl", tmp_path / "one", tmp_path / "two"
     one.write_bytes(b"one")
     two.write_bytes(b"two")
-    assert _unused_path(kept, one) == kept
+    assert unused_path(kept, one) == kept
     kept.write_bytes(b"one")
-    assert _unused_path(kept, one) == kept  # the same bytes again: the same file
-    assert _unused_path(kept, two) == tmp_path / "data_2.jsonl"  # an earlier run's data stays as it was
+    assert unused_path(kept, one) == kept  # the same bytes again: the same file
+    assert unused_path(kept, two) == tmp_path / "data_2.jsonl"  # an earlier run's data stays as it was
 
 
 def test_an_exported_model_loads_in_its_saved_dtype_and_a_bad_folder_is_said(tmp_path, demo_family):

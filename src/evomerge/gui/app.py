@@ -17,7 +17,6 @@ from typing import Any
 
 from ..search.rundir import RUNS
 from .experiment_page import SCROLL_TO_PROBLEM, ExperimentPage
-from .experiment_page import unused_path as _unused_path  # noqa: F401  (tests import it from here)
 from .form import FIELD_KEYS, PRESETS, YAML_BOXES, compose, method_help, preset_config
 from .imports import library
 from .launcher import Launcher
@@ -130,7 +129,7 @@ def build_app(runs: Path | str = RUNS) -> Any:
             control = gr.Markdown(elem_id="control")
         with gr.Tab("Runs") as runs_tab:
             gr.Markdown(f"Every run under `{runs}`. Click a run (or pick it below) to see its results.")
-            listing = gr.Dataframe(pages.table_of_runs(), label="Runs", elem_id="runs", interactive=False)
+            listing = gr.Dataframe(label="Runs", elem_id="runs", interactive=False)  # read when the tab opens
             refresh = gr.Button("Refresh", elem_id="refresh")
             chosen = run_picker("runs-run", "Run")
             chosen_status = gr.Markdown(elem_id="runs-status")

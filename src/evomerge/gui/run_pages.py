@@ -98,6 +98,8 @@ class RunPages:
     # Runs
 
     def table_of_runs(self) -> Any:
+        """Every run: name, state, evaluations, best (a front's bests need the search's modules)."""
+        library()  # before any import of the library's heavy modules (imports.py)
         import pandas as pd
 
         rows = [[s.path.name, s.state_text(), len(s.evaluations), s.best_text()] for s in list_runs(self.runs)]

@@ -143,7 +143,7 @@ class RunStatus:
         return (
             f"{self.state_text()} | {doing + ' | ' if doing else ''}generation {len(self.generations)}{total} | "
             f"{len(self.evaluations)} evaluations | {best} | {self.elapsed_s:.0f} s"
-            + ("" if self.state == "running" else " searching")  # stopped: the search's own time
+            + ("" if self.state == "running" else " of search")  # stopped: the search's own time
             + eta
         )
 

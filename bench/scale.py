@@ -24,7 +24,9 @@ half the disk tier's bytes (counted) in <= 0.6x its time, its peak within its bu
 Ends with one JSON line.
 
 Usage: ``python bench/scale.py [--family DIR] [--candidates 4] [--methods ties,...]``
-(``--small`` builds a 30M-parameter family, for a quick check of the script itself).
+(``--small`` builds a 30M-parameter family, for a quick check of the script itself;
+``--cold`` evicts the checkpoints from the page cache before each candidate, as a pool
+larger than RAM has it; ``--no-one-off`` skips the merges to disk).
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ def worker_tier(args: dict) -> dict:
     after_load = peak_rss()
     times, reads = [], []
     for recipe in recipes:
+        if args.get("cold"):
+            evict(family)
         t = time.perf_counter()
         before = merger.cache.bytes_read
         merger.merge_into(model, recipe)
@@ -162,6 +166,18 @@ def worker_tier(args: dict) -> dict:
         "rss_after_load": after_load,
         "peak_rss": peak,
     }
+
+
+def evict(family: Path) -> None:
+    """Drop the family's files from the OS page cache (``posix_fadvise(DONTNEED)``; no root
+    needed): each candidate then reads from the disk, as with a pool larger than RAM (a 7B
+    pool on a 24 GB box), instead of from RAM the page cache lent."""
+    for file in family.rglob("*.safetensors"):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def run_measured(cmd: list[str]) -> tuple[float, int, str]:
@@ -211,6 +227,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--tiers", default=",".join(TIERS))
     parser.add_argument("--no-one-off", action="store_true", help="skip mergekit-yaml and evomerge merge")
+    parser.add_argument("--cold", action="store_true", help="evict the checkpoints from the page cache per candidate")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -223,7 +240,8 @@ def main() -> None:
     results = []
     for method in methods:
         for tier in tiers:
-            r = worker({"family": str(family), "tier": tier, "method": method, "candidates": args.candidates})
+            spec = {"family": str(family), "tier": tier, "method": method, "candidates": args.candidates}
+            r = worker(spec | {"cold": args.cold})
             results.append(r)
             print(
                 f"{method:16s} {tier:6s} first {r['first_merge_s']:7.2f} s  per candidate {r['merge_s']:6.2f} s  "

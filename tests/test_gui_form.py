@@ -421,7 +421,10 @@ def test_stop_says_whether_a_run_it_did_not_start_has_ended_and_never_kills_it(t
     try:
         assert proc.stdout.readline().strip() == "held"
         assert launcher.stop(run, timeout=3) == said
-        assert (proc.poll() is None) == (said == "still running")  # not killed
+        if said == "still running":
+            assert proc.poll() is None  # not killed
+        else:
+            proc.wait(timeout=30)  # its lock released, it ends by itself (Ctrl-C's exit)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

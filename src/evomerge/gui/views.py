@@ -34,14 +34,13 @@ class Figures:
         import gradio as gr
 
         from ..report import plots
-        from ..search.loop import winners
 
         if len(status.objectives) < 2:
             return gr.update(visible=False, value=None)
         if not status.evaluations:
             return gr.update(visible=True, value=None)
         state = (len(status.evaluations), len(status.tests))
-        front = winners(status.evaluations, status.maximize)
+        front = status.front
         drawn = self._draw(status.path, "pareto", state, lambda out: plots.pareto_front(
             status.evaluations, front, status.objectives, out, status.tests))  # fmt: skip
         return gr.update(visible=True, value=drawn)

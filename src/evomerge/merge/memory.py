@@ -117,16 +117,18 @@ class Footprint:
         return (self.models + 2) * self.chunk * 4 + 2 * self.largest * 4
 
 
+def stack_sizes(pool: ModelPool) -> dict[str, int]:
+    """Each merged tensor's stack (every model's tensor, in its dtype), in bytes."""
+    names = [n for n in pool.tensor_names if pool.base.dtype(n).is_floating_point]
+    return {n: sum(m.dtype(n).itemsize * m.numel(n) for m in pool.models) for n in names}
+
+
 def footprint(pool: ModelPool, device: torch.device) -> Footprint:
-    cache = live = largest = largest_stack = 0
-    merged = [n for n in pool.tensor_names if pool.base.dtype(n).is_floating_point]
-    for name in merged:
-        numel = pool.base.numel(name)
-        sizes = [m.dtype(name).itemsize * m.numel(name) for m in pool.models]
-        cache += sum(sizes)
-        live += sizes[0]
-        largest = max(largest, numel)
-        largest_stack = max(largest_stack, sum(sizes))
+    stacks = stack_sizes(pool)
+    merged = list(stacks)
+    cache, largest_stack = sum(stacks.values()), max(stacks.values(), default=0)
+    live = sum(pool.base.dtype(n).itemsize * pool.base.numel(n) for n in merged)
+    largest = max((pool.base.numel(n) for n in merged), default=0)
     chunk = CHUNK["cpu" if device.type == "cpu" else "other"]
     return Footprint(cache, live, largest, largest_stack, TABLE_BYTES * len(merged) * len(pool.endpoints),
                      len(pool.models), chunk)  # fmt: skip
@@ -141,12 +143,6 @@ def tier_needs(f: Footprint, *, on_gpu: bool, live: bool = True) -> tuple[dict[s
         "disk": base + f.largest_stack,
     }
     return device_needs, {"device": 0, "host": f.cache if on_gpu else 0, "disk": 0}  # plan() adds hybrid
-
-
-def stack_sizes(pool: ModelPool) -> dict[str, int]:
-    """Each merged tensor's stack (every model's tensor, in its dtype), in bytes."""
-    names = [n for n in pool.tensor_names if pool.base.dtype(n).is_floating_point]
-    return {n: sum(m.dtype(n).itemsize * m.numel(n) for m in pool.models) for n in names}
 
 
 def hybrid_stacks(sizes: dict[str, int], room: int) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +46,21 @@ class RunStatus:
     def best(self) -> list[float | None]:
         return list(self.generations[-1].best["best"]) if self.generations else []
 
-    @property
+    @cached_property
     def front(self) -> list[EvaluationRow]:
-        """The best evaluation, or the Pareto front (as ``best`` and ``pareto:K`` name them)."""
+        """The best evaluation, or the Pareto front (as ``best`` and ``pareto:K`` name them);
+        one look at a run reads it several times (status line, genes, candidates)."""
         from .loop import winners
 
         return winners(self.evaluations, self.maximize)
 
+    @cached_property
+    def _ids(self) -> dict[int, int]:
+        return {r.id: n for n, r in enumerate(self.every, 1)}
+
     def evaluation_id(self, row: EvaluationRow) -> int:
         """``row``'s ``id:N``: its rank in evaluations.csv, failed evaluations included."""
-        return next(n for n, r in enumerate(self.every, 1) if r.id == row.id)
+        return self._ids[row.id]
 
     @property
     def stopped_in(self) -> str:

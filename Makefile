@@ -27,13 +27,13 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium for the report's browser test"; fi; }
 
-# CI's command: the linter, the type checker, then every test.
+# CI's command: the linter, the type checker, then every test (two workers: pytest-xdist).
 test: setup browser lint types
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --durations=15
 
 # Before a commit: the same checks and the quick tests (about 4 minutes on 2 cores once the demo family exists).
 check: setup lint types
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 types: setup
 	$(VENV)/bin/mypy

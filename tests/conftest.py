@@ -10,10 +10,24 @@ from pathlib import Path
 # Tests never touch the Hugging Face hub: everything they use is built or written locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on 2 cores: one thread per worker (and per process it starts), not two
+    # each; oversubscribed, torch's threads spin against each other and the suite is slower.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = "1"
 
 import pytest
 
 from evomerge.demo import build_demo_family, read_manifest
+
+
+def session_folder(tmp_path_factory, name: str) -> Path:
+    """A folder the whole test session shares: with ``pytest -n`` (xdist), every worker's."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / name
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,7 +36,7 @@ def _session_respondent_cache(tmp_path_factory) -> Iterator[None]:
     by default, as users' do), never with the machine's own cache. A test that counts the
     scoring asks for ``own_respondents``."""
     saved = os.environ.get("EVOMERGE_RESPONDENTS_CACHE")
-    os.environ["EVOMERGE_RESPONDENTS_CACHE"] = str(tmp_path_factory.mktemp("respondents"))
+    os.environ["EVOMERGE_RESPONDENTS_CACHE"] = str(session_folder(tmp_path_factory, "respondents"))
     yield
     if saved is None:
         os.environ.pop("EVOMERGE_RESPONDENTS_CACHE", None)
@@ -50,13 +64,19 @@ def demo_manifest(demo_family: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def finished_run(demo_family: Path, tmp_path_factory):
-    """The small demo experiment (``helpers.small_config``), run once for the session; tests
-    read it (or copy it) and never write into it."""
+    """The small demo experiment (``helpers.small_config``), run once for the session (the
+    first worker to ask runs it; the others open the finished run); tests read it (or copy
+    it) and never write into it."""
+    from filelock import FileLock
+
     from evomerge.loader import load_config
     from evomerge.search.experiment import run_experiment
     from helpers import small_config
 
-    return run_experiment(load_config(small_config(demo_family)), tmp_path_factory.mktemp("finished") / "a")
+    folder = session_folder(tmp_path_factory, "finished")
+    config = load_config(small_config(demo_family))
+    with FileLock(folder / ".lock"):
+        return run_experiment(config, folder / "a", resume=(folder / "a" / "run.sqlite").exists())
 
 
 def _gpt2_family(root: Path, demo_family: Path, *, quantized: bool) -> Path:
@@ -119,3 +139,43 @@ def extended_vocab(tmp_path_factory, demo_family) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+#: The slowest modules (about 190, 130, 115, 60, 55 and 55 s of a 2-worker run's 1,000),
+#: handed out first under ``pytest -n`` so that the short ones fill in around them.
+_SLOWEST_FIRST = (
+    "tests/test_gui.py",
+    "tests/test_search_run.py",
+    "tests/test_ray.py",
+    "tests/test_ray_cluster.py",
+    "tests/test_calibrate.py",
+    "tests/test_readme.py",
+    "tests/test_examples.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slowest modules first (each keeps its tests' order); only under ``pytest -n``."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {module: i for i, module in enumerate(_SLOWEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+#: Modules that must not run beside each other under ``pytest -n``: a local Ray beside a
+#: started Ray cluster would join it (``ray.init()`` finds a cluster this machine started).
+_SAME_WORKER = {"tests/test_ray.py": "ray", "tests/test_ray_cluster.py": "ray"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``pytest -n``: each test module runs whole on one worker (its module fixtures,
+    such as the GUI server, are made once and its tests keep their order), the Ray modules
+    on the same one."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return _SAME_WORKER.get(module, module)
+
+    config.option.loadscopereorder = False  # the modules' order below, the slowest first
+    return ModuleScheduling(config, log)

@@ -14,10 +14,12 @@ depth to work with; at 128 wide it costs what v2's 256-wide model did per step.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -108,12 +111,19 @@ def build_demo_family(out: Path | str | None = None, *, force: bool = False, spe
     target = Path(out) if out is not None else default_family_dir()
     if not force and is_built(target):
         return target
-    if target.exists() and any(target.iterdir()) and not (target / MANIFEST).exists():
-        raise DemoFamilyError(
-            f"{target} exists and holds something other than a demo family; refusing to overwrite it. "
-            "Choose another --out, or empty that directory."
-        )
-    return write_atomically(target, lambda tmp: _build(tmp, spec or FamilySpec()), force=True)
+    # Two processes asking at once (parallel tests, a run beside `evomerge demo-models`): the
+    # second waits for the first's family rather than building its own and replacing the
+    # folder the first is reading. The lock lives in the temp folder, not beside the family.
+    key = hashlib.sha256(str(target.expanduser().resolve()).encode()).hexdigest()[:16]
+    with FileLock(Path(tempfile.gettempdir()) / f"evomerge-demo-build-{key}.lock"):
+        if not force and is_built(target):
+            return target
+        if target.exists() and any(target.iterdir()) and not (target / MANIFEST).exists():
+            raise DemoFamilyError(
+                f"{target} exists and holds something other than a demo family; refusing to overwrite it. "
+                "Choose another --out, or empty that directory."
+            )
+        return write_atomically(target, lambda tmp: _build(tmp, spec or FamilySpec()), force=True)
 
 
 def _write_jsonl(path: Path, items: list[Item]) -> None:

@@ -17,6 +17,8 @@ from evomerge.evaluate import evaluator_for
 from evomerge.fitness import Respondent, collect_responses, random_recipe, respondent_set
 from evomerge.fitness.build import item_strata
 from evomerge.fitness.calibrate import calibrate
+from evomerge.fitness.fits import IRTFits
+from evomerge.fitness.respondents import item_shares
 from evomerge.loader import load_config
 from evomerge.merge.engine import Merger
 from evomerge.merge.run import load_live_model
@@ -132,6 +134,30 @@ def test_respondents_are_reused_across_runs_until_a_checkpoint_changes(config, t
     assert np.array_equal(fifth.scores, first.scores) and cache.is_file()
 
 
+def test_respondents_on_a_share_of_the_items_score_only_their_part(config, tmp_path):
+    """fitness.respondent_items 0.4: each respondent scored on its 40% of the items (real
+    generation, counted), the rest NaN; the scores it has are the ones a full scoring gives;
+    asked for every item later, only the missing ones are scored."""
+    m = config.models
+    merger, model, tokenizer, evaluator, counting = counted(config)
+    who = respondent_set(m.endpoints, m.base, 1, lambda rng: random_recipe("task_arithmetic", m.endpoints, m.base, rng))
+    cache = tmp_path / "respondents.json"
+    part = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache, share=0.4, seed=0)
+    assert counting.items == 5 * 360
+    seen = ~np.isnan(part.scores)
+    assert (seen.sum(axis=1) == 360).all() and (seen.sum(axis=0) >= 2).all()
+    for row, items in zip(seen, item_shares(5, 900, 0.4, seed=0), strict=True):
+        assert np.array_equal(np.flatnonzero(row), items)
+    stored = json.loads(cache.read_text())["respondents"]
+    assert all(sum(v is None for v in r["scores"]) == 540 for r in stored.values())  # null: not scored
+
+    full = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache)
+    assert counting.items == 5 * 900  # the 540 missing per respondent, nothing twice
+    assert not np.isnan(full.scores).any() and np.array_equal(full.scores[seen], part.scores[seen])
+    fits = IRTFits(part, dim=1)
+    assert np.array_equal(fits.completed[seen], part.scores[seen]) and not np.isnan(fits.completed).any()
+
+
 def test_calibration_writes_table_plot_and_is_reproducible(config, demo_family, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="evomerge")
     search, test = small_mix(demo_family)  # plumbing: the small mix task will do
@@ -143,12 +169,18 @@ def test_calibration_writes_table_plot_and_is_reproducible(config, demo_family, 
         repeats=2,
         variants=[("mean", "random"), ("mpirt", "random"), ("gmpirt", "kmeans_irt")],
     )
+    config = config.model_copy(update={"fitness": config.fitness.model_copy(update={"respondent_items": 0.5})})
     rows = calibrate(config, tmp_path / "a", **kwargs)
-    assert {(r.estimator, r.anchors) for r in rows} == {(e, k) for e in ("mean", "mpirt", "gmpirt") for k in (30, 90)}
+    # the IRT estimators at both shares (respondents on every item, and on half each); the
+    # mean of random anchors needs no respondents: once
+    assert {(r.estimator, r.respondent_items, r.anchors) for r in rows} == {
+        (e, s, k) for e in ("mean", "mpirt", "gmpirt") for s in (1.0, 0.5) for k in (30, 90) if e != "mean" or s == 1
+    }
     for name in ("calibration.csv", "calibration.json", "calibration.png", "respondents-mix.json"):
         assert (tmp_path / "a" / name).stat().st_size > 0
     report = json.loads((tmp_path / "a" / "calibration.json").read_text())
-    assert [s["anchors"] for s in report["tasks"]["mix"]["summary"]] == [30, 90]
+    summary = report["tasks"]["mix"]["summary"]
+    assert [(s["respondent_items"], s["anchors"]) for s in summary] == [(1.0, 30), (1.0, 90), (0.5, 30), (0.5, 90)]
     spread = report["tasks"]["mix"]["full_scores"]
     assert spread["max"] > spread["min"]  # the random merges differ, so ranking them means something
     for r in rows:
@@ -185,5 +217,13 @@ def test_calibrate_command(config, tmp_path, demo_family, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert "mpirt (random)" in result.output and (out / "calibration.png").exists()
+    assert "IRT fitted on" not in result.output  # every item: one fit, one table
+    again = ["calibrate", "examples/calibrate-demo.yaml", "--out", str(out), "--merges", "4", "--anchors", "45"]
+    half = CliRunner().invoke(app, [*again, "--repeats", "1", "--set", "fitness.respondent_items=0.5"])
+    assert half.exit_code == 0, half.output
+    flat = " ".join(half.output.split())  # titles wrap at the terminal's width
+    every, _, half_table = flat.partition("IRT fitted on respondents scored on 50% of the items each")
+    assert "IRT fitted on respondents scored on every item" in every and "mpirt (random)" in half_table
+    assert "mean (random)" in every and "mean (random)" not in half_table  # needs no respondents: once
     bad = CliRunner().invoke(app, ["calibrate", str(tmp_path / "nope.yaml"), "--out", str(out)])
     assert bad.exit_code == 2 and "not found" in bad.output

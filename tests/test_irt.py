@@ -91,3 +91,26 @@ def test_fit_is_deterministic():
     *_, y = simulate(40, 100, dim=2, seed=5)
     first, second = fit_irt(y, 2, seed=3), fit_irt(y, 2, seed=3)
     assert np.array_equal(first.theta, second.theta) and np.array_equal(first.b, second.b)
+
+
+def test_missing_scores_drop_out_of_the_fit():
+    """A respondent scored on part of the items (fitness.respondent_items): what it was not
+    scored on is NaN and changes nothing, whatever it would have been."""
+    theta, _, b, y = simulate(40, 200, dim=1, seed=3)
+    hidden = np.random.default_rng(0).random(y.shape) < 0.5
+    flipped = np.where(hidden, 1 - y, y)  # the hidden scores, all wrong
+    one = fit_irt(np.where(hidden, np.nan, y), dim=1)
+    other = fit_irt(np.where(hidden, np.nan, flipped), dim=1)
+    assert np.array_equal(one.b, other.b) and np.array_equal(one.theta, other.theta)
+    # and half the scores still recover the items (the full matrix: about 0.95)
+    assert np.corrcoef(one.b, b)[0, 1] >= 0.85
+    assert np.corrcoef(one.theta[:, 0], theta[:, 0])[0, 1] >= 0.9
+    # A full matrix fits as it always did: NaN support changes no bit of it.
+    assert np.array_equal(fit_irt(y, dim=1).b, fit_irt(y.copy(), dim=1).b)
+
+
+def test_a_respondent_with_no_score_is_refused():
+    _, _, _, y = simulate(5, 30, dim=1)
+    y[2] = np.nan
+    with pytest.raises(IRTError, match="at least one item"):
+        fit_irt(y, dim=1)

@@ -182,27 +182,40 @@ def calibrate(
     ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Anchor seeds per estimator and count.")] = 5,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a config value: key=value (repeatable), e.g. fitness.respondent_items=0.4."
+        ),
+    ] = None,
 ) -> None:
     """Measure how well each fitness estimator predicts full evaluation, on random merges."""
     from .fitness.calibrate import calibrate as run_calibration
     from .loader import load_config
 
     rows = run_calibration(
-        load_config(config), out, merges=merges, anchor_counts=anchors, repeats=repeats, device=device
+        load_config(config, set_ or ()), out, merges=merges, anchor_counts=anchors, repeats=repeats, device=device
     )
-    table = Table(title=f"estimators against full evaluation on {merges} random merges (mean of {repeats} seeds)")
-    for col in ["task", "estimator", "anchors", "items", "MAE (points)", "Spearman"]:
-        table.add_column(col, justify="left" if col in ("task", "estimator") else "right")
-    for r in rows:
-        table.add_row(
-            r.task,
-            f"{r.estimator} ({r.selection})",
-            str(r.anchors),
-            f"{r.items:.0f}",
-            f"{100 * r.mae:.2f} ± {100 * r.mae_std:.2f}",
-            f"{r.spearman:.3f}",
-        )
-    console.print(table)
+    shares = list(dict.fromkeys(r.respondent_items for r in rows))  # fitness.respondent_items < 1: two fits
+    for share in shares:
+        title = f"estimators against full evaluation on {merges} random merges (mean of {repeats} seeds)"
+        if len(shares) > 1:
+            title += ", IRT fitted on respondents scored on " + (
+                "every item" if share == 1 else f"{share:.0%} of the items each"
+            )
+        table = Table(title=title)
+        for col in ["task", "estimator", "anchors", "items", "MAE (points)", "Spearman"]:
+            table.add_column(col, justify="left" if col in ("task", "estimator") else "right")
+        for r in (r for r in rows if r.respondent_items == share):
+            table.add_row(
+                r.task,
+                f"{r.estimator} ({r.selection})",
+                str(r.anchors),
+                f"{r.items:.0f}",
+                f"{100 * r.mae:.2f} ± {100 * r.mae_std:.2f}",
+                f"{r.spearman:.3f}",
+            )
+        console.print(table)
     console.print(f"table, plot and caches in {out}")
 
 

@@ -178,7 +178,15 @@ class FitnessConfig(_Section):
         "for estimators with a weighted part). evomerge calibrate compares them.",
         json_schema_extra=_names_of("selection"),
     )
-    respondents: int = Field(12, ge=0, description="Random merges scored in full to fit the IRT model.")
+    respondents: int = Field(12, ge=0, description="Random merges scored to fit the IRT model.")
+    respondent_items: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Share of the search items each respondent (base, endpoints, checkpoints, random merges) is "
+        "scored on, a different share each and every item by at least two; the IRT fit treats the rest as "
+        "missing. 1: every item. evomerge calibrate shows the fidelity at 1 and at this share.",
+    )
     reuse_respondents: bool = Field(
         True,
         description="Reuse respondents' scores from earlier runs over the same checkpoints (by file names, "

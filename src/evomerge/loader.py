@@ -43,6 +43,7 @@ from .evaluate.tasks import Columns
 from .fitness.anchors import SELECTIONS
 from .fitness.build import chosen_selection, needs_respondents
 from .fitness.estimators import ESTIMATORS
+from .fitness.respondents import MIN_SCORERS_PER_ITEM
 from .merge.memory import parse_size
 from .merge.methods import get_method
 from .registry import Registry, summary, unknown_name
@@ -167,6 +168,18 @@ def _plugin_problems(config: ExperimentConfig) -> tuple[ExperimentConfig, Proble
         if not (fitness_ok and task.objective and needs_respondents(fitness, has_strata=True)):
             continue
         selection = chosen_selection(fitness)
+        share, m = fitness.respondent_items, config.models
+        count = int(m.base is not None) + len(m.endpoints) + len(fitness.checkpoints) + fitness.respondents
+        if count * share < MIN_SCORERS_PER_ITEM:
+            key = "fitness" if task.fitness is None else f"tasks.{i}.fitness"
+            problems.append(
+                (
+                    f"{key}.respondent_items",
+                    f"{count} respondents each scored on {share:g} of the items leave items scored by fewer "
+                    f"than {MIN_SCORERS_PER_ITEM}: raise it to at least {MIN_SCORERS_PER_ITEM / count:.2g}, or add "
+                    "respondents (fitness.respondents)",
+                )
+            )
         if search.space == "path":
             problems.append(
                 (

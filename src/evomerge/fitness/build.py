@@ -52,7 +52,7 @@ def build_estimator(
         n_items,
         seed=config.seed,
         irt=(lambda: fits.full) if fits is not None else None,
-        responses=fits.responses.scores if fits is not None else None,
+        responses=fits.completed if fits is not None else None,
         strata=strata,
     )
     return cls.build(anchors, fits, config.lam)
@@ -104,6 +104,8 @@ def prepare_estimator(
         executor=executor,
         shared=shared_cache_dir() if f.reuse_respondents else None,
         context=scoring_context(config, model),
+        share=f.respondent_items,
+        seed=f.seed,
     )
     return build_estimator(f, n, fits=IRTFits(responses, f.dim, seed=f.seed), strata=strata)
 

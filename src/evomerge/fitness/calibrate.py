@@ -6,6 +6,11 @@ then estimates those scores from the anchors alone. The table reports the mean
 absolute error against the full score, the Spearman rank correlation across the
 merges (a search only needs the ranking right), and the items evaluated per
 candidate: what a run pays for each estimator.
+
+The respondents are scored on every item; with ``fitness.respondent_items`` below 1 the
+IRT estimators are measured twice, fitted on every score and on the share a run would
+score (the others hidden, as the run would never have them): the fidelity the cheaper
+respondents cost.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from ..merge.engine import Merger
 from ..merge.run import load_live_model, load_live_tokenizer
 from ..models.pool import ModelPool
 from ..threads import one_blas_thread
+from .anchors import SELECTIONS
 from .build import build_estimator, item_strata, random_merges, run_respondents, scoring_context
 from .estimators import ESTIMATORS, Mean
 from .fits import IRTFits
-from .respondents import Respondent, collect_responses, respondents_file, shared_cache_dir
+from .respondents import Respondent, Responses, collect_responses, item_shares, respondents_file, shared_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,7 @@ class CalibrationRow:
     task: str
     estimator: str
     selection: str
+    respondent_items: float  # the share of the items each respondent was scored on
     anchors: int  # asked for
     items: float  # evaluated per candidate (k-means can give fewer distinct anchors)
     mae: float  # mean over anchor seeds, in score units (accuracy 0..1)
@@ -124,13 +131,22 @@ def calibrate(
             evaluator, model, tokenizer, merger, trials, cache=out / f"calibration-merges-{task.name}.json"
         ).scores
         truth = truth_rows.mean(axis=1)
-        fits = IRTFits(responses, f.dim, seed=f.seed)
         strata = item_strata(f, evaluator)
         counts = sorted(set(anchor_counts or [max(5, round(s * n)) for s in SHARES]))
-        for k in counts:
-            for estimator, selection in variants or default_variants():
-                rows.append(_measure(task.name, estimator, selection, k, repeats, f, fits, strata, truth_rows, truth))
-                log.info("%s", rows[-1])
+        for share in dict.fromkeys((1.0, f.respondent_items)):
+            fits = IRTFits(only_their_share(responses, share, f.seed), f.dim, seed=f.seed)
+            for k in counts:
+                for estimator, selection in variants or default_variants():
+                    if (
+                        share < 1
+                        and not ESTIMATORS[estimator].uses_irt
+                        and not SELECTIONS[selection].needs_respondents(strata is not None)
+                    ):
+                        continue  # the respondents play no part: the row at share 1 is this one
+                    rows.append(
+                        _measure(task.name, estimator, selection, share, k, repeats, f, fits, strata, truth_rows, truth)
+                    )
+                    log.info("%s", rows[-1])
         report["tasks"][task.name] = {
             "search_items": n,
             "full_scores": {"min": float(truth.min()), "max": float(truth.max()), "mean": float(truth.mean())},
@@ -141,10 +157,23 @@ def calibrate(
     return rows
 
 
+def only_their_share(responses: Responses, share: float, seed: int) -> Responses:
+    """``responses`` with every score a run at ``fitness.respondent_items: share`` would not
+    have made hidden (NaN): each respondent keeps its part of the items (``item_shares``)."""
+    if share >= 1:
+        return responses
+    scores = np.full_like(responses.scores, np.nan)
+    parts = item_shares(len(responses.respondents), scores.shape[1], share, seed)
+    for row, part in enumerate(parts):
+        scores[row, part] = responses.scores[row, part]
+    return Responses(responses.respondents, responses.item_ids, scores)
+
+
 def _measure(
     task: str,
     estimator: str,
     selection: str,
+    share: float,
     k: int,
     repeats: int,
     f: FitnessConfig,
@@ -163,23 +192,25 @@ def _measure(
         rhos.append(float(rho))
         items.append(len(est.anchors))
     return CalibrationRow(
-        task, estimator, selection, k, float(np.mean(items)), float(np.mean(maes)), float(np.std(maes)),
+        task, estimator, selection, share, k, float(np.mean(items)), float(np.mean(maes)), float(np.std(maes)),
         float(np.mean(rhos)), float(np.std(rhos)),
     )  # fmt: skip
 
 
 def summarize(rows: Sequence[CalibrationRow]) -> list[dict]:
-    """Per anchor count: random subsampling against the best IRT estimator."""
+    """Per share of items the respondents were scored on and anchor count: random
+    subsampling (which needs no respondents) against the best IRT estimator."""
     summary = []
-    for k in sorted({r.anchors for r in rows}):
+    for share, k in sorted({(r.respondent_items, r.anchors) for r in rows}, key=lambda sk: (-sk[0], sk[1])):
         at_k = [r for r in rows if r.anchors == k]
         baseline = next((r for r in at_k if (r.estimator, r.selection) == BASELINE), None)
-        irt = [r for r in at_k if r.uses_irt]
+        irt = [r for r in at_k if r.uses_irt and r.respondent_items == share]
         if baseline is None or not irt:
             continue
         best = min(irt, key=lambda r: r.mae)
         summary.append(
             {
+                "respondent_items": share,
                 "anchors": k,
                 "random_mae": baseline.mae,
                 "random_spearman": baseline.spearman,
@@ -212,12 +243,15 @@ def plot(rows: Sequence[CalibrationRow], path: Path) -> None:
     tasks = sorted({r.task for r in rows})
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4 * len(tasks)), squeeze=False)
     for (ax_mae, ax_rho), task in zip(axes, tasks, strict=True):
-        for est, sel in dict.fromkeys((r.estimator, r.selection) for r in rows if r.task == task):
+        for est, sel, share in dict.fromkeys(
+            (r.estimator, r.selection, r.respondent_items) for r in rows if r.task == task
+        ):
             line = sorted(
-                (r for r in rows if (r.task, r.estimator, r.selection) == (task, est, sel)), key=lambda r: r.items
+                (r for r in rows if (r.task, r.estimator, r.selection, r.respondent_items) == (task, est, sel, share)),
+                key=lambda r: r.items,
             )
-            style = "-" if ESTIMATORS[est].uses_irt else "--"
-            label = f"{est} ({sel})"
+            style = ("-" if share == 1 else "-.") if ESTIMATORS[est].uses_irt else "--"
+            label = f"{est} ({sel})" if share == 1 else f"{est} ({sel}), respondents on {share:g} of the items"
             ax_mae.errorbar([r.items for r in line], [100 * r.mae for r in line], [100 * r.mae_std for r in line],
                             linestyle=style, marker="o", capsize=3, label=label)  # fmt: skip
             ax_rho.plot([r.items for r in line], [r.spearman for r in line], style, marker="o", label=label)

@@ -65,13 +65,13 @@ class IRTFits:
         if len(val) < 2:
             log.warning("too few validation respondents to choose the IRT dimension; using %d", DEFAULT_DIM)
             return DEFAULT_DIM
-        seen = np.arange(0, self.responses.scores.shape[1], 2)
-        unseen = np.arange(1, self.responses.scores.shape[1], 2)
         losses = []
         for dim in DIMS:
             model = self._train_fit(dim)
             loss = 0.0
             for row in self.responses.scores[val]:
+                scored = np.flatnonzero(~np.isnan(row))  # all items, unless respondent_items < 1
+                seen, unseen = scored[0::2], scored[1::2]
                 p = np.clip(model.probabilities(model.ability(row[seen], seen))[unseen], 1e-9, 1 - 1e-9)
                 y = row[unseen]
                 loss -= float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) / len(val)
@@ -87,6 +87,17 @@ class IRTFits:
     @cached_property
     def full(self) -> IRTModel:
         return fit_irt(self.responses.scores, self.chosen_dim, seed=self.seed)
+
+    @cached_property
+    def completed(self) -> np.ndarray:
+        """The respondents' scores, each missing one (``fitness.respondent_items`` < 1) filled
+        in with the full fit's probability: what anchor selections and the choice of lambda
+        read, which need every respondent's score on every item."""
+        scores = self.responses.scores
+        missing = np.isnan(scores)
+        if not missing.any():
+            return scores
+        return np.where(missing, self.full.probabilities(self.full.theta), scores)
 
     @cached_property
     def validation_rows(self) -> np.ndarray:
@@ -112,7 +123,7 @@ class IRTFits:
                 DEFAULT_LAMBDA,
             )
             return DEFAULT_LAMBDA
-        scores = self.responses.scores[val]
+        scores = self.completed[val]
         truth = scores.mean(axis=1)
         parts = [(anchors.weights @ row[anchors.index], inner(row[anchors.index])) for row in scores]
         errors = [np.abs([lam * w + (1 - lam) * p for w, p in parts] - truth).mean() for lam in LAMBDA_GRID]

@@ -16,7 +16,9 @@ joint MAP here is a smooth problem of a few thousand variables that L-BFGS with 
 exact gradient solves in well under a second, deterministically.
 
 Scores in [0, 1] are used as soft labels (the Bernoulli likelihood with a fractional
-target), so partial credit needs no threshold.
+target), so partial credit needs no threshold. A missing score (NaN: a respondent not
+scored on that item, ``fitness.respondent_items``) drops out of the likelihood; the
+priors carry the parameters it would have informed.
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ class IRTModel:
 
 
 def fit_irt(responses: np.ndarray, dim: int = 2, *, priors: Priors | None = None, seed: int = 0) -> IRTModel:
-    """Fit item parameters and abilities to ``responses`` (respondents x items, values in [0, 1]).
+    """Fit item parameters and abilities to ``responses`` (respondents x items, values in
+    [0, 1], NaN where a respondent was not scored on an item).
 
     Each ability dimension is oriented so that its mean discrimination is positive, so
     that higher ability means more items right and two fits are comparable.
@@ -121,7 +124,10 @@ def fit_irt(responses: np.ndarray, dim: int = 2, *, priors: Priors | None = None
     y = np.asarray(responses, dtype=float)
     if y.ndim != 2 or min(y.shape) == 0:
         raise IRTError(f"responses must be a respondents x items matrix; got shape {y.shape}")
-    if not np.isfinite(y).all() or y.min() < 0 or y.max() > 1:
+    seen = ~np.isnan(y)
+    if not seen.any(axis=1).all():
+        raise IRTError("every respondent needs a score on at least one item")
+    if not np.isfinite(y[seen]).all() or y[seen].min() < 0 or y[seen].max() > 1:
         raise IRTError(
             "IRT needs per-item scores in [0, 1] (right/wrong or partial credit); these are not. "
             "Use the full, mean or weighted estimator for other scores (e.g. perplexity)."
@@ -131,7 +137,11 @@ def fit_irt(responses: np.ndarray, dim: int = 2, *, priors: Priors | None = None
     priors = priors or Priors()
     n_resp, n_items = y.shape
     rng = np.random.default_rng(seed)
-    mean = np.clip(y.mean(axis=0), 0.02, 0.98)
+    weight = seen.astype(float)  # 0 where missing: no likelihood, no gradient
+    counts = weight.sum(axis=0)
+    rate = np.divide(np.where(seen, y, 0).sum(axis=0), counts, out=np.full(n_items, 0.5), where=counts > 0)
+    y = np.where(seen, y, 0.0)
+    mean = np.clip(rate, 0.02, 0.98)
     x0 = np.concatenate(
         [
             rng.normal(0, 0.1, n_resp * dim),  # theta
@@ -149,9 +159,9 @@ def fit_irt(responses: np.ndarray, dim: int = 2, *, priors: Priors | None = None
     def loss(x: np.ndarray) -> tuple[float, np.ndarray]:
         theta, a, b = unpack(x)
         z = theta @ a.T - b
-        nll = -np.sum(y * log_expit(z) + (1 - y) * log_expit(-z))
+        nll = -np.sum(weight * (y * log_expit(z) + (1 - y) * log_expit(-z)))
         prior = 0.5 * (np.sum(theta**2) / var[0] + np.sum(a**2) / var[1] + np.sum(b**2) / var[2])
-        g = expit(z) - y
+        g = weight * (expit(z) - y)
         grad = np.concatenate(
             [(g @ a + theta / var[0]).ravel(), (g.T @ theta + a / var[1]).ravel(), -g.sum(axis=0) + b / var[2]]
         )

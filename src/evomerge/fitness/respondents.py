@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,8 +41,11 @@ Kind = Literal["base", "endpoint", "extra"]
 class ItemScorer(Protocol):
     """Merges recipes and scores each on every search item of an evaluator: an executor."""
 
-    def score_items(self, evaluator: Evaluator, recipes: Sequence[Recipe]) -> Iterator[tuple[int, dict[str, float]]]:
-        """``(index, item id -> score)`` for each recipe, as each finishes."""
+    def score_items(
+        self, evaluator: Evaluator, recipes: Sequence[Recipe], items: Sequence[Sequence[str]] | None = None
+    ) -> Iterator[tuple[int, dict[str, float]]]:
+        """``(index, item id -> score)`` for each recipe, as each finishes: on its ``items``
+        (ids), else on every search item."""
         ...
 
 
@@ -110,6 +114,27 @@ def respondent_set(
     return out
 
 
+#: Each item is scored by at least this many respondents when they share the items out.
+MIN_SCORERS_PER_ITEM = 2
+
+
+def item_shares(n_respondents: int, n_items: int, share: float, seed: int) -> list[np.ndarray]:
+    """The item positions each respondent is scored on when each is scored on ``share`` of
+    the ``n_items`` (``fitness.respondent_items``): consecutive blocks of one shuffled
+    order, wrapping around, so every item is scored by as many respondents as any other,
+    give or take one. With ``share`` 1, every item for everyone.
+
+    Why blocks of one order and not an independent draw each: independent draws leave some
+    items scored by nobody (about ``(1 - share) ** n_respondents`` of them), whose IRT
+    parameters would be the prior's alone.
+    """
+    if share >= 1:
+        return [np.arange(n_items)] * n_respondents
+    per = max(1, math.ceil(share * n_items))
+    order = np.random.default_rng([seed, 2]).permutation(n_items)
+    return [np.sort(order[(r * per + np.arange(per)) % n_items]) for r in range(n_respondents)]
+
+
 def respondents_file(task: str) -> str:
     """The respondents' scores' file name in a run directory (``RunDir.respondents``)."""
     return f"respondents-{task}.json"
@@ -149,19 +174,36 @@ def collect_responses(
     executor: ItemScorer | None = None,
     shared: Path | None = None,
     context: str = "",
+    share: float = 1.0,
+    seed: int = 0,
 ) -> Responses:
-    """Score every respondent on every search item, reusing what ``cache`` already holds;
-    with an ``executor`` (``score_items``: Ray's workers, say), there, else in ``model``.
+    """Score every respondent on its items (every search item, or with ``share`` < 1 its
+    part of them: ``item_shares``), reusing what ``cache`` already holds; with an
+    ``executor`` (``score_items``: Ray's workers, say), there, else in ``model``. An item a
+    respondent was not scored on is NaN in the responses.
 
     ``shared``: a folder of scores kept across runs; a respondent found there (the same
     recipe over checkpoints with the same files, the same task, items and scorer
-    settings, and the same ``context``: device and dtype) is not scored again.
+    settings, and the same ``context``: device and dtype) with its items scored is not
+    scored again.
     """
     item_ids = tuple(it.id for it in evaluator.splits.search)
+    wanted = {
+        r.recipe.digest: [item_ids[j] for j in part]
+        for r, part in zip(respondents, item_shares(len(respondents), len(item_ids), share, seed), strict=True)
+    }
     # Scores are reused only for the same task, items and scorer settings.
     task = f"{evaluator.name}:{hashlib.sha256(repr(evaluator.scorer).encode()).hexdigest()[:16]}"
     stored = _read_cache(cache, task, item_ids)
-    todo = [r for r in respondents if r.recipe.digest not in stored]
+
+    position = {item: j for j, item in enumerate(item_ids)}
+
+    def missing(r: Respondent) -> list[str]:
+        """The respondent's items that no stored entry has a score for."""
+        entry = stored.get(r.recipe.digest)
+        return [i for i in wanted[r.recipe.digest] if entry is None or entry["scores"][position[i]] is None]
+
+    todo = [r for r in respondents if missing(r)]
     pool_file, pool = None, {}
     if shared is not None:
         key = hashlib.sha256(json.dumps([task, context, item_ids]).encode()).hexdigest()[:24]
@@ -174,21 +216,23 @@ def collect_responses(
         keys = {r.recipe.digest: _content_key(r.recipe) for r in todo}
         found = [r for r in todo if keys[r.recipe.digest] in pool]
         for r in found:
-            stored[r.recipe.digest] = {"name": r.name, "scores": pool[keys[r.recipe.digest]]["scores"]}
+            _merge_scores(stored, r, pool[keys[r.recipe.digest]]["scores"])
         if found:
-            log.info("reusing %d respondents' scores from %s", len(found), pool_file)
+            log.info("reusing %d respondents' scores from %s", sum(not missing(r) for r in found), pool_file)
             _write_cache(cache, task, item_ids, stored)
-            todo = [r for r in todo if r.recipe.digest not in stored]
+            todo = [r for r in todo if missing(r)]
+    asked = [missing(r) for r in todo]
     if todo:
-        log.info("scoring %d respondents on %d items each", len(todo), len(item_ids))
+        log.info("scoring %d respondents on %d items each", len(todo), max(len(a) for a in asked))
     if executor is not None:
-        results = executor.score_items(evaluator, [r.recipe for r in todo])
+        results = executor.score_items(evaluator, [r.recipe for r in todo], asked)
     else:
-        results = ((k, _score_here(evaluator, model, tokenizer, merger, r.recipe)) for k, r in enumerate(todo))
+        results = (
+            (k, _score_here(evaluator, model, tokenizer, merger, r.recipe, asked[k])) for k, r in enumerate(todo)
+        )
     with phase(f"scoring respondents ({evaluator.name})", len(todo)) as bar:
         for k, scores in results:
-            entry = {"name": todo[k].name, "scores": [scores[j] for j in item_ids]}
-            stored[todo[k].recipe.digest] = entry
+            entry = _merge_scores(stored, todo[k], [scores.get(i) for i in item_ids])
             _write_cache(cache, task, item_ids, stored)
             if pool_file is not None:
                 pool[_content_key(todo[k].recipe)] = entry
@@ -198,15 +242,29 @@ def collect_responses(
                     log.warning("cannot keep respondents' scores for later runs in %s (%s)", pool_file, err)
                     pool_file = None
             bar.advance()
-    rows = [stored[r.recipe.digest]["scores"] for r in respondents]
+    rows = [[np.nan if v is None else v for v in stored[r.recipe.digest]["scores"]] for r in respondents]
     return Responses(tuple(respondents), item_ids, np.asarray(rows, dtype=float))
 
 
+def _merge_scores(stored: dict[str, dict], respondent: Respondent, scores: list[float | None]) -> dict:
+    """Add ``scores`` (one per item, None where not scored) to what ``stored`` holds for
+    ``respondent``; a score already held is kept."""
+    old = stored.get(respondent.recipe.digest, {}).get("scores") or [None] * len(scores)
+    entry = {"name": respondent.name, "scores": [o if o is not None else n for o, n in zip(old, scores, strict=True)]}
+    stored[respondent.recipe.digest] = entry
+    return entry
+
+
 def _score_here(
-    evaluator: Evaluator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, merger: Merger, recipe: Recipe
+    evaluator: Evaluator,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    merger: Merger,
+    recipe: Recipe,
+    items: Sequence[str],
 ) -> dict[str, float]:
     merger.merge_into(model, recipe)
-    return evaluator.score(model, tokenizer)
+    return evaluator.score(model, tokenizer, list(items))
 
 
 def _read_cache(cache: Path | None, task: str, item_ids: tuple[str, ...]) -> dict[str, dict]:

@@ -41,8 +41,11 @@ class Executor(Protocol):
         """The held-out scores of ``recipe`` and the seconds they took."""
         ...
 
-    def score_items(self, evaluator: Evaluator, recipes: Sequence[Candidate]) -> Iterator[tuple[int, dict[str, float]]]:
-        """Each recipe's score on every search item of ``evaluator`` (IRT respondents)."""
+    def score_items(
+        self, evaluator: Evaluator, recipes: Sequence[Candidate], items: Sequence[Sequence[str]] | None = None
+    ) -> Iterator[tuple[int, dict[str, float]]]:
+        """Each recipe's score on its ``items`` (ids) of ``evaluator``'s search items, else on
+        every one (IRT respondents)."""
         ...
 
 
@@ -90,11 +93,13 @@ class LocalExecutor:
         return Evaluation(measurement, merged - start, time.perf_counter() - merged)
 
     @torch.no_grad()
-    def score_items(self, evaluator: Evaluator, recipes: Sequence[Candidate]) -> Iterator[tuple[int, dict[str, float]]]:
+    def score_items(
+        self, evaluator: Evaluator, recipes: Sequence[Candidate], items: Sequence[Sequence[str]] | None = None
+    ) -> Iterator[tuple[int, dict[str, float]]]:
         for i, recipe in enumerate(recipes):
             with out_of_memory_as_error(self.merger):
                 put_into(self.merger, self.model, recipe)
-                yield i, evaluator.score(self.model, self.tokenizer)
+                yield i, evaluator.score(self.model, self.tokenizer, None if items is None else items[i])
 
     @torch.no_grad()
     def test(self, problem: MergeProblem, recipe: Candidate) -> tuple[tuple[float, ...], float]:

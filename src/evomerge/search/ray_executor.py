@@ -72,8 +72,10 @@ class Worker:
     def set_problem(self, problem: MergeProblem) -> None:
         self.problem = problem
 
-    def score_items(self, evaluator: Evaluator, recipe: Candidate) -> dict[str, float]:
-        ((_, scores),) = self.local.score_items(evaluator, [recipe])
+    def score_items(
+        self, evaluator: Evaluator, recipe: Candidate, items: Sequence[str] | None = None
+    ) -> dict[str, float]:
+        ((_, scores),) = self.local.score_items(evaluator, [recipe], None if items is None else [items])
         return scores
 
     def evaluate(self, recipe: Candidate) -> Evaluation:
@@ -191,11 +193,14 @@ class RayExecutor:
             self.problem, self._problem_ref = problem, self.ray.put(problem)
             self.ray.get([actor.set_problem.remote(self._problem_ref) for actor in self.actors])
 
-    def score_items(self, evaluator: Evaluator, recipes: Sequence[Candidate]) -> Iterator[tuple[int, dict[str, float]]]:
-        """The IRT respondents, scored on the workers."""
+    def score_items(
+        self, evaluator: Evaluator, recipes: Sequence[Candidate], items: Sequence[Sequence[str]] | None = None
+    ) -> Iterator[tuple[int, dict[str, float]]]:
+        """The IRT respondents, scored on the workers (each on its ``items``, else on all)."""
         self._start()
         ref = self.ray.put(evaluator)
-        for i, result in self._dispatch("score_items", recipes, (ref,)):
+        each = [None] * len(recipes) if items is None else items
+        for i, result in self._dispatch("score_items", recipes, (ref,), each):
             if isinstance(result, Evaluation):  # every worker it went to died
                 raise RayExecutorError(f"respondent {recipes[i].digest[:12]} could not be scored: {result.error}")
             self.respondents_scored += 1
@@ -206,8 +211,11 @@ class RayExecutor:
         self._start(problem)
         yield from self._dispatch("evaluate", recipes, ())
 
-    def _dispatch(self, method: str, recipes: Sequence[Candidate], args: tuple[Any, ...]) -> Iterator[tuple[int, Any]]:
-        """``actor.method(*args, recipe)`` for each recipe, each result as it comes. Each worker has
+    def _dispatch(
+        self, method: str, recipes: Sequence[Candidate], args: tuple[Any, ...], each: Sequence[Any] | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """``actor.method(*args, recipe)`` for each recipe (``actor.method(*args, recipe,
+        each[i])`` with ``each``), each result as it comes. Each worker has
         ``QUEUE`` recipes sent ahead, so it never waits for a round trip. A dead worker is
         replaced; the recipe it was running (the first sent of those it held: an actor runs
         its tasks in order) counts a death, the ones queued behind it are sent again as they
@@ -225,7 +233,12 @@ class RayExecutor:
             while todo and free:
                 i, slot = todo.pop(), free.pop()
                 actor = self.actors[slot]
-                running[getattr(actor, method).remote(*args, recipes[i])] = (i, slot, actor, sent)
+                running[getattr(actor, method).remote(*args, recipes[i], *(() if each is None else (each[i],)))] = (
+                    i,
+                    slot,
+                    actor,
+                    sent,
+                )
                 sent += 1
             if running:
                 ready, _ = ray.wait(list(running), num_returns=1)

@@ -1,24 +1,28 @@
-"""The demo search, measured (issues: the search; fast evaluation).
+"""The demo search, measured (issues: the search; fast evaluation; cheaper respondents).
 
 Runs ``examples/mix.yaml`` (task-arithmetic merges of the demo family's three
-specialists, scored on the target task "mix") four ways, each in a fresh run dir:
+specialists, scored on the target task "mix") several ways per seed (``--seeds``, 3 by
+default), each in a fresh run dir with an empty respondent cache:
 
-- GA with mp-IRT on 90 anchors (10% of the 900 search items), its respondents scored
-  from scratch (an empty respondent cache),
+- GA with mp-IRT as the example says (90 anchors, 10% of the 900 search items; 10
+  respondents, each scored on every item),
+- the same GA with mp-IRT on 60 anchors and respondents scored on 35% of the items each
+  (``fitness.respondent_items``),
 - the same GA with full evaluation (all 900 items per candidate): the reference,
-- CMA-ES with mp-IRT on 90 anchors, reusing the GA's respondents (the same models and
-  task: ``fitness.reuse_respondents``),
+
+and, for the first seed, CMA-ES with mp-IRT reusing the first run's respondents (the
+same models and task: ``fitness.reuse_respondents``).
 
 For each it prints the held-out test table (the winner against every endpoint, the
 base and the default merge), the wall time split into setup (loading, respondents, IRT
 fit), search and held-out test, the generations (items scored) of the respondents and of
 the search, and the search bookkeeping share per generation: ``(wall - merge -
-evaluation) / wall``. The end-to-end cost of the IRT run against full evaluation is
-given in generations (respondents included, the unit the issue counts) and in wall time
-(respondents included; with and without the held-out test both runs share). Ends with
-one JSON line.
+evaluation) / wall``. Against full evaluation, per seed then mean and spread: the
+generations (respondents included, the unit the issues count), the wall time up to the
+held-out test and with it, the respondents' generations over the search's, and the
+winner's held-out score. Ends with one JSON line.
 
-    .venv/bin/python bench/search_demo.py [--out runs/bench-search]
+    .venv/bin/python bench/search_demo.py [--out runs/bench-search] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import logging
 import os
 import resource
 import shutil
-import tempfile
+import statistics
 import time
 from pathlib import Path
 
@@ -55,11 +59,23 @@ class Clock(Callback):
         self.end = time.perf_counter()
 
 
-def measure(name: str, out: Path, **changes: dict) -> dict:
+#: The cheaper variant (fitness.respondent_items): 60 anchors, each respondent scored on 35%
+#: of the search items: 7,200 generations in the search, 3,150 by the respondents.
+CHEAP = {"anchors": 60, "respondent_items": 0.35}
+
+
+def measure(name: str, out: Path, seed: int = 0, respondents_of: str | None = None, **changes: dict) -> dict:
+    """One run in ``out/name``, with a respondents' cache of its own (empty: a cold start),
+    or that of the run ``respondents_of`` (its respondents are reused)."""
     config = load_config(ROOT / "examples" / "mix.yaml")
     config = config.model_copy(update={k: getattr(config, k).model_copy(update=v) for k, v in changes.items()})
+    config = config.model_copy(update={"seed": seed, "fitness": config.fitness.model_copy(update={"seed": seed})})
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
+    cache = out / f"respondents-{respondents_of or name}"
+    if respondents_of is None:
+        shutil.rmtree(cache, ignore_errors=True)
+    os.environ["EVOMERGE_RESPONDENTS_CACHE"] = str(cache)
     clock = Clock()
     started = time.perf_counter()
     result = run_experiment(config, run_dir, callbacks=[clock])
@@ -71,7 +87,8 @@ def measure(name: str, out: Path, **changes: dict) -> dict:
     store.close()
     respondents_file = run_dir / "respondents-mix.json"
     respondents = json.loads(respondents_file.read_text())["respondents"] if respondents_file.exists() else {}
-    respondent_items = sum(len(r["scores"]) for r in respondents.values()) if "reuse" not in name else 0
+    scored = sum(v is not None for r in respondents.values() for v in r["scores"])  # null: not scored
+    respondent_items = scored if respondents_of is None else 0
     setup, search, test = clock.start - started, clock.end - clock.start, started + total - clock.end
     tests = {t.name: t.scores["mix"] for t in result.tests}
     baselines = {k: v for k, v in tests.items() if k != "best"}
@@ -101,6 +118,24 @@ def measure(name: str, out: Path, **changes: dict) -> dict:
     }
 
 
+def ratios(irt: dict, full: dict) -> dict:
+    """The mp-IRT run against full evaluation, end to end (respondents included)."""
+    irt_items = irt["items_scored"] + irt["respondent_items"]
+    return {
+        "generations_full_over_mpirt": full["items_scored"] / irt_items,
+        "wall_full_over_mpirt_before_test": (full["setup_seconds"] + full["search_seconds"])
+        / (irt["setup_seconds"] + irt["search_seconds"]),
+        "wall_full_over_mpirt": full["seconds"] / irt["seconds"],
+        "respondents_over_search_generations": irt["respondent_items"] / irt["items_scored"],
+        "setup_over_search_seconds": irt["setup_seconds"] / irt["search_seconds"],
+        "test_points_full_minus_mpirt": 100 * (full["best_test"] - irt["best_test"]),
+    }
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": round(statistics.mean(values), 3), "std": round(statistics.pstdev(values), 3)}
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -108,34 +143,50 @@ def peak_rss_gib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-search")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    os.environ["EVOMERGE_RESPONDENTS_CACHE"] = tempfile.mkdtemp(prefix="respondents-")  # a cold start
-    figures = {
-        "ga_mpirt": measure("ga-mpirt", args.out),
-        "ga_full": measure("ga-full", args.out, fitness={"estimator": "full", "anchors": None}),
-        "cmaes_mpirt_reuse": measure("cmaes-mpirt-reuse", args.out, search={"algorithm": "CMAES", "options": {}}),
-    }
-    shutil.rmtree(os.environ["EVOMERGE_RESPONDENTS_CACHE"])
-    irt, full = figures["ga_mpirt"], figures["ga_full"]
-    irt_items = irt["items_scored"] + irt["respondent_items"]
-    ratios = {
-        "generations_full_over_mpirt": round(full["items_scored"] / irt_items, 2),
-        "wall_full_over_mpirt_before_test": round(
-            (full["setup_seconds"] + full["search_seconds"]) / (irt["setup_seconds"] + irt["search_seconds"]), 2
-        ),
-        "wall_full_over_mpirt": round(full["seconds"] / irt["seconds"], 2),
-        "search_items_full_over_mpirt": round(full["items_scored"] / irt["items_scored"], 2),
-    }
-    figures["end_to_end"] = ratios
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures: dict = {"seeds": {}}
+    for seed in args.seeds:
+        figures["seeds"][seed] = {
+            "ga_mpirt": measure(f"ga-mpirt-s{seed}", args.out, seed),
+            "ga_mpirt_cheap": measure(f"ga-mpirt-cheap-s{seed}", args.out, seed, fitness=CHEAP),
+            "ga_full": measure(f"ga-full-s{seed}", args.out, seed, fitness={"estimator": "full", "anchors": None}),
+        }
+        if seed == args.seeds[0]:  # reuses the respondents of the first run: the same models and task
+            figures["cmaes_mpirt_reuse"] = measure(
+                "cmaes-mpirt-reuse", args.out, seed, f"ga-mpirt-s{seed}", search={"algorithm": "CMAES", "options": {}}
+            )
+    for path in args.out.glob("respondents-*"):
+        shutil.rmtree(path)
+    summary = {}
+    for variant in ("ga_mpirt", "ga_mpirt_cheap"):
+        per_seed = [ratios(f[variant], f["ga_full"]) for f in figures["seeds"].values()]
+        summary[variant] = {key: spread([r[key] for r in per_seed]) for key in per_seed[0]}
+        summary[variant]["best_test"] = spread([f[variant]["best_test"] for f in figures["seeds"].values()])
+    summary["ga_full"] = {"best_test": spread([f["ga_full"]["best_test"] for f in figures["seeds"].values()])}
+    figures["end_to_end"] = summary
+    cheap, before = summary["ga_mpirt_cheap"], summary["ga_mpirt"]
+    n = len(args.seeds)
     print(
-        f"\nmp-IRT GA: test {irt['best_test']:.4f} after {irt_items} generations "
-        f"({irt['respondent_items']} by respondents, {irt['items_scored']} in the search); full-evaluation GA: "
-        f"test {full['best_test']:.4f} after {full['items_scored']}.\nEnd to end, respondents included: "
-        f"{ratios['generations_full_over_mpirt']}x fewer generations; "
-        f"{ratios['wall_full_over_mpirt_before_test']}x less wall time up to the held-out test, "
-        f"{ratios['wall_full_over_mpirt']}x with it (the same {full['test_seconds']:.0f}s in both)."
+        f"\nMean (spread) over {n} seeds, mp-IRT GA against the full-evaluation GA, end to end, respondents included:"
     )
+    for label, s in (
+        ("examples/mix.yaml (90 anchors, respondents on every item)", before),
+        ("60 anchors, respondents on 35% of the items each", cheap),
+    ):
+        gens, wall = s["generations_full_over_mpirt"], s["wall_full_over_mpirt_before_test"]
+        gap, best = s["test_points_full_minus_mpirt"], s["best_test"]
+        print(
+            f"  {label}: {gens['mean']:.2f}x (±{gens['std']:.2f}) fewer generations; {wall['mean']:.2f}x "
+            f"(±{wall['std']:.2f}) less wall time up to the held-out test, {s['wall_full_over_mpirt']['mean']:.2f}x "
+            f"with it; respondents/search generations {s['respondents_over_search_generations']['mean']:.2f}; "
+            f"winner's test {best['mean']:.4f} (±{best['std']:.4f}), {gap['mean']:+.2f} points (±{gap['std']:.2f}) "
+            "below full evaluation's"
+        )
+    full = summary["ga_full"]["best_test"]
+    print(f"  full evaluation: winner's test {full['mean']:.4f} (±{full['std']:.4f})")
     print(json.dumps(figures))
 
 

@@ -30,6 +30,14 @@ def session_folder(tmp_path_factory, name: str) -> Path:
     return folder
 
 
+def pytest_configure(config) -> None:
+    """Under ``pytest -n``: the demo family is built here, before the workers start, with
+    this process's threads. A worker has one thread, and a family trained on one thread is
+    not bit for bit the one a user builds (the documented numbers are that one's)."""
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        build_demo_family()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_respondent_cache(tmp_path_factory) -> Iterator[None]:
     """Respondents' scores are shared by the whole test session (runs reuse them across runs

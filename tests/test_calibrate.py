@@ -154,6 +154,11 @@ def test_respondents_on_a_share_of_the_items_score_only_their_part(config, tmp_p
     full = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache)
     assert counting.items == 5 * 900  # the 540 missing per respondent, nothing twice
     assert not np.isnan(full.scores).any() and np.array_equal(full.scores[seen], part.scores[seen])
+    # Asked for the share again, with every score now in the cache: the same responses as
+    # the first time (only each one's own items), so reusing scores changes no fit.
+    again = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache, share=0.4, seed=0)
+    assert counting.items == 5 * 900 and np.array_equal(np.isnan(again.scores), ~seen)
+    assert np.array_equal(again.scores[seen], part.scores[seen])
     fits = IRTFits(part, dim=1)
     assert np.array_equal(fits.completed[seen], part.scores[seen]) and not np.isnan(fits.completed).any()
 

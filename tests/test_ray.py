@@ -197,3 +197,34 @@ def test_a_candidate_that_kills_every_worker_is_failed_after_the_retries(ray_clu
     assert len(failed) == 2 and all(e.error.startswith("WorkerDied: 2 workers died on it") for e in failed)
     assert sorted(e.measurement.values[0] for e in results.values() if e.error is None) == totals[2:]
     assert executor.retried == 2  # each deadly candidate sent once more; those queued behind it are not blamed
+
+
+def test_respondents_on_a_share_of_the_items_are_scored_on_the_workers_as_here(ray_cluster, demo_family, tmp_path):
+    """fitness.respondent_items on Ray: each respondent's part of the items is sent with it,
+    and the workers' scores are the ones this process gives."""
+    import numpy as np
+
+    from evomerge.evaluate import evaluator_for
+    from evomerge.fitness import collect_responses, random_recipe, respondent_set
+    from evomerge.merge.engine import Merger
+    from evomerge.merge.run import load_live_model, load_live_tokenizer
+    from evomerge.models.pool import ModelPool
+    from evomerge.search.executors import EXECUTORS
+    from evomerge.search.local_executor import close
+
+    config = load_config(ray_config(demo_family))
+    m = config.models
+    evaluator = evaluator_for(config.tasks[0])
+    who = respondent_set(m.endpoints, m.base, 1, lambda rng: random_recipe("task_arithmetic", m.endpoints, m.base, rng))
+    executor = EXECUTORS["ray"].create(None, None, None, config)
+    try:
+        there = collect_responses(evaluator, None, None, None, who, executor=executor, share=0.4, seed=3)
+    finally:
+        close(executor)
+    merger = Merger(ModelPool.open(m.base, m.endpoints))
+    model, tokenizer = load_live_model(merger), load_live_tokenizer(merger)
+    here = collect_responses(evaluator, model, tokenizer, merger, who, share=0.4, seed=3)
+    assert executor.respondents_scored == len(who) == 5
+    assert np.array_equal(np.isnan(there.scores), np.isnan(here.scores))
+    assert (~np.isnan(here.scores)).sum(axis=1).tolist() == [72] * 5  # 40% of the small task's 180 items
+    assert np.array_equal(np.nan_to_num(there.scores, nan=-1), np.nan_to_num(here.scores, nan=-1))

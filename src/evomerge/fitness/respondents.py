@@ -188,10 +188,8 @@ def collect_responses(
     scored again.
     """
     item_ids = tuple(it.id for it in evaluator.splits.search)
-    wanted = {
-        r.recipe.digest: [item_ids[j] for j in part]
-        for r, part in zip(respondents, item_shares(len(respondents), len(item_ids), share, seed), strict=True)
-    }
+    parts = item_shares(len(respondents), len(item_ids), share, seed)
+    wanted = {r.recipe.digest: [item_ids[j] for j in part] for r, part in zip(respondents, parts, strict=True)}
     # Scores are reused only for the same task, items and scorer settings.
     task = f"{evaluator.name}:{hashlib.sha256(repr(evaluator.scorer).encode()).hexdigest()[:16]}"
     stored = _read_cache(cache, task, item_ids)
@@ -242,8 +240,12 @@ def collect_responses(
                     log.warning("cannot keep respondents' scores for later runs in %s (%s)", pool_file, err)
                     pool_file = None
             bar.advance()
-    rows = [[np.nan if v is None else v for v in stored[r.recipe.digest]["scores"]] for r in respondents]
-    return Responses(tuple(respondents), item_ids, np.asarray(rows, dtype=float))
+    # Only each respondent's own items, even where the cache holds more (a run that scored
+    # them all): the fit is the same whether the scores were reused or made here.
+    matrix = np.full((len(respondents), len(item_ids)), np.nan)
+    for row, (r, part) in enumerate(zip(respondents, parts, strict=True)):
+        matrix[row, part] = [stored[r.recipe.digest]["scores"][j] for j in part]
+    return Responses(tuple(respondents), item_ids, matrix)
 
 
 def _merge_scores(stored: dict[str, dict], respondent: Respondent, scores: list[float | None]) -> dict:

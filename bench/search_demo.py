@@ -115,6 +115,7 @@ def measure(name: str, out: Path, seed: int = 0, respondents_of: str | None = No
         "beats_every_baseline": tests["best"] > max(baselines.values()),
         "bookkeeping_share_max": round(max(shares), 4),
         "bookkeeping_share_mean": round(sum(shares) / len(shares), 4),
+        "peak_rss_gib": round(peak_rss_gib(), 2),  # of this process so far: every run before it too
     }
 
 

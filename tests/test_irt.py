@@ -114,3 +114,19 @@ def test_a_respondent_with_no_score_is_refused():
     y[2] = np.nan
     with pytest.raises(IRTError, match="at least one item"):
         fit_irt(y, dim=1)
+
+
+def test_the_dimension_is_chosen_when_respondents_have_a_single_item_each():
+    """A tiny task cut thin (fitness.respondent_items): a validation respondent with one
+    scored item has nothing to predict and is left out of the choice, not a NaN loss."""
+    from evomerge.fitness.fits import IRTFits
+    from evomerge.fitness.respondents import Respondent, Responses
+
+    _, _, _, y = simulate(12, 8, dim=1, seed=4)
+    y[4:, :] = np.nan
+    for r in range(4, 12):
+        y[r, r % 8] = r % 2  # the extras: one item each
+    kinds = ["base", "endpoint", "endpoint", "endpoint"] + ["extra"] * 8
+    responses = Responses(tuple(Respondent(str(i), k, None) for i, k in enumerate(kinds)), tuple("abcdefgh"), y)
+    fits = IRTFits(responses)
+    assert fits.chosen_dim in (1, 2, 3, 4, 6, 8) and np.isfinite(fits.completed).all()

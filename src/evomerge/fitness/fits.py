@@ -72,6 +72,8 @@ class IRTFits:
             for row in self.responses.scores[val]:
                 scored = np.flatnonzero(~np.isnan(row))  # all items, unless respondent_items < 1
                 seen, unseen = scored[0::2], scored[1::2]
+                if len(unseen) == 0:  # one scored item (a tiny task cut thin): nothing to predict
+                    continue
                 p = np.clip(model.probabilities(model.ability(row[seen], seen))[unseen], 1e-9, 1 - 1e-9)
                 y = row[unseen]
                 loss -= float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) / len(val)

@@ -37,7 +37,7 @@ from .anchors import SELECTIONS
 from .build import build_estimator, item_strata, random_merges, run_respondents, scoring_context
 from .estimators import ESTIMATORS, Mean
 from .fits import IRTFits
-from .respondents import Respondent, Responses, collect_responses, item_shares, respondents_file, shared_cache_dir
+from .respondents import Respondent, collect_responses, item_shares, respondents_file, shared_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,9 @@ def calibrate(
         strata = item_strata(f, evaluator)
         counts = sorted(set(anchor_counts or [max(5, round(s * n)) for s in SHARES]))
         for share in dict.fromkeys((1.0, f.respondent_items)):
-            fits = IRTFits(only_their_share(responses, share, f.seed), f.dim, seed=f.seed)
+            # each respondent's part of the items, the rest hidden: what a run at this share has
+            parts = item_shares(len(responses.respondents), n, share, f.seed)
+            fits = IRTFits(responses.only(parts), f.dim, seed=f.seed)
             for k in counts:
                 for estimator, selection in variants or default_variants():
                     if (
@@ -155,18 +157,6 @@ def calibrate(
     report["seconds"] = round(time.perf_counter() - started, 1)
     _write(out, rows, report)
     return rows
-
-
-def only_their_share(responses: Responses, share: float, seed: int) -> Responses:
-    """``responses`` with every score a run at ``fitness.respondent_items: share`` would not
-    have made hidden (NaN): each respondent keeps its part of the items (``item_shares``)."""
-    if share >= 1:
-        return responses
-    scores = np.full_like(responses.scores, np.nan)
-    parts = item_shares(len(responses.respondents), scores.shape[1], share, seed)
-    for row, part in enumerate(parts):
-        scores[row, part] = responses.scores[row, part]
-    return Responses(responses.respondents, responses.item_ids, scores)
 
 
 def _measure(

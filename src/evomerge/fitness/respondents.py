@@ -70,6 +70,14 @@ class Responses:
     def subset(self, rows: Sequence[int]) -> Responses:
         return Responses(tuple(self.respondents[i] for i in rows), self.item_ids, self.scores[list(rows)])
 
+    def only(self, parts: Sequence[np.ndarray]) -> Responses:
+        """These responses with every score outside each respondent's part of the items
+        (``item_shares``) hidden (NaN)."""
+        scores = np.full_like(self.scores, np.nan)
+        for row, part in enumerate(parts):
+            scores[row, part] = self.scores[row, part]
+        return Responses(self.respondents, self.item_ids, scores)
+
 
 def single_model(model: str) -> Recipe:
     """A recipe that reproduces one checkpoint exactly (``linear``, weight 1)."""
@@ -240,12 +248,10 @@ def collect_responses(
                     log.warning("cannot keep respondents' scores for later runs in %s (%s)", pool_file, err)
                     pool_file = None
             bar.advance()
+    rows = [[np.nan if v is None else v for v in stored[r.recipe.digest]["scores"]] for r in respondents]
     # Only each respondent's own items, even where the cache holds more (a run that scored
     # them all): the fit is the same whether the scores were reused or made here.
-    matrix = np.full((len(respondents), len(item_ids)), np.nan)
-    for row, (r, part) in enumerate(zip(respondents, parts, strict=True)):
-        matrix[row, part] = [stored[r.recipe.digest]["scores"][j] for j in part]
-    return Responses(tuple(respondents), item_ids, matrix)
+    return Responses(tuple(respondents), item_ids, np.asarray(rows, dtype=float)).only(parts)
 
 
 def _merge_scores(stored: dict[str, dict], respondent: Respondent, scores: list[float | None]) -> dict:

@@ -103,7 +103,7 @@ def build_family(root: Path, shape: str) -> Path:
     return root
 
 
-def mergekit_config(method: str, family: Path, seed: int) -> dict:
+def mergekit_config(method: str, family: Path, seed: int, dtype: str = "float32") -> dict:
     g = torch.Generator().manual_seed(seed)
     models = []
     for e in ("e1", "e2", "e3"):
@@ -111,7 +111,7 @@ def mergekit_config(method: str, family: Path, seed: int) -> dict:
         if method != "task_arithmetic":
             params["density"] = round(0.2 + 0.6 * float(torch.rand(1, generator=g)), 3)
         models.append({"model": str(family / e), "parameters": params})
-    return {"merge_method": method, "base_model": str(family / "base"), "models": models, "dtype": "float32",
+    return {"merge_method": method, "base_model": str(family / "base"), "models": models, "dtype": dtype,
             "out_dtype": "bfloat16"}  # fmt: skip
 
 
@@ -195,12 +195,13 @@ def worker(spec: dict) -> dict:
     return json.loads(line)
 
 
-def mergenetic_path(method: str, family: Path, tmp: Path) -> dict:
-    """mergekit-yaml to disk + from_pretrained (what a search built on mergekit pays per candidate)."""
+def mergenetic_path(method: str, family: Path, tmp: Path, dtype: str = "float32") -> dict:
+    """mergekit-yaml to disk + from_pretrained (what a search built on mergekit pays per candidate);
+    ``dtype``: the recipe's compute dtype (mergekit's ``dtype:``)."""
     config = tmp / f"{method}.yml"
     import yaml
 
-    config.write_text(yaml.safe_dump(mergekit_config(method, family, 0)))
+    config.write_text(yaml.safe_dump(mergekit_config(method, family, 0, dtype)))
     out = tmp / f"mk-{method}"
     merge_s, merge_peak, _ = run_measured([str(Path(sys.executable).parent / "mergekit-yaml"), str(config), str(out)])
     load = f"import time,torch;from transformers import AutoModelForCausalLM as A;t=time.perf_counter();A.from_pretrained({str(out)!r},dtype='auto');print(time.perf_counter()-t)"  # noqa: E501
@@ -228,6 +229,8 @@ def main() -> None:
     parser.add_argument("--tiers", default=",".join(TIERS))
     parser.add_argument("--no-one-off", action="store_true", help="skip mergekit-yaml and evomerge merge")
     parser.add_argument("--cold", action="store_true", help="evict the checkpoints from the page cache per candidate")
+    parser.add_argument("--one-off-only", action="store_true", help="only mergekit-yaml against evomerge merge")
+    parser.add_argument("--dtype", default="float32", help="the one-off merges' compute dtype (mergekit's dtype:)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -239,7 +242,7 @@ def main() -> None:
     methods, tiers = args.methods.split(","), args.tiers.split(",")
     results = []
     for method in methods:
-        for tier in tiers:
+        for tier in [] if args.one_off_only else tiers:
             spec = {"family": str(family), "tier": tier, "method": method, "candidates": args.candidates}
             r = worker(spec | {"cold": args.cold})
             results.append(r)
@@ -253,7 +256,7 @@ def main() -> None:
     paths = []
     with tempfile.TemporaryDirectory(dir=family.parent) as tmp:
         for method in [] if args.no_one_off else methods:
-            p = mergenetic_path(method, family, Path(tmp))
+            p = mergenetic_path(method, family, Path(tmp), args.dtype)
             paths.append(p)
             print(
                 f"{method:16s} mergekit-yaml {p['mergekit_yaml_s']:6.1f} s "
@@ -262,9 +265,10 @@ def main() -> None:
                 f"(peak {p['evomerge_merge_peak'] / GiB:.2f} GiB)",
                 flush=True,
             )
-    live = results[0]["live_bytes"]
-    params = results[0]["params"]
+    live = results[0]["live_bytes"] if results else 0
+    params = results[0]["params"] if results else 0
     summary = {"bench": "scale", "params": params, "live_gib": round(live / GiB, 3), "tiers": {}, "one_off": {}}
+    summary["one_off_dtype"] = args.dtype
     for r in results:
         p = next((p for p in paths if p["method"] == r["method"]), None)
         summary["tiers"][f"{r['method']}:{r['tier']}"] = {

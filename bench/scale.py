@@ -122,7 +122,10 @@ def worker_tier(args: dict) -> dict:
     from evomerge.merge.run import load_live_model
 
     family = Path(args["family"])
-    recipes = [Recipe.from_mergekit(mergekit_config(args["method"], family, s)) for s in range(args["candidates"])]
+    dtype = args.get("dtype", "float32")
+    recipes = [
+        Recipe.from_mergekit(mergekit_config(args["method"], family, s, dtype)) for s in range(args["candidates"])
+    ]
     start = time.perf_counter()
     budget = None
     if args["tier"] == "hybrid":  # a budget that holds half the stacks beside the disk tier's needs
@@ -195,6 +198,28 @@ def worker(spec: dict) -> dict:
     return json.loads(line)
 
 
+def differing_entries(a: Path, b: Path) -> tuple[int, int]:
+    """(entries that differ, entries) between two merged checkpoints (shards named as each
+    writer names them), a tensor at a time."""
+    from safetensors import safe_open
+
+    def where(root: Path) -> dict[str, Path]:
+        found = {}
+        for file in sorted(root.glob("*.safetensors")):
+            with safe_open(file, "pt") as f:
+                found.update(dict.fromkeys(f.keys(), file))
+        return found
+
+    ours, theirs = where(a), where(b)
+    differ = total = 0
+    for name, file in ours.items():
+        with safe_open(file, "pt") as x, safe_open(theirs[name], "pt") as y:
+            t = x.get_tensor(name)
+            differ += int((t != y.get_tensor(name)).sum())
+            total += t.numel()
+    return differ, total
+
+
 def mergenetic_path(method: str, family: Path, tmp: Path, dtype: str = "float32") -> dict:
     """mergekit-yaml to disk + from_pretrained (what a search built on mergekit pays per candidate);
     ``dtype``: the recipe's compute dtype (mergekit's ``dtype:``)."""
@@ -209,7 +234,9 @@ def mergenetic_path(method: str, family: Path, tmp: Path, dtype: str = "float32"
     load_s = float(printed.strip().splitlines()[-1])
     ours = tmp / f"ours-{method}"
     ours_s, ours_peak, _ = run_measured([sys.executable, "-m", "evomerge", "merge", str(config), "--out", str(ours)])
+    differ, total = differing_entries(ours, out)
     return {
+        "differ_fraction": differ / total,
         "method": method,
         "mergekit_yaml_s": round(merge_s, 2),
         "mergekit_yaml_peak": merge_peak,
@@ -230,7 +257,7 @@ def main() -> None:
     parser.add_argument("--no-one-off", action="store_true", help="skip mergekit-yaml and evomerge merge")
     parser.add_argument("--cold", action="store_true", help="evict the checkpoints from the page cache per candidate")
     parser.add_argument("--one-off-only", action="store_true", help="only mergekit-yaml against evomerge merge")
-    parser.add_argument("--dtype", default="float32", help="the one-off merges' compute dtype (mergekit's dtype:)")
+    parser.add_argument("--dtype", default="float32", help="the recipes' compute dtype (mergekit's dtype:)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -244,6 +271,7 @@ def main() -> None:
     for method in methods:
         for tier in [] if args.one_off_only else tiers:
             spec = {"family": str(family), "tier": tier, "method": method, "candidates": args.candidates}
+            spec["dtype"] = args.dtype
             r = worker(spec | {"cold": args.cold})
             results.append(r)
             print(
@@ -262,7 +290,7 @@ def main() -> None:
                 f"{method:16s} mergekit-yaml {p['mergekit_yaml_s']:6.1f} s "
                 f"(peak {p['mergekit_yaml_peak'] / GiB:.2f} GiB)"
                 f" + from_pretrained {p['from_pretrained_s']:.1f} s | evomerge merge {p['evomerge_merge_s']:6.1f} s "
-                f"(peak {p['evomerge_merge_peak'] / GiB:.2f} GiB)",
+                f"(peak {p['evomerge_merge_peak'] / GiB:.2f} GiB; {p['differ_fraction']:.4%} of entries differ)",
                 flush=True,
             )
     live = results[0]["live_bytes"] if results else 0
@@ -296,6 +324,7 @@ def main() -> None:
             "evomerge_peak_gib": round(p["evomerge_merge_peak"] / GiB, 2),
             "mergekit_peak_gib": round(p["mergekit_yaml_peak"] / GiB, 2),
             "peak_ratio": round(p["evomerge_merge_peak"] / p["mergekit_yaml_peak"], 2),
+            "differ_fraction": p["differ_fraction"],  # entries unlike mergekit-yaml's (stock sorts)
         }
     host_limit = live + 4 * params * 2 + GiB
     disk_limit = live + 1.5 * GiB
@@ -309,6 +338,9 @@ def main() -> None:
         "hybrid_peak_ok": all(v["peak_within_budget"] for k, v in summary["tiers"].items() if "time_vs_disk" in v),
         "one_off_peak_ok": all(v["peak_ratio"] <= 1.5 for v in summary["one_off"].values()),
         "one_off_time_ok": all(v["time_ratio"] <= 1.5 for v in summary["one_off"].values()),
+        "one_off_at_most_mergekit_ok": all(  # time and memory, as mergekit-yaml's at most
+            v["time_ratio"] <= 1.0 and v["peak_ratio"] <= 1.0 for v in summary["one_off"].values()
+        ),
         "host_5x_mergenetic_ok": all(
             v["speedup_vs_mergenetic"] >= 5 for k, v in summary["tiers"].items() if k.endswith(":host")
         ),

@@ -3,7 +3,7 @@
 A candidate is merged tensor by tensor. The models' tensors come from a
 ``TensorCache`` in the tier the memory plan chose (``memory.py``, ``cache.py``), in the
 checkpoints' own dtype; task vectors are formed in fp32 a chunk at a time
-(``Merger._chunks``), merged, and written into the live parameter in its dtype, so no
+(``Merger.chunks``), merged, and written into the live parameter in its dtype, so no
 fp32 copy of a model, nor of a whole tensor, is made (except by DELLA and the mergekit
 fallback, per tensor). Per method, dispatched by name:
 
@@ -12,8 +12,10 @@ fallback, per tensor). Per method, dispatched by name:
   ``select.py`` for ``layer_select``), given a ``TensorJob`` and calling back the
   merger's parameters, chunks and tables (``tensorjob.MergeContext``);
 - every other mergekit method goes through ``mergekit.merge_methods.api.merge_tensors``,
-  and so does every method when the recipe asks to compute in bf16/fp16 (``dtype``), so
-  the result is mergekit's, bit for bit.
+  and so do the other methods when the recipe asks to compute in bf16/fp16 (``dtype``),
+  so the result is mergekit's, bit for bit. Task arithmetic, TIES, DARE and breadcrumbs
+  keep their fast path in bf16/fp16: their masks are found as in fp32, and the
+  arithmetic runs in that dtype, op for op as mergekit runs it (``gta.py``).
 
 Parameter settings (scalars, gradients over layers, ``filter`` conditions) are resolved
 per tensor by mergekit's own resolver, so they mean what they mean in mergekit.
@@ -35,7 +37,7 @@ from ..models.groups import tensor_group
 from ..models.pool import ModelPool
 from . import masks
 from .cache import TensorCache
-from .fastpaths import FAST_PATHS
+from .fastpaths import FAST_PATHS, HALF_FAST_METHODS
 from .memory import MemoryPlan, plan
 from .methods import get_method
 from .recipe import Recipe, thaw
@@ -97,7 +99,7 @@ class Merger:
         self.names = [m.name for m in pool.models]
         self._scratch: torch.Tensor | None = None
         self._skip = {n for n in pool.tensor_names if not pool.base.dtype(n).is_floating_point}
-        self._warned: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, *, allow_pickle: bool = False, **kwargs: Any) -> Merger:
@@ -180,15 +182,16 @@ class Merger:
             )
         get_method(recipe.method)
         stack = self.cache.stack(name) if stack is None else stack
+        dtype = torch.float32 if recipe.dtype in _FP32 else _dtype(recipe.dtype)
         fast = recipe.method in FAST_PATHS
-        if fast and recipe.dtype not in _FP32 and recipe.method != "layer_select":
-            if recipe.dtype not in self._warned:
-                self._warned.add(recipe.dtype)
-                log.info("dtype %s: merging with mergekit's own kernels in that dtype", recipe.dtype)
+        if fast and dtype != torch.float32 and recipe.method not in HALF_FAST_METHODS:
+            if (recipe.dtype, recipe.method) not in self._warned:
+                self._warned.add((str(recipe.dtype), recipe.method))
+                log.info("dtype %s: merging %s with mergekit's own kernels in that dtype", recipe.dtype, recipe.method)
             fast = False
         try:
             if fast:
-                FAST_PATHS[recipe.method](TensorJob(self, recipe, name, stack, target))
+                FAST_PATHS[recipe.method](TensorJob(self, recipe, name, stack, target, dtype))
             else:
                 self._mergekit(recipe, name, stack, target)
         except torch.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
@@ -248,9 +251,17 @@ class Merger:
             self._scratch = torch.empty((rows, size), dtype=torch.float32, device=self.device)
         return self._scratch
 
-    def chunks(self, stack: torch.Tensor, rows: Sequence[int], target: torch.Tensor | None = None) -> Iterator[Chunk]:
+    def chunks(
+        self,
+        stack: torch.Tensor,
+        rows: Sequence[int],
+        target: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Iterator[Chunk]:
         """``(offset, reference, task vectors of rows, out)`` per chunk, fp32; what the caller
-        writes into ``out`` is copied into ``target`` (in its dtype) after each chunk."""
+        writes into ``out`` is copied into ``target`` (in its dtype) after each chunk. With a
+        16-bit ``dtype`` the chunks hold what mergekit computes in it: the inputs rounded to
+        ``dtype`` and their difference rounded again (every value exact in fp32)."""
         scratch = self._chunk_buffer(len(rows) + 2)
         flat = None
         if target is not None:  # a non-contiguous parameter is assembled, then copied once
@@ -260,16 +271,21 @@ class Merger:
                 else torch.empty(target.numel(), dtype=target.dtype, device=target.device)
             )
         direct = flat is not None and flat.dtype == torch.float32 and flat.device == scratch.device
+        half = dtype != torch.float32
         numel, size = stack.shape[1], scratch.shape[1]
         for start in range(0, numel, size):
             stop = min(numel, start + size)
             n = stop - start
             reference = scratch[0, :n]
-            reference.copy_(stack[0, start:stop])
+            reference16 = stack[0, start:stop].to(dtype) if half else None
+            reference.copy_(stack[0, start:stop] if reference16 is None else reference16)
             deltas = []
             for i, r in enumerate(rows, start=1):
                 delta = scratch[i, :n]
-                torch.sub(stack[r, start:stop], reference, out=delta)
+                if reference16 is None:
+                    torch.sub(stack[r, start:stop], reference, out=delta)
+                else:
+                    delta.copy_(stack[r, start:stop].to(dtype) - reference16)
                 deltas.append(delta)
             out = flat[start:stop] if direct else scratch[len(rows) + 1, :n]  # type: ignore[index]
             yield start, reference, deltas, out
@@ -278,11 +294,11 @@ class Merger:
         if target is not None and flat is not None and not target.is_contiguous():
             target.copy_(flat.view(target.shape))
 
-    def sweep(self, stack: torch.Tensor, rows: list[int]) -> masks.Sweep:
+    def sweep(self, stack: torch.Tensor, rows: list[int], dtype: torch.dtype = torch.float32) -> masks.Sweep:
         """Chunks of the task vectors of ``rows``, for the mask scans and L1 norms."""
 
         def sweep() -> Iterator[tuple[int, list[torch.Tensor]]]:
-            for start, _, deltas, _ in self.chunks(stack, rows):
+            for start, _, deltas, _ in self.chunks(stack, rows, dtype=dtype):
                 yield start, deltas
 
         return sweep
@@ -295,29 +311,33 @@ class Merger:
             self.cache.tables[key] = make()
         return self.cache.tables[key]  # type: ignore[return-value]
 
-    def stats(self, name: str, stack: torch.Tensor) -> tuple[list[np.ndarray], list[float]]:
+    def stats(
+        self, name: str, stack: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[list[np.ndarray], list[float]]:
         """Each task vector's magnitude histogram and L1 norm (index ``r``; row 0 unused)."""
-        key = ("stats", name)
+        key = ("stats", name, dtype)
         if key not in self.cache.tables:
             rows = list(range(1, stack.shape[0]))
             histograms = [np.zeros(masks.BUCKETS, np.int64) for _ in range(stack.shape[0])]
             l1 = [0.0] * stack.shape[0]
-            for _, _, deltas, _ in self.chunks(stack, rows):
+            for _, _, deltas, _ in self.chunks(stack, rows, dtype=dtype):
                 for r, delta in zip(rows, deltas, strict=True):
                     masks.magnitude_histogram(delta, histograms[r])
                     l1[r] += float(delta.abs().sum(dtype=torch.float64))
             self.cache.tables[key] = (histograms, l1)
         return self.cache.tables[key]  # type: ignore[return-value]
 
-    def level_table(self, name: str, stack: torch.Tensor, row: int, seed: int) -> np.ndarray:
+    def level_table(
+        self, name: str, stack: torch.Tensor, row: int, seed: int, dtype: torch.dtype = torch.float32
+    ) -> np.ndarray:
         """Cumulative ``sum |delta|`` by random level: DARE's kept L1 norm for any density."""
-        key = ("levels", name, row, seed)
+        key = ("levels", name, row, seed, dtype)
         if key not in self.cache.tables:
             stale = [k for k in self.cache.tables if k[0] == "levels" and k[3] != seed]
             for k in stale:  # one seed's tables at a time
                 del self.cache.tables[k]
             table = np.zeros(masks.LEVELS, np.float64)
-            for start, (delta,) in self.sweep(stack, [row])():
+            for start, (delta,) in self.sweep(stack, [row], dtype)():
                 masks.level_l1(table, delta, seed, start)
             self.cache.tables[key] = np.cumsum(table)
         return self.cache.tables[key]  # type: ignore[return-value]

@@ -7,6 +7,10 @@ temporary; mergekit's version also sorts. One pass does it here: per entry, mask
 task vector, weight it, elect the sign, average, and write out. The arithmetic is
 mergekit's, in its order, so results agree with it to the last bit or nearly.
 
+A recipe computed in bf16 (mergekit's ``dtype: bfloat16``) runs the same pass with each
+of mergekit's ops rounded to bf16 as torch rounds it (``bf16``): the result is mergekit's
+bit for bit, at the fp32 pass's speed.
+
 The engine feeds the kernel one chunk of fp32 task vectors at a time (formed from the
 checkpoints' own dtype), with ``offset`` the chunk's first entry. Masks are decided per
 entry ``j`` (its index in the whole tensor):
@@ -35,6 +39,8 @@ _BLOCK = 1 << 16  # entries per parallel work item
 _M32 = np.uint64(0xFFFFFFFF)
 _K0, _K1, _K2 = np.uint64(0x9E3779B1), np.uint64(0x85EBCA6B), np.uint64(0xC2B2AE35)
 _S13, _S16, _S17 = np.uint64(13), np.uint64(16), np.uint64(17)
+_S16_32 = np.uint32(16)
+_ROUND, _ONE, _HIGH = np.uint32(0x7FFF), np.uint32(1), np.uint32(0xFFFF0000)  # bf16 rounding
 
 
 @njit(cache=True, inline="always")
@@ -50,11 +56,19 @@ def level(j, seed):  # pragma: no cover - compiled
     return h >> _S17
 
 
+@njit(cache=True, inline="always")
+def bf16(x):  # pragma: no cover - compiled
+    """``x`` rounded to bf16 (to nearest, ties to even: torch's rounding), as an fp32."""
+    bits = np.float32(x).view(np.uint32)
+    bits = np.uint32((bits + _ROUND + ((bits >> _S16_32) & _ONE)) & _HIGH)  # numba widens to 64 bits
+    return bits.view(np.float32)
+
+
 #: Small tensors run single-threaded: waking a thread pool costs more than they do.
 PARALLEL_FROM = 1 << 20
 
 
-def _span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):
+def _span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, rescale, consensus, normalize, coefficients, out):
     """``out[j] = base[j] * c[0] + c[1] * combine_i(mask_ij * delta_ij * scale_i)`` over one span,
     ``c = coefficients``: (1, lambda) for the task-arithmetic family.
 
@@ -63,13 +77,19 @@ def _span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, 
     ``combine`` is the sign-elected mean (TIES) when ``consensus``, else the sum;
     ``normalize`` divides by the weights that took part (by their sum without consensus,
     as mergekit does). ``c[0]`` is 1 there (and exact: x * 1 = x); linear and SLERP use it
-    as the reference's coefficient. Replaced in compiled code by the overload below.
+    as the reference's coefficient.
+
+    With ``rescale`` (an array, not None) the span computes in bf16 as mergekit does: every
+    input is a bf16 value, and each of mergekit's ops (rescale by ``rescale[i]``, weight by
+    ``weights[i]``, the sums, the division, lambda, adding the base) is one fp32 op rounded to
+    bf16, as torch computes a bf16 op; ``scale`` and ``c[0]`` are unused there.
+    Replaced in compiled code by the overload below.
     """
     raise NotImplementedError  # pragma: no cover
 
 
 _SPAN_TEMPLATE = """
-def span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):
+def span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, rescale, consensus, normalize, coefficients, out):
     zero = np.float32(0.0)
     one = np.float32(1.0)
     base_scale = coefficients[0]
@@ -93,13 +113,13 @@ _LOOP = """for j in range(base.shape[0]):
     jj = offset + j
 {mask}
 {combine}
-    out[j] = base[j] * base_scale + mixed * delta_scale"""
+    out[j] = {out}"""
 _CONSENSUS = """total = {total}
-sign = one if total >= zero else -one
+sign = one if {total_rounded} >= zero else -one
 {agree}
 mixed = {agreed}"""
 _NORMALIZE_CONSENSUS = """divisor = {divisor}
-mixed = mixed / (divisor if divisor != zero else one)"""
+mixed = {quotient}"""
 
 
 def _indent(text: str, spaces: int) -> str:
@@ -107,8 +127,15 @@ def _indent(text: str, spaces: int) -> str:
 
 
 @overload(_span, jit_options={"boundscheck": False})
-def _span_overload(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out):
+def _span_overload(
+    base, deltas, seeds, lo, hi, ties, offset, scale, weights, rescale, consensus, normalize, coefficients, out
+):
     each = range(len(deltas))
+    rounding = not isinstance(rescale, types.NoneType)
+
+    def r(expression: str) -> str:  # one bf16 op: the fp32 result, rounded
+        return f"bf16({expression})" if rounding else expression
+
     if isinstance(seeds, types.NoneType):
         keep = (
             "((m{i} > lo{i}) | ((m{i} == lo{i}) & (jj >= la{i}) & (jj <= lb{i}))) & "
@@ -123,6 +150,9 @@ def _span_overload(base, deltas, seeds, lo, hi, ties, offset, scale, weights, co
         keep = "np.float32(level(jj, sd{i})) < hi{i}"
         setup = "hi{i} = hi[{i}]\nsd{i} = seeds[{i}]"
         load = "a{i} = d{i}[j]"
+    setup += "\nd{i} = deltas[{i}]\ns{i} = scale[{i}]\nw{i} = weights[{i}]"
+    if rounding:
+        setup += "\nr{i} = rescale[{i}]"
 
     def lines(template: str) -> str:
         return "\n".join(template.format(i=i) for i in each)
@@ -132,25 +162,32 @@ def _span_overload(base, deltas, seeds, lo, hi, ties, offset, scale, weights, co
 
     total = terms("x{i}")
     consensus_part = _CONSENSUS.format(
-        total=total, agree=lines("g{i} = x{i} * sign > zero"), agreed=terms("(x{i} if g{i} else zero)")
+        total=total,
+        total_rounded=r("total"),
+        agree=lines("g{i} = x{i} * sign > zero"),
+        agreed=r(terms("(x{i} if g{i} else zero)")),
     )
-    divide = _NORMALIZE_CONSENSUS.format(divisor=terms("(w{i} if g{i} else zero)"))
+    divide = _NORMALIZE_CONSENSUS.format(
+        divisor=r(terms("(w{i} if g{i} else zero)")), quotient=r("mixed / (divisor if divisor != zero else one)")
+    )
     loops = {
         "consensus_normalize": consensus_part + "\n" + divide,
         "consensus": consensus_part,
-        "normalize": f"mixed = ({total}) / wsum",
-        "plain": f"mixed = {total}",
+        "normalize": f"mixed = {r(r(total) + ' / wsum')}",
+        "plain": f"mixed = {r(total)}",
     }
-    mask = lines(f"{load}\nx{{i}} = a{{i}} * s{{i}} if {keep} else zero")
+    weighted = r(r("a{i} * r{i}") + " * w{i}") if rounding else "a{i} * s{i}"
+    mask = lines(f"{load}\nx{{i}} = {weighted} if {keep} else zero")
+    out = r("base[j] + " + r("mixed * delta_scale")) if rounding else "base[j] * base_scale + mixed * delta_scale"
     source = _SPAN_TEMPLATE.format(
-        wsum=terms("weights[{i}]"),
-        setup=_indent(lines(setup + "\nd{i} = deltas[{i}]\ns{i} = scale[{i}]\nw{i} = weights[{i}]"), 4),
+        wsum=r(terms("weights[{i}]")),
+        setup=_indent(lines(setup), 4),
         **{
-            name: _indent(_LOOP.format(mask=_indent(mask, 4), combine=_indent(combine, 4)), 8)
+            name: _indent(_LOOP.format(mask=_indent(mask, 4), combine=_indent(combine, 4), out=out), 8)
             for name, combine in loops.items()
         },
     )
-    namespace = {"np": np, "level": level}
+    namespace = {"np": np, "level": level, "bf16": bf16}
     exec(source, namespace)  # our own template, formatted with integers
     return namespace["span"]
 
@@ -174,7 +211,7 @@ _compile = {"cache": True, "boundscheck": False}
 
 @njit(parallel=True, **_compile)
 def _merge_parallel(
-    base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out
+    base, deltas, seeds, lo, hi, ties, offset, scale, weights, rescale, consensus, normalize, coefficients, out
 ):  # pragma: no cover
     size = base.shape[0]
     blocks = (size + _BLOCK - 1) // _BLOCK
@@ -191,6 +228,7 @@ def _merge_parallel(
             offset + start,
             scale,
             weights,
+            rescale,
             consensus,
             normalize,
             coefficients,
@@ -200,9 +238,9 @@ def _merge_parallel(
 
 @njit(**_compile)
 def _merge_serial(
-    base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out
+    base, deltas, seeds, lo, hi, ties, offset, scale, weights, rescale, consensus, normalize, coefficients, out
 ):  # pragma: no cover
-    _span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out)
+    _span(base, deltas, seeds, lo, hi, ties, offset, scale, weights, rescale, consensus, normalize, coefficients, out)
 
 
 def gta_merge(
@@ -217,13 +255,18 @@ def gta_merge(
     lam: float,
     out: np.ndarray,
     base_scale: float = 1.0,
+    bf16_rescale: np.ndarray | None = None,
 ) -> None:
     """One fused pass over a chunk (see ``_span``): ``deltas`` is a tuple of 1-D fp32 arrays,
-    ``masks`` the candidate's cuts or random levels, ``offset`` the chunk's first entry."""
+    ``masks`` the candidate's cuts or random levels, ``offset`` the chunk's first entry.
+    ``bf16_rescale``: compute in bf16 as mergekit does (inputs, ``weights`` and these
+    rescale factors all bf16 values), rather than in fp32 with ``scale = rescale * weight``."""
     kernel = _merge_parallel if base.shape[0] >= PARALLEL_FROM else _merge_serial
     coefficients = np.array([base_scale, lam], np.float32)
     seeds, lo, hi, ties = masks
-    kernel(base, deltas, seeds, lo, hi, ties, offset, scale, weights, consensus, normalize, coefficients, out)
+    kernel(
+        base, deltas, seeds, lo, hi, ties, offset, scale, weights, bf16_rescale, consensus, normalize, coefficients, out
+    )
 
 
 #: (seeds or None, lo, hi, ties): what ``gta_merge`` reads of a candidate's masks

@@ -34,8 +34,12 @@ GTA_METHODS: dict[str, tuple[bool, str | None]] = {
 }
 
 
+#: the methods whose fast path also computes in bf16/fp16 as mergekit does (DELLA's does not)
+HALF_METHODS = frozenset(m for m, (_, kind) in GTA_METHODS.items() if kind != "della_magprune")
+
+
 def gta(job: TensorJob) -> None:
-    merger, recipe, name, stack = job.merger, job.recipe, job.name, job.stack
+    merger, recipe, name, stack, dtype = job.merger, job.recipe, job.name, job.stack, job.dtype
     consensus, method = GTA_METHODS[recipe.method]
     if recipe.base_model is None or merger.row(recipe.base_model) != 0:
         raise MergeConfigError(f"{recipe.method} needs base_model (the pool's first model, {merger.names[0]})")
@@ -45,9 +49,12 @@ def gta(job: TensorJob) -> None:
     weights = [float(per_input[n]["weight"]) for n in entries]
     densities = [float(per_input[n].get("density", 1.0)) for n in entries]
     lam, normalize = float(shared["lambda"]), bool(shared["normalize"])
+    half = dtype != torch.float32
     if method is None or all(d >= 1 for d in densities):
         if consensus:  # a dense TIES still elects signs
             method = "magnitude"
+        elif half:  # mergekit's rounding after each op: the eager kernel in that dtype
+            method = None
         else:
             divisor = sum(weights) if normalize and abs(sum(weights)) >= 1e-8 else 1.0
             combine(job, {0: 1.0, **{r: lam * w / divisor for r, w in zip(rows, weights, strict=True)}})
@@ -55,37 +62,62 @@ def gta(job: TensorJob) -> None:
     if method == "della_magprune":
         _della(job, rows, entries, per_input, shared, consensus)
         return
-    if method == "random":
+    if method is None:
+        cuts = Cuts.keep_all(len(rows))
+    elif method == "random":
         cuts = Cuts.random([masks.seed_of(recipe.seed, name, r) for r in rows], densities)
     else:
         gammas = [float(per_input[n].get("gamma", 0.0)) for n in entries]
-        histograms, _ = merger.stats(name, stack)
+        histograms, _ = merger.stats(name, stack, dtype)
         mine = [histograms[r] for r in rows]
-        cuts = masks.magnitude_cuts(method, densities, gammas, stack.shape[1], mine, merger.sweep(stack, rows))
-    rescale = _rescale(job, cuts, rows, densities) if shared["rescale"] else [1.0] * len(rows)
-    w = np.asarray(weights, np.float32)
+        cuts = masks.magnitude_cuts(method, densities, gammas, stack.shape[1], mine, merger.sweep(stack, rows, dtype))
+    rescale = _rescale(job, cuts, rows, densities, method) if shared["rescale"] else [1.0] * len(rows)
+    # fused: fp32, or bf16 (mergekit's weights are a tensor of that dtype); eager: any dtype
+    bf16 = dtype == torch.bfloat16
+    w = torch.tensor(weights, dtype=dtype).float().numpy() if bf16 else np.asarray(weights, np.float32)
     scale = np.asarray(rescale, np.float32) * w
-    for start, reference, deltas, out in merger.chunks(stack, rows, job.target):
-        if merger.fused:
+    sparse = [d < 1 for d in densities]
+    for start, reference, deltas, out in merger.chunks(stack, rows, job.target, dtype):
+        if merger.fused and (bf16 or not half):
             from . import fused  # numba: compiled on first use
 
             arrays = tuple(d.numpy() for d in deltas)
             fused.gta_merge(
-                reference.numpy(), arrays, cuts.arrays(), start, scale, w, consensus, normalize, lam, out.numpy()
+                reference.numpy(),
+                arrays,
+                cuts.arrays(),
+                start,
+                scale,
+                w,
+                consensus,
+                normalize,
+                lam,
+                out.numpy(),
+                bf16_rescale=np.asarray(rescale, np.float32) if bf16 else None,
             )
-        else:
-            masked = [d * cuts.mask(i, d, start) * rescale[i] for i, d in enumerate(deltas)]
-            out.copy_(
-                generalized_task_arithmetic(
-                    reference, masked, weights, consensus=consensus, normalize=normalize, lambda_=lam
-                )
+            continue
+        # eager, in the dtype mergekit computes in: mask (exact), rescale, then its arithmetic
+        masked = [
+            (d.to(dtype) * cuts.mask(i, d, start) if sparse[i] else d.to(dtype)) * rescale[i]
+            for i, d in enumerate(deltas)
+        ]
+        out.copy_(
+            generalized_task_arithmetic(
+                reference.to(dtype), masked, weights, consensus=consensus, normalize=normalize, lambda_=lam
             )
+        )
 
 
-def _rescale(job: TensorJob, cuts: Cuts, rows: list[int], densities: list[float]) -> list[float]:
-    """mergekit's L1 rescale: a masked task vector keeps the L1 norm of the whole one."""
-    merger, name, stack = job.merger, job.name, job.stack
-    _, l1 = merger.stats(name, stack)
+def _rescale(job: TensorJob, cuts: Cuts, rows: list[int], densities: list[float], method: str | None) -> list[float]:
+    """mergekit's L1 rescale: a masked task vector keeps the L1 norm of the whole one.
+
+    In bf16/fp16 mergekit's norms and their ratio are tensors of that dtype, so they are
+    rounded as they are there; except DARE in fp16 on the CPU, which mergekit computes in fp32
+    (``torch.bernoulli`` has no fp16 CPU kernel) before rounding its result to fp16."""
+    merger, name, stack, dtype = job.merger, job.name, job.stack, job.dtype
+    if dtype == torch.float16 and method == "random" and merger.device.type == "cpu":
+        dtype = torch.float32
+    _, l1 = merger.stats(name, stack, job.dtype)
     factors = []
     for i, (r, d) in enumerate(zip(rows, densities, strict=True)):
         if d >= 1:
@@ -93,11 +125,14 @@ def _rescale(job: TensorJob, cuts: Cuts, rows: list[int], densities: list[float]
             continue
         if cuts.seeds is not None:
             stop = int(cuts.hi[i])
-            after = float(merger.level_table(name, stack, r, int(cuts.seeds[i]))[stop - 1]) if stop > 0 else 0.0
+            table = merger.level_table(name, stack, r, int(cuts.seeds[i]), job.dtype)
+            after = float(table[stop - 1]) if stop > 0 else 0.0
         else:
-            after = sum(masks.cut_l1(cuts, i, delta, start) for start, (delta,) in merger.sweep(stack, [r])())
-        before = l1[r]
-        factors.append(1.0 if before < 1e-7 or after < 1e-7 else float(np.float32(before) / np.float32(after)))
+            sweep = merger.sweep(stack, [r], job.dtype)
+            after = sum(masks.cut_l1(cuts, i, delta, start) for start, (delta,) in sweep())
+        # mergekit: the two norms are 0-dim tensors of the dtype it computes in
+        before_t, after_t = (torch.tensor(np.float32(x)).to(dtype) for x in (l1[r], after))
+        factors.append(1.0 if before_t < 1e-7 or after_t < 1e-7 else float(before_t / after_t))
     return factors
 
 

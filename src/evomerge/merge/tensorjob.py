@@ -48,19 +48,31 @@ class MergeContext(Protocol):
 
     def output_shape(self, name: str) -> tuple[int, ...]: ...
 
-    def chunks(self, stack: torch.Tensor, rows: Sequence[int], target: torch.Tensor | None = None) -> Iterator[Chunk]:
-        """fp32 chunks of the reference and the rows' task vectors; ``out`` lands in ``target``."""
+    def chunks(
+        self,
+        stack: torch.Tensor,
+        rows: Sequence[int],
+        target: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Iterator[Chunk]:
+        """fp32 chunks of the reference and the rows' task vectors; ``out`` lands in ``target``.
+        With a 16-bit ``dtype``, the values are those mergekit computes in it: the inputs
+        rounded to ``dtype``, their difference rounded again (exact in fp32)."""
         ...
 
-    def sweep(self, stack: torch.Tensor, rows: list[int]) -> Sweep:
+    def sweep(self, stack: torch.Tensor, rows: list[int], dtype: torch.dtype = torch.float32) -> Sweep:
         """Chunks of the task vectors of ``rows``, for the mask scans and L1 norms."""
         ...
 
-    def stats(self, name: str, stack: torch.Tensor) -> tuple[list[np.ndarray], list[float]]:
+    def stats(
+        self, name: str, stack: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[list[np.ndarray], list[float]]:
         """Each task vector's magnitude histogram and L1 norm (index ``r``; row 0 unused)."""
         ...
 
-    def level_table(self, name: str, stack: torch.Tensor, row: int, seed: int) -> np.ndarray:
+    def level_table(
+        self, name: str, stack: torch.Tensor, row: int, seed: int, dtype: torch.dtype = torch.float32
+    ) -> np.ndarray:
         """Cumulative ``sum |delta|`` by random level: DARE's kept L1 norm for any density."""
         ...
 
@@ -72,13 +84,15 @@ class MergeContext(Protocol):
 @dataclass(frozen=True)
 class TensorJob:
     """One tensor of one candidate: ``stack`` holds the models' tensors (row 0 the reference),
-    flattened, in their checkpoints' dtype; the merge is written into ``target`` in place."""
+    flattened, in their checkpoints' dtype; the merge is written into ``target`` in place.
+    ``dtype`` is what mergekit would compute in: fp32, or the recipe's bf16/fp16."""
 
     merger: MergeContext
     recipe: Recipe
     name: str
     stack: torch.Tensor
     target: torch.Tensor
+    dtype: torch.dtype = torch.float32
 
 
 FastPath = Callable[[TensorJob], None]

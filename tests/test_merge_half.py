@@ -16,28 +16,19 @@ from mergekit.merge_methods.api import merge_tensors
 from evomerge.merge import Merger, Recipe, masks
 from evomerge.merge.gta import HALF_METHODS
 from evomerge.merge.run import load_live_model
-from test_merge_engine import DETERMINISTIC, ENDPOINTS, W3, recipe
+from test_merge_engine import DETERMINISTIC, ENDPOINTS, W3, _StableSorts, recipe
 
 HALF = [case for case in DETERMINISTIC if case[0] in HALF_METHODS]
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class _MergekitTorch:
+class _MergekitTorch(_StableSorts):
     """``torch`` as ``mergekit.sparsify`` sees it: stable sorts (equal magnitudes at a cut kept
     in index order, as evomerge keeps them) and, when given, evomerge's DARE masks in place of
     ``torch.bernoulli``'s draws, in the order mergekit asks for them."""
 
     def __init__(self, bernoulli: list[torch.Tensor] | None = None) -> None:
         self.draws = bernoulli
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(torch, name)
-
-    def argsort(self, x: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        return torch.argsort(x, stable=True, **kwargs)  # type: ignore[call-overload]
-
-    def sort(self, x: torch.Tensor, **kwargs: object) -> object:
-        return torch.sort(x, stable=True, **kwargs)  # type: ignore[call-overload]
 
     def bernoulli(self, p: torch.Tensor) -> torch.Tensor:
         assert self.draws, "mergekit drew more DARE masks than evomerge"

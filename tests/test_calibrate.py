@@ -135,24 +135,24 @@ def test_respondents_are_reused_across_runs_until_a_checkpoint_changes(config, t
 
 
 def test_respondents_on_a_share_of_the_items_score_only_their_part(config, tmp_path):
-    """fitness.respondent_items 0.4: each respondent scored on its 40% of the items (real
-    generation, counted), the rest NaN; the scores it has are the ones a full scoring gives;
-    asked for every item later, only the missing ones are scored."""
+    """fitness.respondent_items 0.4: the base and the endpoints scored on every item, the
+    random merge on its 40% (real generation, counted), the rest NaN; the scores it has are
+    the ones a full scoring gives; asked for every item later, only the missing ones are
+    scored."""
     m = config.models
     merger, model, tokenizer, evaluator, counting = counted(config)
     who = respondent_set(m.endpoints, m.base, 1, lambda rng: random_recipe("task_arithmetic", m.endpoints, m.base, rng))
     cache = tmp_path / "respondents.json"
     part = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache, share=0.4, seed=0)
-    assert counting.items == 5 * 360
+    assert counting.items == 4 * 900 + 360  # base and 3 endpoints on every item, the random merge on 40%
     seen = ~np.isnan(part.scores)
-    assert (seen.sum(axis=1) == 360).all() and (seen.sum(axis=0) >= 2).all()
-    for row, items in zip(seen, item_shares(5, 900, 0.4, seed=0), strict=True):
-        assert np.array_equal(np.flatnonzero(row), items)
+    assert seen.sum(axis=1).tolist() == [900] * 4 + [360]
+    assert np.array_equal(np.flatnonzero(seen[4]), item_shares(1, 900, 0.4, seed=0)[0])
     stored = json.loads(cache.read_text())["respondents"]
-    assert all(sum(v is None for v in r["scores"]) == 540 for r in stored.values())  # null: not scored
+    assert [sum(v is None for v in r["scores"]) for r in stored.values()] == [0] * 4 + [540]  # null: not scored
 
     full = collect_responses(evaluator, model, tokenizer, merger, who, cache=cache)
-    assert counting.items == 5 * 900  # the 540 missing per respondent, nothing twice
+    assert counting.items == 5 * 900  # the random merge's 540 missing, nothing twice
     assert not np.isnan(full.scores).any() and np.array_equal(full.scores[seen], part.scores[seen])
     # Asked for the share again, with every score now in the cache: the same responses as
     # the first time (only each one's own items), so reusing scores changes no fit.
@@ -227,7 +227,9 @@ def test_calibrate_command(config, tmp_path, demo_family, monkeypatch):
     half = CliRunner().invoke(app, [*again, "--repeats", "1", "--set", "fitness.respondent_items=0.5"])
     assert half.exit_code == 0, half.output
     flat = " ".join(half.output.split())  # titles wrap at the terminal's width
-    every, _, half_table = flat.partition("IRT fitted on respondents scored on 50% of the items each")
+    every, _, half_table = flat.partition(
+        "IRT fitted on respondents scored on every item (base, endpoints) or 50% of them (the others)"
+    )
     assert "IRT fitted on respondents scored on every item" in every and "mpirt (random)" in half_table
     assert "mean (random)" in every and "mean (random)" not in half_table  # needs no respondents: once
     bad = CliRunner().invoke(app, ["calibrate", str(tmp_path / "nope.yaml"), "--out", str(out)])

@@ -1,11 +1,18 @@
 """Respondents scored on a share of the items each (``fitness.respondent_items``): the
-design (which items each gets), and the config's check that every item is covered."""
+design (which items each gets: the base and the endpoints all, the others a share), and
+the config's check that every item is covered."""
 
 import numpy as np
 import pytest
 
 from evomerge.config import ConfigError
-from evomerge.fitness.respondents import MIN_SCORERS_PER_ITEM, item_shares
+from evomerge.fitness.respondents import (
+    MIN_SCORERS_PER_ITEM,
+    item_shares,
+    respondent_parts,
+    respondent_set,
+    single_model,
+)
 from evomerge.loader import validate_config
 
 
@@ -27,9 +34,23 @@ def test_share_one_is_every_item_for_everyone():
     assert all(np.array_equal(p, np.arange(50)) for p in item_shares(4, 50, 1.0, seed=3))
 
 
-def _config(demo_family, **fitness):
+def test_the_base_and_the_endpoints_are_scored_on_every_item_the_others_on_their_share():
+    who = respondent_set(["a", "b"], "base", 3, lambda rng: single_model("c"), checkpoints=["d"])
+    assert [r.kind for r in who] == ["base", "endpoint", "endpoint", "extra", "extra", "extra", "extra"]
+    parts = respondent_parts(who, 90, 0.4, seed=5)
+    assert all(np.array_equal(p, np.arange(90)) for p in parts[:3])
+    others = item_shares(4, 90, 0.4, seed=5)  # the checkpoint and the random merges share the items out
+    assert all(np.array_equal(p, q) for p, q in zip(parts[3:], others, strict=True))
+    assert all(np.array_equal(p, np.arange(90)) for p in respondent_parts(who, 90, 1.0, seed=5))
+
+
+def _config(demo_family, base=True, **fitness):
+    models = {"endpoints": [str(demo_family / "models" / "add")]}
+    if base:
+        models["base"] = str(demo_family / "models" / "base")
     return {
-        "models": {"base": str(demo_family / "models" / "base"), "endpoints": [str(demo_family / "models" / "add")]},
+        "models": models,
+        "merge": {"method": "task_arithmetic" if base else "linear"},
         "tasks": [
             {
                 "name": "mix",
@@ -42,9 +63,15 @@ def _config(demo_family, **fitness):
 
 
 def test_a_share_too_small_to_score_every_item_twice_is_refused_with_what_to_set(demo_family):
-    # base + 1 endpoint + 2 random merges = 4 respondents: 0.5 covers each item twice
-    validate_config(_config(demo_family, respondents=2, respondent_items=0.5))
-    with pytest.raises(ConfigError, match=r"fitness\.respondent_items.*4 respondents.*at least 0\.5.*respondents"):
-        validate_config(_config(demo_family, respondents=2, respondent_items=0.4))
+    # base + 1 endpoint on every item: any share covers each item twice
+    validate_config(_config(demo_family, respondents=2, respondent_items=0.05))
+    # no base, 1 endpoint on every item, 2 random merges: 0.5 covers each item twice
+    validate_config(_config(demo_family, base=False, respondents=2, respondent_items=0.5))
+    with pytest.raises(
+        ConfigError, match=r"fitness\.respondent_items.*1 respondents on every item and 2 on 0\.4.*at least 0\.5"
+    ):
+        validate_config(_config(demo_family, base=False, respondents=2, respondent_items=0.4))
+    with pytest.raises(ConfigError, match=r"1 respondents on every item and 0 on 0\.5.*: add respondents"):
+        validate_config(_config(demo_family, base=False, respondents=0, respondent_items=0.5))
     with pytest.raises(ConfigError, match="respondent_items"):
         validate_config(_config(demo_family, respondent_items=0))

@@ -201,7 +201,7 @@ def calibrate(
         title = f"estimators against full evaluation on {merges} random merges (mean of {repeats} seeds)"
         if len(shares) > 1:
             title += ", IRT fitted on respondents scored on " + (
-                "every item" if share == 1 else f"{share:.0%} of the items each"
+                "every item" if share == 1 else f"every item (base, endpoints) or {share:.0%} of them (the others)"
             )
         table = Table(title=title)
         for col in ["task", "estimator", "anchors", "items", "MAE (points)", "Spearman"]:

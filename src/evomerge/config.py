@@ -183,9 +183,9 @@ class FitnessConfig(_Section):
         1.0,
         gt=0,
         le=1,
-        description="Share of the search items each respondent (base, endpoints, checkpoints, random merges) is "
-        "scored on, a different share each and every item by at least two; the IRT fit treats the rest as "
-        "missing. 1: every item. evomerge calibrate shows the fidelity at 1 and at this share.",
+        description="Share of the search items each random merge and checkpoint respondent is scored on, a "
+        "different share each (the base and the endpoints are scored on every item); the IRT fit treats the rest "
+        "as missing. 1: every item. evomerge calibrate shows the fidelity at 1 and at this share.",
     )
     reuse_respondents: bool = Field(
         True,

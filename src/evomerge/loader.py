@@ -169,15 +169,18 @@ def _plugin_problems(config: ExperimentConfig) -> tuple[ExperimentConfig, Proble
             continue
         selection = chosen_selection(fitness)
         share, m = fitness.respondent_items, config.models
-        count = int(m.base is not None) + len(m.endpoints) + len(fitness.checkpoints) + fitness.respondents
-        if count * share < MIN_SCORERS_PER_ITEM:
+        whole = int(m.base is not None) + len(m.endpoints)  # scored on every item (respondent_parts)
+        shared = len(fitness.checkpoints) + fitness.respondents
+        if whole + shared * share < MIN_SCORERS_PER_ITEM:
             key = "fitness" if task.fitness is None else f"tasks.{i}.fitness"
+            need = (MIN_SCORERS_PER_ITEM - whole) / shared if shared else None
             problems.append(
                 (
                     f"{key}.respondent_items",
-                    f"{count} respondents each scored on {share:g} of the items leave items scored by fewer "
-                    f"than {MIN_SCORERS_PER_ITEM}: raise it to at least {MIN_SCORERS_PER_ITEM / count:.2g}, or add "
-                    "respondents (fitness.respondents)",
+                    f"{whole} respondents on every item and {shared} on {share:g} of them leave items scored by "
+                    f"fewer than {MIN_SCORERS_PER_ITEM}: "
+                    + (f"raise it to at least {need:.2g}, or " if need is not None and need <= 1 else "")
+                    + "add respondents (fitness.respondents)",
                 )
             )
         if search.space == "path":

@@ -8,9 +8,9 @@ merges (a search only needs the ranking right), and the items evaluated per
 candidate: what a run pays for each estimator.
 
 The respondents are scored on every item; with ``fitness.respondent_items`` below 1 the
-IRT estimators are measured twice, fitted on every score and on the share a run would
-score (the others hidden, as the run would never have them): the fidelity the cheaper
-respondents cost.
+IRT estimators are measured twice, fitted on every score and on the items a run would
+score (``respondent_parts``: the others hidden, as the run would never have them): the
+fidelity the cheaper respondents cost.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .anchors import SELECTIONS
 from .build import build_estimator, item_strata, random_merges, run_respondents, scoring_context
 from .estimators import ESTIMATORS, Mean
 from .fits import IRTFits
-from .respondents import Respondent, collect_responses, item_shares, respondents_file, shared_cache_dir
+from .respondents import Respondent, collect_responses, respondent_parts, respondents_file, shared_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def calibrate(
         counts = sorted(set(anchor_counts or [max(5, round(s * n)) for s in SHARES]))
         for share in dict.fromkeys((1.0, f.respondent_items)):
             # each respondent's part of the items, the rest hidden: what a run at this share has
-            parts = item_shares(len(responses.respondents), n, share, f.seed)
+            parts = respondent_parts(responses.respondents, n, share, f.seed)
             fits = IRTFits(responses.only(parts), f.dim, seed=f.seed)
             for k in counts:
                 for estimator, selection in variants or default_variants():

@@ -154,11 +154,11 @@ def respondent_parts(respondents: Sequence[Respondent], n_items: int, share: flo
     anchors was off by 4.41 points; with the base and the endpoints in full, by 2.65 (see
     docs/fitness.md).
     """
-    full = [np.arange(n_items)] * len(respondents)
+    parts = [np.arange(n_items)] * len(respondents)
     others = [k for k, r in enumerate(respondents) if r.kind == "extra"]
     for k, part in zip(others, item_shares(len(others), n_items, share, seed), strict=True):
-        full[k] = part
-    return full
+        parts[k] = part
+    return parts
 
 
 def respondents_file(task: str) -> str:

@@ -170,8 +170,11 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 #: Modules that must not run beside each other under ``pytest -n``: a local Ray beside a
-#: started Ray cluster would join it (``ray.init()`` finds a cluster this machine started).
+#: started Ray cluster would join it (``ray.init()`` finds a cluster this machine started),
+#: and the cluster's ``ray stop --force`` kills every Ray process on the machine.
 _SAME_WORKER = {"tests/test_ray.py": "ray", "tests/test_ray_cluster.py": "ray"}
+#: Single tests elsewhere that start a local Ray: they run on the Ray modules' worker.
+_STARTS_RAY = {"tests/test_conformance.py::test_every_executor_keeps_the_contract[ray]"}
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -182,6 +185,8 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
+            if nodeid in _STARTS_RAY:
+                return "ray"
             module = nodeid.split("::", 1)[0]
             return _SAME_WORKER.get(module, module)
 

@@ -4,7 +4,11 @@
 - lm-eval: the same task (a local YAML over the same items) through lm-eval's ``HFLM``
   loading the checkpoint from disk, as a per-candidate pipeline that saves merges does,
   timed with and without the load;
-- ours through lm-eval: ``LMEvalScorer`` (the task built once, HFLM around the live model).
+- ours through lm-eval: ``LMEvalScorer`` (the task built once, HFLM around the live model);
+- answers cut once settled (``GenerationScorer.settled``: strict exact match stops a row
+  whose text is no longer a prefix of its answer) against whole answers judged after, on
+  the 900 "mix" search items and on 45 of them (a cheap IRT candidate's anchors), batch
+  128, for the base and each specialist: the same scores, the time of each (best of 3).
 
 Targets (issue 4): batch 16 at least 3x batch 1; ours no slower than lm-eval at the
 same batch size. Ends with one JSON line.
@@ -12,8 +16,10 @@ same batch size. Ends with one JSON line.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +42,31 @@ def timed(fn, repeat: int = 1) -> tuple[float, object]:
         result = fn()
         best = min(best, time.perf_counter() - t0)
     return best, result
+
+
+def settled_speed(family: Path) -> dict[str, float]:
+    """Whole answers' time over cut answers' time, per item count, summed over the models."""
+    items = as_task_items(load_jsonl(family / "data" / "mix" / "search.jsonl"))
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=24, batch_size=128)
+
+    def whole(model, tok, part) -> list[float]:
+        return [scorer.judge(c, it) for c, it in zip(scorer.completions(model, tok, part), part, strict=True)]
+
+    totals: dict[int, list[float]] = {}
+    for name in ("base", "add", "greek", "cyrillic"):
+        model, tok = load_member(family, name)
+        for n in (len(items), 45):
+            part = items[:: len(items) // n][:n]
+            whole_s, whole_scores = timed(functools.partial(whole, model, tok, part), 3)
+            cut_s, cut_scores = timed(functools.partial(scorer.score, model, tok, part), 3)
+            assert cut_scores == whole_scores, f"{name}: cutting settled answers changed a score"
+            totals.setdefault(n, [0.0, 0.0])
+            totals[n][0] += whole_s
+            totals[n][1] += cut_s
+            print(f"{name:8} {n:3d} items: whole {whole_s * 1000:4.0f} ms, cut once settled {cut_s * 1000:4.0f} ms")
+    for n, (whole_s, cut_s) in totals.items():
+        print(f"{n} items, 4 models: whole answers take {whole_s / cut_s:.2f}x the time of cut ones")
+    return {str(n): round(w / c, 2) for n, (w, c) in totals.items()}
 
 
 def main() -> None:
@@ -80,6 +111,8 @@ def main() -> None:
         print(f"our lm-eval adapter (live model), batch 16: {n / adapter_s:8.1f} items/s")
         assert adapter_scores == ours[16][1], "lm-eval and our scorer disagree on the same items"
 
+    cut = settled_speed(family)
+
     b1, b16 = ours[1][0], ours[16][0]
     print(f"batch 16 vs batch 1: {b1 / b16:.1f}x")
     print(f"ours (batch 16) vs lm-eval's evaluation alone (batch 16): {lm_eval_only / b16:.2f}x faster")
@@ -94,6 +127,8 @@ def main() -> None:
                 "lmeval_items_per_s_eval_only": round(n / lm_eval_only, 1),
                 "ours_vs_lmeval_same_batch": round(lm_eval_only / b16, 2),
                 "adapter_items_per_s": round(n / adapter_s, 1),
+                "whole_over_cut_seconds": cut,
+                "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
             }
         )
     )

@@ -119,6 +119,33 @@ def test_text_extractors():
     assert extract.choice_letter("I pick E", 4) is None  # 'I' is a word, E is out of range
 
 
+@pytest.mark.parametrize(
+    ("text", "settled"),
+    [
+        ("", False),
+        ("  ", False),  # leading whitespace: strip() drops it
+        ("12", False),  # a prefix of the answer
+        (" 123", False),  # the answer itself: it may still stop here
+        ("123  ", False),  # the answer and trailing whitespace: strip() drops it
+        ("12\ufffd", False),  # half a character: the next token may complete it
+        ("124", True),
+        ("1234", True),  # one more character after the answer: strip() keeps it
+        ("123 4", True),
+        ("x", True),
+    ],
+)
+def test_cannot_become_settles_a_strict_exact_match_only_when_no_continuation_is_right(text, settled):
+    assert extract.cannot_become(text, "123") is settled
+    # and it agrees with the strict comparison on every continuation tried
+    if settled:
+        assert all((text + tail).strip() != "123" for tail in ("", "3", "23", "123", "\n", " "))
+
+
+def test_cannot_become_an_empty_answer():
+    assert not extract.cannot_become(" \t", "")
+    assert extract.cannot_become("0", "")
+
+
 def test_prompt_template_with_fewshot_and_choices():
     shots = (Item("s", "1+1=", answer="2"), Item("c", "Pick", choices=("x", "y"), label=1))
     template = PromptTemplate("Q: {question}\n{choices}A:", answer_template=" {answer}\n")

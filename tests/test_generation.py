@@ -7,6 +7,7 @@ follow weights that ``merge_into`` overwrites in place after its step was compil
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 
@@ -20,6 +21,7 @@ from evomerge.demo.family import as_task_items, load_jsonl, task_arithmetic_reci
 from evomerge.evaluate import PromptTemplate
 from evomerge.evaluate.compiled import CompiledEngine, prompt_bucket
 from evomerge.evaluate.decoding import StopCheck
+from evomerge.evaluate.extract import cannot_become
 from evomerge.evaluate.generation import GENERATION_ENGINES, generate, generation_ready, resolve_engine, use_engine
 from evomerge.loader import load_config
 from evomerge.merge import Merger
@@ -88,9 +90,17 @@ def test_compiled_gives_eager_and_follows_weights_merged_in_place(demo_family, m
     model = load_live_model(merger)
     tok = AutoTokenizer.from_pretrained(demo_family / "models" / "base")
     prompts = mix_prompts[:96]
+    engines = ("compiled", "eager")
     merger.merge_into(model, first)
     compiled_first = generate(model, tok, prompts, max_new_tokens=24, batch_size=32, engine="compiled")
     assert compiled_first == generate(model, tok, prompts, max_new_tokens=24, batch_size=32, engine="eager")
+    # rows whose answer can no longer be "1..." stop in both engines alike (``settled``)
+    settled = [functools.partial(cannot_become, reference="1")] * len(prompts)
+    early = [
+        generate(model, tok, prompts, max_new_tokens=24, batch_size=32, engine=e, settled=settled) for e in engines
+    ]
+    assert early[0] == early[1] and early[0] != compiled_first
+    assert all(f.startswith(e) for f, e in zip(compiled_first, early[0], strict=True))
     state = CompiledEngine._state[model]
     steps, cache, shape = state.step, state._cache, state.shape
     merger.merge_into(model, second)
@@ -109,6 +119,17 @@ def test_compiled_gives_eager_and_follows_weights_merged_in_place(demo_family, m
     assert grown[0] == 32 and grown[1] > shape[1]
     assert generate(model, tok, prompts, max_new_tokens=24, batch_size=32, engine="compiled") == eager_second
     assert CompiledEngine._state[model].shape == grown
+
+
+def test_settled_tests_are_off_where_decoding_rewrites_earlier_text(members):
+    """``clean_up_tokenization_spaces`` turns ``a '`` into ``a's`` when ``s`` comes: a
+    partial text is then no guide to the final one, so no row is settled early."""
+    _, tok = members["base"]
+    always = [lambda text: True]
+    assert StopCheck(tok, ("\n",), always).ended([[5]]) == [True]
+    rewriting = copy.copy(tok)
+    rewriting.clean_up_tokenization_spaces = True
+    assert StopCheck(rewriting, ("\n",), always).ended([[5]]) == [False]
 
 
 def test_prompt_buckets_bound_the_compiled_shapes():

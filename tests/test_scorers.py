@@ -59,6 +59,41 @@ def test_number_extraction_agrees_with_exact_match_on_sums(members, test_items):
     assert number == exact and 0 < sum(exact) < len(exact)
 
 
+def test_answers_that_can_no_longer_be_right_stop_early_and_no_score_changes(members, test_items):
+    """Strict exact match: a row stops once its text is no longer a prefix of its answer.
+    Every score stays what the whole answer gives, and the decoding does fewer row-steps
+    (counted at the model's forward)."""
+    model, tok = members["base"]
+    items = [it for skill in test_items.values() for it in skill[:40]]
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=24)
+    rows: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        whole = scorer.completions(model, tok, items)
+        whole_rows, rows[:] = sum(rows), []
+        cut = scorer.completions(model, tok, items, cut=True)
+        cut_rows, rows[:] = sum(rows), []
+        scores = scorer.score(model, tok, items)
+        assert sum(rows) == cut_rows  # score() cuts
+    finally:
+        hook.remove()
+    assert scores == [scorer.judge(c, it) for c, it in zip(whole, items, strict=True)]
+    assert 0 < sum(scores) < len(items)
+    assert all(w.startswith(c) for w, c in zip(whole, cut, strict=True))
+    assert sum(w != c for w, c in zip(whole, cut, strict=True)) > len(items) // 4  # real answers cut short
+    assert all(c == w for c, w, s in zip(cut, whole, scores, strict=True) if s)  # a right answer never is
+    assert cut_rows < 0.8 * whole_rows, (cut_rows, whole_rows)
+
+
+def test_only_strict_exact_match_settles_early(test_items):
+    item = test_items["add"][0]
+    assert GenerationScorer("exact", strict=True).settled(item) is not None
+    for scorer in (GenerationScorer("exact"), GenerationScorer("number"), GenerationScorer("choice")):
+        assert scorer.settled(item) is None  # they read the whole answer
+
+
 def test_batching_does_not_change_scores(members, test_items):
     model, tok = members["greek"]
     items = test_items["greek"][:40]

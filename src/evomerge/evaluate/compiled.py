@@ -114,7 +114,7 @@ class CompiledEngine:
                 else:
                     answers[row].append(token)
             live = [r for r in range(rows) if not done[r]]
-            for r, ended in zip(live, stop.ended([answers[r] for r in live]), strict=True):
+            for r, ended in zip(live, stop.ended([answers[r] for r in live], live), strict=True):
                 done[r] = ended
             if all(done) or n == max_new_tokens - 1:
                 break

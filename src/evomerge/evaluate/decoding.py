@@ -4,14 +4,15 @@ stop strings, left padding, the model's forward with a cache, the in-place KV bu
 ``eager`` prefills prompts of similar length together; the KV cache is written in place
 into a buffer sized for the whole answer (transformers' ``DynamicCache`` concatenates,
 which copies the cache at every step: half of a step's time at batch 128 on the demo
-family); stop strings end a row as soon as it writes them, and a finished row leaves the
-batch, so one long answer does not keep the rest decoding.
+family); stop strings end a row as soon as it writes them, and so does a row's ``settled``
+test (its answer can no longer be right); a finished row leaves the batch, so one long
+answer does not keep the rest decoding.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import torch
@@ -27,18 +28,37 @@ class GenerationEngine(Protocol):
     ) -> list[list[int]]: ...
 
 
-class StopCheck:
-    """Which rows have ended: an EOS token, or a stop string in the decoded answer."""
+#: A test on a row's answer so far: True once its score can no longer change (``generate``'s ``settled``).
+Settled = Callable[[str], bool]
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str]) -> None:
+
+class StopCheck:
+    """Which rows of a batch have ended: an EOS token, a stop string in the decoded answer,
+    or, where the row has one, its ``settled`` test (the answer can no longer be right).
+
+    ``settled`` runs only where decoding is prefix-stable (no ``clean_up_tokenization_spaces``,
+    which rewrites text already decoded when the next token comes: ``a '`` then ``a's``).
+    """
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], settled: Sequence[Settled | None] = ()
+    ) -> None:
         self.tokenizer, self.stop = tokenizer, tuple(s for s in stop if s)
         eos = tokenizer.eos_token_id
         self.eos: set[int] = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        stable = not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+        self.settled: tuple[Settled | None, ...] = tuple(settled) if stable and any(settled) else ()
 
-    def ended(self, answers: Sequence[list[int]]) -> list[bool]:
-        if not self.stop:
+    def ended(self, answers: Sequence[list[int]], rows: Sequence[int] | None = None) -> list[bool]:
+        """For each answer (of batch row ``rows[k]``; default, row ``k``): has it ended?"""
+        if not self.stop and not self.settled:
             return [False] * len(answers)
-        return [any(s in t for s in self.stop) for t in self.decode(answers)]
+        rows = range(len(answers)) if rows is None else rows
+        out = []
+        for row, text in zip(rows, self.decode(answers), strict=True):
+            settled = self.settled[row] if self.settled else None
+            out.append(any(s in text for s in self.stop) or (settled is not None and settled(text)))
+        return out
 
     def decode(self, answers: Sequence[list[int]]) -> list[str]:
         """The answers' texts; through the Rust tokenizer directly where the text is the
@@ -172,7 +192,7 @@ class EagerEngine:
                 else:
                     answers[row].append(token)
                     ended.append(False)
-            by_text = stop.ended([answers[r] for r in rows])
+            by_text = stop.ended([answers[r] for r in rows], rows)
             keep = [k for k, (e, t) in enumerate(zip(ended, by_text, strict=True)) if not (e or t)]
             if not keep or n == max_new_tokens - 1:
                 break

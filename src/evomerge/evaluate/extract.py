@@ -61,6 +61,14 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def cannot_become(text: str, reference: str) -> bool:
+    """True when no continuation of ``text`` can strip to ``reference`` (already stripped):
+    strict exact match is settled as wrong. Conservative where decoding is still moving:
+    a trailing U+FFFD (half a multi-byte character) and trailing whitespace are ignored."""
+    head = text.lstrip().rstrip("\ufffd").rstrip()
+    return not reference.startswith(head)
+
+
 def regex_answer(text: str, pattern: str) -> str | None:
     """The first group of the first match (or the whole match when there is no group)."""
     match = re.search(pattern, text)

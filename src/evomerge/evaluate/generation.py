@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..errors import EvomergeError
 from ..registry import Registry
 from .compiled import CompiledEngine
-from .decoding import EagerEngine, GenerationEngine, StopCheck, is_oom, left_padded, pad_id
+from .decoding import EagerEngine, GenerationEngine, Settled, StopCheck, is_oom, left_padded, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,13 @@ def generate(
     batch_size: int | Literal["auto"] = 64,
     stop: Sequence[str] = ("\n",),
     engine: str | None = None,
+    settled: Sequence[Settled | None] | None = None,
 ) -> list[str]:
     """Greedy completions of ``prompts``, cut at the first stop sequence.
+
+    ``settled``: per prompt, a test on its completion so far that says its score can no
+    longer change (e.g. no longer a prefix of the one right answer): the row stops there,
+    so that completion is cut short (``eager`` and ``compiled``; ``hf`` decodes on).
 
     ``batch_size="auto"`` starts at ``AUTO_BATCH_START`` (or the size found before for
     this model) and halves whenever a batch runs out of memory, keeping the smaller size.
@@ -91,7 +96,8 @@ def generate(
         idx = order[start : start + size]
         try:
             with generation_ready(tokenizer):
-                answers = decoder.decode(model, [encoded[i] for i in idx], max_new_tokens, stops)
+                rows = StopCheck(tokenizer, stop, [settled[i] for i in idx]) if settled else stops
+                answers = decoder.decode(model, [encoded[i] for i in idx], max_new_tokens, rows)
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if batch_size != "auto" or size == 1 or not is_oom(err):
                 raise

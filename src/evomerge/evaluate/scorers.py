@@ -7,6 +7,7 @@ saves or reloads it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..registry import Registry
 from . import extract
+from .decoding import Settled
 from .generation import generate
 from .prompts import PromptTemplate
 from .tasks import Item, TaskDataError
@@ -117,15 +119,32 @@ class GenerationScorer:
         return _needs_choices(item) if task.extractor == "choice" else _needs_answer(item)
 
     def completions(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item], *, cut: bool = False
     ) -> list[str]:
+        """The greedy answers to ``items``; ``cut``: an answer that can no longer be right
+        stops there (``settled``), which changes no score and saves the steps."""
         prompts = [self.prompt.render(it, self.fewshot, tokenizer) for it in items]
         return generate(
-            model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, stop=self.stop
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            stop=self.stop,
+            settled=[self.settled(it) for it in items] if cut else None,
         )
 
     def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
-        return [self.judge(c, it) for c, it in zip(self.completions(model, tokenizer, items), items, strict=True)]
+        completions = self.completions(model, tokenizer, items, cut=True)
+        return [self.judge(c, it) for c, it in zip(completions, items, strict=True)]
+
+    def settled(self, item: Item) -> Settled | None:
+        """A test that says a partial answer to ``item`` can no longer be right, where the
+        extractor allows one: strict exact match (``extract.cannot_become``). Every other
+        extractor reads the whole answer (the last number, a regex's first match), so None."""
+        if self.extractor != "exact" or not self.strict:
+            return None
+        return functools.partial(extract.cannot_become, reference=(item.answer or "").strip())
 
     def judge(self, completion: str, item: Item) -> float:
         """1.0 if ``completion`` answers ``item`` (in ``language``, when set), else 0.0."""

@@ -170,8 +170,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 #: Modules that must not run beside each other under ``pytest -n``: a local Ray beside a
-#: started Ray cluster would join it (``ray.init()`` finds a cluster this machine started),
-#: and the cluster's ``ray stop --force`` kills every Ray process on the machine.
+#: started Ray cluster would join it (``ray.init()`` finds a cluster this machine started).
 _SAME_WORKER = {"tests/test_ray.py": "ray", "tests/test_ray_cluster.py": "ray"}
 #: Single tests elsewhere that start a local Ray: they run on the Ray modules' worker.
 _STARTS_RAY = {"tests/test_conformance.py::test_every_executor_keeps_the_contract[ray]"}

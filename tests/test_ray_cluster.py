@@ -1,15 +1,19 @@
 """Joining a running Ray cluster, as docs/runs.md says to: `ray start --head` in this test
 (a multi-process cluster on a free port, its own temp folder), then `evomerge run` with
 ``search.ray.address: auto`` and with ``host:port`` right after the cluster starts. Both
-equal the local executor's run; `ray stop` ends the cluster and no process of it is left.
+equal the local executor's run. The test then ends its own cluster's processes, and no
+process of it is left (`ray stop` would end every Ray cluster on the machine, a
+developer's own too).
 
 A driver joining by ``host:port`` used to be refused with Ray's ``InvalidAuthToken`` when
 the cluster had token authentication on (Ray 2.5x+ turns it on when a token exists)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,16 +39,37 @@ def _free_port() -> int:
 
 
 def _cluster_processes(temp: Path) -> list[int]:
-    """PIDs whose command line names the cluster's temp folder (every Ray process of it)."""
-    found = []
+    """PIDs whose command line names the cluster's temp folder, and every process they
+    started (Ray's workers rename themselves ``ray::IDLE``: only their parent names it)."""
+    named, parents = [], {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
                 if str(temp).encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
+                    named.append(int(entry.name))
+                # the field after the parenthesised name: state, then the parent's PID
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-    return found
+    found, todo = set(), list(named)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(child for child, parent in parents.items() if parent == pid)
+    return sorted(found)
+
+
+def _stop_cluster(temp: Path) -> list[int]:
+    """Ends the cluster's processes (SIGTERM, then SIGKILL after 20 s); what is left after 30 s."""
+    deadline = time.time() + 30
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _cluster_processes(temp):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        while _cluster_processes(temp) and time.time() < deadline - (10 if sig == signal.SIGTERM else 0):
+            time.sleep(0.5)
+    return _cluster_processes(temp)
 
 
 @pytest.fixture
@@ -62,13 +87,9 @@ def ray_head():
     try:
         yield port, temp
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
-        deadline = time.time() + 30
-        while _cluster_processes(temp) and time.time() < deadline:
-            time.sleep(0.5)
-        left = _cluster_processes(temp)
+        left = _stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
-        assert left == [], f"Ray processes left after `ray stop`: {left}"
+        assert left == [], f"Ray processes left after SIGTERM and SIGKILL: {left}"
 
 
 def test_a_run_joins_a_started_cluster_by_auto_and_by_address(ray_head, finished_run, demo_family, tmp_path):

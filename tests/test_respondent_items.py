@@ -68,10 +68,10 @@ def test_a_share_too_small_to_score_every_item_twice_is_refused_with_what_to_set
     # no base, 1 endpoint on every item, 2 random merges: 0.5 covers each item twice
     validate_config(_config(demo_family, base=False, respondents=2, respondent_items=0.5))
     with pytest.raises(
-        ConfigError, match=r"fitness\.respondent_items.*1 respondents on every item and 2 on 0\.4.*at least 0\.5"
+        ConfigError, match=r"fitness\.respondent_items.*1 respondent on every item and 2 on 0\.4.*at least 0\.5"
     ):
         validate_config(_config(demo_family, base=False, respondents=2, respondent_items=0.4))
-    with pytest.raises(ConfigError, match=r"1 respondents on every item and 0 on 0\.5.*: add respondents"):
+    with pytest.raises(ConfigError, match=r"1 respondent on every item and 0 on 0\.5.*: add respondents"):
         validate_config(_config(demo_family, base=False, respondents=0, respondent_items=0.5))
     with pytest.raises(ConfigError, match="respondent_items"):
         validate_config(_config(demo_family, respondent_items=0))

@@ -174,10 +174,11 @@ def _plugin_problems(config: ExperimentConfig) -> tuple[ExperimentConfig, Proble
         if whole + shared * share < MIN_SCORERS_PER_ITEM:
             key = "fitness" if task.fitness is None else f"tasks.{i}.fitness"
             need = (MIN_SCORERS_PER_ITEM - whole) / shared if shared else None
+            respondents = f"{whole} respondent{'' if whole == 1 else 's'}"
             problems.append(
                 (
                     f"{key}.respondent_items",
-                    f"{whole} respondents on every item and {shared} on {share:g} of them leave items scored by "
+                    f"{respondents} on every item and {shared} on {share:g} of them leave items scored by "
                     f"fewer than {MIN_SCORERS_PER_ITEM}: "
                     + (f"raise it to at least {need:.2g}, or " if need is not None and need <= 1 else "")
                     + "add respondents (fitness.respondents)",

@@ -5,10 +5,11 @@
   loading the checkpoint from disk, as a per-candidate pipeline that saves merges does,
   timed with and without the load;
 - ours through lm-eval: ``LMEvalScorer`` (the task built once, HFLM around the live model);
-- answers cut once settled (``GenerationScorer.settled``: strict exact match stops a row
-  whose text is no longer a prefix of its answer) against whole answers judged after, on
-  the 900 "mix" search items and on 45 of them (a cheap IRT candidate's anchors), batch
-  128, for the base and each specialist: the same scores, the time of each (best of 3).
+- strict exact match three ways (``settled_speed``), on the 900 "mix" search items and
+  on 45 of them (a cheap IRT candidate's anchors), batch 128, for the base and each
+  specialist: whole answers decoded then judged; decoded and cut once settled; and
+  ``GenerationScorer.score`` (the forced check: one forward over prompt + answer, the
+  rest decoded, cut). The same scores, the time of each (best of 3).
 
 Targets (issue 4): batch 16 at least 3x batch 1; ours no slower than lm-eval at the
 same batch size. Ends with one JSON line.
@@ -44,29 +45,44 @@ def timed(fn, repeat: int = 1) -> tuple[float, object]:
     return best, result
 
 
-def settled_speed(family: Path) -> dict[str, float]:
-    """Whole answers' time over cut answers' time, per item count, summed over the models."""
+def settled_speed(family: Path) -> dict[str, dict[str, float]]:
+    """Strict exact match three ways, time over ``score``'s, per item count, summed over
+    the models: whole answers decoded, answers decoded and cut once settled, and ``score``
+    (one forward over prompt + answer per batch, the few it cannot settle decoded, cut)."""
     items = as_task_items(load_jsonl(family / "data" / "mix" / "search.jsonl"))
     scorer = GenerationScorer("exact", strict=True, max_new_tokens=24, batch_size=128)
 
-    def whole(model, tok, part) -> list[float]:
-        return [scorer.judge(c, it) for c, it in zip(scorer.completions(model, tok, part), part, strict=True)]
+    def decoded(model, tok, part, cut: bool) -> list[float]:
+        texts = scorer.completions(model, tok, part, cut=cut)
+        return [scorer.judge(c, it) for c, it in zip(texts, part, strict=True)]
 
-    totals: dict[int, list[float]] = {}
+    totals: dict[int, dict[str, float]] = {}
     for name in ("base", "add", "greek", "cyrillic"):
         model, tok = load_member(family, name)
         for n in (len(items), 45):
             part = items[:: len(items) // n][:n]
-            whole_s, whole_scores = timed(functools.partial(whole, model, tok, part), 3)
-            cut_s, cut_scores = timed(functools.partial(scorer.score, model, tok, part), 3)
-            assert cut_scores == whole_scores, f"{name}: cutting settled answers changed a score"
-            totals.setdefault(n, [0.0, 0.0])
-            totals[n][0] += whole_s
-            totals[n][1] += cut_s
-            print(f"{name:8} {n:3d} items: whole {whole_s * 1000:4.0f} ms, cut once settled {cut_s * 1000:4.0f} ms")
-    for n, (whole_s, cut_s) in totals.items():
-        print(f"{n} items, 4 models: whole answers take {whole_s / cut_s:.2f}x the time of cut ones")
-    return {str(n): round(w / c, 2) for n, (w, c) in totals.items()}
+            whole_s, whole = timed(functools.partial(decoded, model, tok, part, False), 3)
+            cut_s, cut = timed(functools.partial(decoded, model, tok, part, True), 3)
+            score_s, scores = timed(functools.partial(scorer.score, model, tok, part), 3)
+            assert whole == cut == scores, f"{name}: cutting or the forced check changed a score"
+            total = totals.setdefault(n, {"whole": 0.0, "cut": 0.0, "score": 0.0})
+            for key, seconds in (("whole", whole_s), ("cut", cut_s), ("score", score_s)):
+                total[key] += seconds
+            print(
+                f"{name:8} {n:3d} items: whole answers {whole_s * 1000:4.0f} ms, cut once settled "
+                f"{cut_s * 1000:4.0f} ms, score() {score_s * 1000:4.0f} ms"
+            )
+    out = {}
+    for n, t in totals.items():
+        out[str(n)] = {
+            "whole_over_score": round(t["whole"] / t["score"], 2),
+            "cut_over_score": round(t["cut"] / t["score"], 2),
+        }
+        print(
+            f"{n} items, 4 models: whole answers decoded take {t['whole'] / t['score']:.2f}x score()'s time, "
+            f"cut once settled {t['cut'] / t['score']:.2f}x"
+        )
+    return out
 
 
 def main() -> None:
@@ -127,7 +143,7 @@ def main() -> None:
                 "lmeval_items_per_s_eval_only": round(n / lm_eval_only, 1),
                 "ours_vs_lmeval_same_batch": round(lm_eval_only / b16, 2),
                 "adapter_items_per_s": round(n / adapter_s, 1),
-                "whole_over_cut_seconds": cut,
+                "strict_exact_seconds_over_score": cut,
                 "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
             }
         )

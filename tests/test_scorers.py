@@ -23,6 +23,8 @@ from evomerge.evaluate import (
     load_hf_dataset,
     split_items,
 )
+from evomerge.evaluate.forced import forced_completions
+from evomerge.evaluate.generation import use_engine
 from evomerge.evaluate.scorers import continuation_logprobs
 
 
@@ -59,32 +61,107 @@ def test_number_extraction_agrees_with_exact_match_on_sums(members, test_items):
     assert number == exact and 0 < sum(exact) < len(exact)
 
 
-def test_answers_that_can_no_longer_be_right_stop_early_and_no_score_changes(members, test_items):
-    """Strict exact match: a row stops once its text is no longer a prefix of its answer.
-    Every score stays what the whole answer gives, and the decoding does fewer row-steps
-    (counted at the model's forward)."""
-    model, tok = members["base"]
-    items = [it for skill in test_items.values() for it in skill[:40]]
-    scorer = GenerationScorer("exact", strict=True, max_new_tokens=24)
+def _forward_rows(model):
+    """A list that gets the batch rows of each forward of ``model``, and the hook's handle."""
     rows: list[int] = []
     hook = model.register_forward_pre_hook(
         lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
+    return rows, hook
+
+
+def test_answers_that_can_no_longer_be_right_stop_early_and_no_score_changes(members, test_items):
+    """Strict exact match: a decoded row stops once its text is no longer a prefix of its
+    answer. Every judgement stays what the whole answer gives, and the decoding does fewer
+    row-steps (counted at the model's forward)."""
+    model, tok = members["base"]
+    items = [it for skill in test_items.values() for it in skill[:40]]
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=24)
+    rows, hook = _forward_rows(model)
     try:
         whole = scorer.completions(model, tok, items)
         whole_rows, rows[:] = sum(rows), []
         cut = scorer.completions(model, tok, items, cut=True)
-        cut_rows, rows[:] = sum(rows), []
+        cut_rows = sum(rows)
+    finally:
+        hook.remove()
+    judged = [scorer.judge(c, it) for c, it in zip(whole, items, strict=True)]
+    assert [scorer.judge(c, it) for c, it in zip(cut, items, strict=True)] == judged
+    assert 0 < sum(judged) < len(items)
+    assert all(w.startswith(c) for w, c in zip(whole, cut, strict=True))
+    assert sum(w != c for w, c in zip(whole, cut, strict=True)) > len(items) // 4  # real answers cut short
+    assert all(c == w for c, w, s in zip(cut, whole, judged, strict=True) if s)  # a right answer never is
+    assert cut_rows < 0.8 * whole_rows, (cut_rows, whole_rows)
+
+
+@pytest.mark.parametrize("name", ["base", "add", "greek", "cyrillic"])
+def test_strict_exact_match_is_scored_in_one_forward_with_decoding_s_scores(members, test_items, name):
+    """``score`` checks each answer in one forward over prompt + answer (``forced``): the
+    same scores as judging the whole decoded answers, each item in one forward (prompts
+    of similar length together) instead of a decoding step per token."""
+    model, tok = members[name]
+    items = [it for skill in test_items.values() for it in skill[:60]]
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=24, batch_size=64)
+    rows, hook = _forward_rows(model)
+    try:
+        whole = scorer.completions(model, tok, items)
+        decoding_forwards, rows[:] = len(rows), []
         scores = scorer.score(model, tok, items)
-        assert sum(rows) == cut_rows  # score() cuts
+        forwards, checked = len(rows), sum(rows)
     finally:
         hook.remove()
     assert scores == [scorer.judge(c, it) for c, it in zip(whole, items, strict=True)]
     assert 0 < sum(scores) < len(items)
-    assert all(w.startswith(c) for w, c in zip(whole, cut, strict=True))
-    assert sum(w != c for w, c in zip(whole, cut, strict=True)) > len(items) // 4  # real answers cut short
-    assert all(c == w for c, w, s in zip(cut, whole, scores, strict=True) if s)  # a right answer never is
-    assert cut_rows < 0.8 * whole_rows, (cut_rows, whole_rows)
+    assert checked == len(items), (checked, len(items))  # each item in one forward, none left to decode
+    assert decoding_forwards >= 4 * forwards, (forwards, decoding_forwards)  # a step per token
+
+
+def test_what_one_forward_cannot_settle_is_decoded(members, test_items):
+    """An answer with leading spaces: the model writes the digits at once, which leaves the
+    answer's tokens but may still be right (strip() drops the spaces). Those items are
+    decoded, and judged as decoding's whole answers are."""
+    model, tok = members["add"]
+    plain = test_items["add"][:30]
+    spaced = [Item(it.id, it.question, answer="  " + str(it.answer)) for it in plain]
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=24)
+    prompts = [scorer.prompt.render(it) for it in spaced]
+    forced = forced_completions(
+        model, tok, prompts, [str(it.answer) for it in spaced], max_new_tokens=24, stop=("\n",), batch_size=32
+    )
+    right = scorer.score(model, tok, plain)
+    assert sum(right) > 20
+    assert all(f is None for f, r in zip(forced, right, strict=True) if r)  # left to decoding
+    whole = scorer.completions(model, tok, spaced)
+    assert scorer.score(model, tok, spaced) == [scorer.judge(c, it) for c, it in zip(whole, spaced, strict=True)]
+    assert scorer.score(model, tok, spaced) == right
+
+
+def test_a_bpe_tokenizer_gets_decoding_s_scores(gpt2_family):
+    """GPT-2's byte-level BPE (a random model): the forced check and decoding agree."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gpt2_family / "models" / "a"
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    items = [Item(f"i{a}-{b}", f"{a}+{b}=", answer=str(a + b)) for a in range(3, 40, 3) for b in range(5, 30, 7)]
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=12, batch_size=16)
+    whole = scorer.completions(model, tok, items)
+    assert scorer.score(model, tok, items) == [scorer.judge(c, it) for c, it in zip(whole, items, strict=True)]
+
+
+def test_the_hf_engine_decodes_every_answer(members, test_items):
+    """``output.generation: hf`` is the reference: no forced check, transformers' generate."""
+    model, tok = members["add"]
+    items = test_items["add"][:20]
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=24)
+    use_engine(model, "hf")
+    rows, hook = _forward_rows(model)
+    try:
+        scores = scorer.score(model, tok, items)
+    finally:
+        hook.remove()
+        use_engine(model, "auto")
+    assert len(rows) > 3 and set(rows) == {len(items)}  # generate's steps, every row to the end
+    assert scores == scorer.score(model, tok, items)
 
 
 def test_only_strict_exact_match_settles_early(test_items):

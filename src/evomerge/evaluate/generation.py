@@ -90,7 +90,7 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
-    size = _found_batch.get(model, AUTO_BATCH_START) if batch_size == "auto" else batch_size
+    size = batch_rows(model, batch_size)
     start = 0
     while start < len(order):
         idx = order[start : start + size]
@@ -112,6 +112,11 @@ def generate(
             out[i] = stops.cut(text)
         start += len(idx)
     return out
+
+
+def batch_rows(model: torch.nn.Module, batch_size: int | Literal["auto"]) -> int:
+    """The rows of a batch: ``batch_size``, or for ``auto`` the size found for ``model`` so far."""
+    return _found_batch.get(model, AUTO_BATCH_START) if batch_size == "auto" else batch_size
 
 
 @GENERATION_ENGINES.register("hf")

@@ -7,11 +7,12 @@ saves or reloads it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..registry import Registry
 from . import extract
 from .decoding import Settled
-from .generation import generate
+from .forced import forced_completions
+from .generation import batch_rows, engine_name, generate
 from .prompts import PromptTemplate
 from .tasks import Item, TaskDataError
 
@@ -135,8 +137,28 @@ class GenerationScorer:
         )
 
     def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
-        completions = self.completions(model, tokenizer, items, cut=True)
-        return [self.judge(c, it) for c, it in zip(completions, items, strict=True)]
+        """Strict exact match is checked in one forward over prompt + answer where that
+        settles an item (``forced``), unless the model generates with ``hf`` (the
+        reference); the rest are decoded, each cut once settled."""
+        completions: list[str | None] = [None] * len(items)
+        forced = self.extractor == "exact" and self.strict and engine_name(model) != "hf"
+        if forced and items:
+            with contextlib.suppress(torch.OutOfMemoryError):  # decoding backs off (batch_size auto) or says so
+                completions = forced_completions(
+                    model,
+                    tokenizer,
+                    [self.prompt.render(it, self.fewshot, tokenizer) for it in items],
+                    [it.answer or "" for it in items],
+                    max_new_tokens=self.max_new_tokens,
+                    stop=self.stop,
+                    batch_size=batch_rows(model, self.batch_size),
+                )
+        rest = [k for k, c in enumerate(completions) if c is None]
+        if rest:
+            decoded = self.completions(model, tokenizer, [items[k] for k in rest], cut=True)
+            for k, text in zip(rest, decoded, strict=True):
+                completions[k] = text
+        return [self.judge(cast(str, c), it) for c, it in zip(completions, items, strict=True)]
 
     def settled(self, item: Item) -> Settled | None:
         """A test that says a partial answer to ``item`` can no longer be right, where the

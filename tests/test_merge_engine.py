@@ -157,6 +157,30 @@ def test_merge_into_equals_mergekit(family, fused, method, per_model, params):
     assert_matches_mergekit(mergers[fused], live, rec)
 
 
+def test_plain_parameters_are_resolved_once_per_merge_and_layer_wise_ones_per_tensor(
+    demo_family, demo_merger, live, monkeypatch
+):
+    """mergekit's parameter resolution once per candidate where no value varies by tensor
+    (the values the parity tests above check); a gradient or a filter, once per tensor."""
+    import mergekit.parameter_resolver as resolver
+
+    real, calls = resolver.resolve_parameters, []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["tensor_name"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resolver, "resolve_parameters", counted)
+    merger = demo_merger[True]
+    for weights in (W3, [1.0, 0.5, 0.2]):  # two candidates: resolved once each
+        merger.merge_into(live, recipe(demo_family, "task_arithmetic", [{"weight": w} for w in weights]))
+    assert len(calls) == 2
+    calls.clear()
+    layered = recipe(demo_family, "task_arithmetic", [{"weight": [0.2, 1.0]}, {"weight": 0.5}, {"weight": 0.1}])
+    merger.merge_into(live, layered)
+    assert sorted(calls) == sorted(merger.merged_tensors)
+
+
 TIED = [
     ("ties", [{"weight": w, "density": d} for w, d in zip(W3, (0.1, 0.5, 0.9), strict=True)], {}),
     ("ties", [{"weight": 1.0, "density": 0.35}] * 3, {"rescale": True, "normalize": False}),

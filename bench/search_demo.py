@@ -15,7 +15,7 @@ same models and task: ``fitness.reuse_respondents``).
 
 For each it prints the held-out test table (the winner against every endpoint, the
 base and the default merge), the wall time split into setup (loading, respondents, IRT
-fit), search and held-out test, the generations (items scored) of the respondents and of
+fit; the respondents also on their own), search and held-out test, the generations (items scored) of the respondents and of
 the search, and the search bookkeeping share per generation: ``(wall - merge -
 evaluation) / wall``. Against full evaluation, per seed then mean and spread: the
 generations (respondents included, the unit the issues count), the wall time up to the
@@ -37,6 +37,7 @@ import statistics
 import time
 from pathlib import Path
 
+from evomerge.fitness import build
 from evomerge.loader import load_config
 from evomerge.search.experiment import run_experiment
 from evomerge.search.loop import Callback
@@ -59,6 +60,21 @@ class Clock(Callback):
         self.end = time.perf_counter()
 
 
+class RespondentClock:
+    """The respondent phase's seconds: ``build.collect_responses`` timed where the run calls it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._collect = build.collect_responses
+
+    def __call__(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return self._collect(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
 #: The cheaper variant (fitness.respondent_items): 45 anchors, each random respondent scored
 #: on 30% of the search items, the base and the endpoints on all: 5,400 generations in the
 #: search, 5,220 by the respondents (4 x 900 + 6 x 270).
@@ -77,9 +93,13 @@ def measure(name: str, out: Path, seed: int = 0, respondents_of: str | None = No
     if respondents_of is None:
         shutil.rmtree(cache, ignore_errors=True)
     os.environ["EVOMERGE_RESPONDENTS_CACHE"] = str(cache)
-    clock = Clock()
+    clock, respondents_clock = Clock(), RespondentClock()
+    build.collect_responses = respondents_clock
     started = time.perf_counter()
-    result = run_experiment(config, run_dir, callbacks=[clock])
+    try:
+        result = run_experiment(config, run_dir, callbacks=[clock])
+    finally:
+        build.collect_responses = respondents_clock._collect
     total = time.perf_counter() - started
     store = RunStore.in_dir(run_dir)
     generations = store.generations()
@@ -95,8 +115,8 @@ def measure(name: str, out: Path, seed: int = 0, respondents_of: str | None = No
     baselines = {k: v for k, v in tests.items() if k != "best"}
     print(f"\n== {name}: {result.evaluations} evaluations, {items} items scored in the search, "
           f"{respondent_items} by the respondents ({len(respondents)}); stop: {result.stop_reason}")  # fmt: skip
-    print(f"   run {total:.1f}s: setup {setup:.1f}s (loading, respondents, IRT fit), search {search:.1f}s, "
-          f"held-out test {test:.1f}s; peak RSS {peak_rss_gib():.2f} GiB")  # fmt: skip
+    print(f"   run {total:.1f}s: setup {setup:.1f}s (loading, respondents {respondents_clock.seconds:.1f}s, IRT fit), "
+          f"search {search:.1f}s, held-out test {test:.1f}s; peak RSS {peak_rss_gib():.2f} GiB")  # fmt: skip
     print(f"   bookkeeping share of a generation: at most {100 * max(shares):.2f}%, "
           f"{100 * sum(shares) / len(shares):.2f}% on average")  # fmt: skip
     for t in result.tests:
@@ -105,6 +125,7 @@ def measure(name: str, out: Path, seed: int = 0, respondents_of: str | None = No
     return {
         "seconds": round(total, 1),
         "setup_seconds": round(setup, 1),
+        "respondents_seconds": round(respondents_clock.seconds, 2),
         "search_seconds": round(search, 1),
         "test_seconds": round(test, 1),
         "evaluations": result.evaluations,
@@ -130,6 +151,7 @@ def ratios(irt: dict, full: dict) -> dict:
         "wall_full_over_mpirt": full["seconds"] / irt["seconds"],
         "respondents_over_search_generations": irt["respondent_items"] / irt["items_scored"],
         "setup_over_search_seconds": irt["setup_seconds"] / irt["search_seconds"],
+        "respondents_over_search_seconds": irt["respondents_seconds"] / irt["search_seconds"],
         "test_points_full_minus_mpirt": 100 * (full["best_test"] - irt["best_test"]),
     }
 
@@ -183,7 +205,8 @@ def main() -> None:
         print(
             f"  {label}: {gens['mean']:.2f}x (±{gens['std']:.2f}) fewer generations; {wall['mean']:.2f}x "
             f"(±{wall['std']:.2f}) less wall time up to the held-out test, {s['wall_full_over_mpirt']['mean']:.2f}x "
-            f"with it; respondents/search generations {s['respondents_over_search_generations']['mean']:.2f}; "
+            f"with it; respondents/search generations {s['respondents_over_search_generations']['mean']:.2f}, "
+            f"seconds {s['respondents_over_search_seconds']['mean']:.2f}; "
             f"winner's test {best['mean']:.4f} (±{best['std']:.4f}), {gap['mean']:+.2f} points (±{gap['std']:.2f}) "
             "below full evaluation's"
         )

@@ -15,9 +15,9 @@ same models and task: ``fitness.reuse_respondents``).
 
 For each it prints the held-out test table (the winner against every endpoint, the
 base and the default merge), the wall time split into setup (loading, respondents, IRT
-fit; the respondents also on their own), search and held-out test, the generations (items scored) of the respondents and of
-the search, and the search bookkeeping share per generation: ``(wall - merge -
-evaluation) / wall``. Against full evaluation, per seed then mean and spread: the
+fit; the respondents also on their own), search and held-out test, the generations
+(items scored) of the respondents and of the search, and the search bookkeeping share
+per generation: ``(wall - merge - evaluation) / wall``. Against full evaluation, per seed then mean and spread: the
 generations (respondents included, the unit the issues count), the wall time up to the
 held-out test and with it, the respondents' generations over the search's, and the
 winner's held-out score. Ends with one JSON line.

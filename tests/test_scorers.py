@@ -148,6 +148,66 @@ def test_a_bpe_tokenizer_gets_decoding_s_scores(gpt2_family):
     assert scorer.score(model, tok, items) == [scorer.judge(c, it) for c, it in zip(whole, items, strict=True)]
 
 
+def _word_level_llama(vocab_size: int = 300):
+    """A random tiny Llama whose tokenizer reads words ``t<id>`` and writes them back
+    joined by spaces: an answer is `` t9 t7`` after its prompt, as after ``Answer:``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=vocab_size, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    special = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}  # not prefixes of words: matched anywhere in a text
+    words = Tokenizer(models.WordLevel({**special, **{f"t{i}": i for i in range(4, vocab_size)}}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", eos_token="</s>")
+    return LlamaForCausalLM(config).eval(), tok
+
+
+def test_a_reference_written_after_a_space_is_settled_in_one_forward():
+    """References that are the model's own greedy answers, which follow the prompt after
+    a space: tried as written they do not tokenise as the model writes them, after a space
+    they do, so the items are settled without decoding, right where decoding is right."""
+    model, tok = _word_level_llama()
+    g = torch.Generator().manual_seed(1)
+    questions = [" ".join(f"t{int(t)}" for t in torch.randint(4, 300, (12,), generator=g)) for _ in range(40)]
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=6, batch_size=16, stop=())
+    items = [Item(str(i), q, answer="t5") for i, q in enumerate(questions)]
+    own = scorer.completions(model, tok, items[:20])
+    items = [Item(it.id, it.question, answer=own[i] if i < 20 else "t5") for i, it in enumerate(items)]
+    prompts = [scorer.prompt.render(it) for it in items]
+    forced = forced_completions(
+        model, tok, prompts, [str(it.answer) for it in items], max_new_tokens=6, stop=(), batch_size=16
+    )
+    # left to decode: only a right answer holding a token decoding skips (<pad>, from a random model)
+    assert sum(f is None for f in forced[:20]) <= 2 and None not in forced[20:]
+    whole = scorer.completions(model, tok, items)
+    scores = scorer.score(model, tok, items)
+    assert scores == [scorer.judge(c, it) for c, it in zip(whole, items, strict=True)]
+    assert scores[:20] == [1.0] * 20 and sum(scores[20:]) < 20
+
+
+def test_a_16_bit_model_decodes_every_answer(members, test_items, monkeypatch):
+    """In bf16 one forward's argmax and decoding's part on near ties (bench/forced_check.py),
+    so a 16-bit model's answers are decoded; an fp32 model's are checked in one forward."""
+    import evomerge.evaluate.scorers as scorers
+
+    calls: list[int] = []
+    real = scorers.forced_completions
+    monkeypatch.setattr(scorers, "forced_completions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, tok = members["add"]
+    items = test_items["add"][:20]
+    scorer = GenerationScorer("exact", strict=True, max_new_tokens=24)
+    wide = scorer.score(model, tok, items)
+    assert calls == [1]
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    whole = scorer.completions(half, tok, items)
+    assert scorer.score(half, tok, items) == [scorer.judge(c, it) for c, it in zip(whole, items, strict=True)]
+    assert calls == [1] and sum(wide) > 10
+
+
 def test_the_hf_engine_decodes_every_answer(members, test_items):
     """``output.generation: hf`` is the reference: no forced check, transformers' generate."""
     model, tok = members["add"]

@@ -8,9 +8,11 @@ would have written up to there: if it can no longer be right (``extract.cannot_b
 or has ended, that is the row's (cut) completion. One forward replaces a decoding step
 per token, and no row waits for the batch's longest answer.
 
-A row this cannot settle (the argmax leaves the answer's tokens with a text that may still
-be right: a leading space, another tokenisation of the same text) gets ``None`` and is
-decoded by the caller as before, so every completion judged is greedy decoding's, cut.
+The reference is tried as written, then after a space (a model prompted ``Answer:``
+writes `` 42``, whose tokens are not those of ``42``). A row neither settles (the argmax
+leaves the answer's tokens with a text that may still be right: another tokenisation of
+the same text, more leading spaces) gets ``None`` and is decoded by the caller as before,
+so every completion judged is greedy decoding's, cut.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from .generation import generation_ready
 _Row = tuple[int, list[int], list[int]]
 
 
-@torch.inference_mode()
 def forced_completions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -46,14 +47,38 @@ def forced_completions(
     out: list[str | None] = [None] * len(prompts)
     if getattr(tokenizer, "clean_up_tokenization_spaces", False):
         return out  # decoded text is rewritten as tokens come: a partial text is no guide
+    for lead in ("", " "):
+        todo = [i for i, c in enumerate(out) if c is None and not (lead and references[i][:1].isspace())]
+        found = _check(
+            model, stops, [prompts[i] for i in todo], [lead + references[i] for i in todo], max_new_tokens, batch_size
+        )
+        for i, completion in zip(todo, found, strict=True):
+            out[i] = completion
+    return out
+
+
+@torch.inference_mode()
+def _check(
+    model: PreTrainedModel,
+    stops: StopCheck,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[str | None]:
+    """``forced_completions`` for one spelling of each reference (``answers``)."""
+    out: list[str | None] = [None] * len(prompts)
+    if not prompts:
+        return out
+    tokenizer = stops.tokenizer
     with generation_ready(tokenizer):
         encoded = tokenizer(list(prompts))["input_ids"]
-        joint = tokenizer([p + r for p, r in zip(prompts, references, strict=True)])["input_ids"]
+        joint = tokenizer([p + a for p, a in zip(prompts, answers, strict=True)])["input_ids"]
     rows: list[_Row] = []
     for i, (prompt, whole) in enumerate(zip(encoded, joint, strict=True)):
         answer = whole[len(prompt) :][:max_new_tokens]
         checkable = whole[: len(prompt)] == prompt and answer and not stops.eos.intersection(answer)
-        if checkable and not any(s in references[i] for s in stops.stop):
+        if checkable and not any(s in answers[i] for s in stops.stop):
             rows.append((i, prompt, answer))
     device = next(model.parameters()).device
     last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -65,7 +90,7 @@ def forced_completions(
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **kwargs).logits
         greedy = logits[:, -keep:].argmax(-1)
         for (i, _, answer), row in zip(batch, greedy.tolist(), strict=True):
-            out[i] = _settle(row[keep - len(answer) - 1 :], answer, references[i], max_new_tokens, stops)
+            out[i] = _settle(row[keep - len(answer) - 1 :], answer, answers[i], max_new_tokens, stops)
     return out
 
 

@@ -138,10 +138,12 @@ class GenerationScorer:
 
     def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item]) -> list[float]:
         """Strict exact match is checked in one forward over prompt + answer where that
-        settles an item (``forced``), unless the model generates with ``hf`` (the
-        reference); the rest are decoded, each cut once settled."""
+        settles an item (``forced``); the rest are decoded, each cut once settled. Not with
+        ``hf`` (the reference), nor in 16-bit: there one forward's argmax and step-by-step
+        decoding's part on near ties (``bench/forced_check.py``: 6 of 64 items in bf16)."""
         completions: list[str | None] = [None] * len(items)
-        forced = self.extractor == "exact" and self.strict and engine_name(model) != "hf"
+        wide = next(model.parameters()).dtype in (torch.float32, torch.float64)
+        forced = self.extractor == "exact" and self.strict and wide and engine_name(model) != "hf"
         if forced and items:
             with contextlib.suppress(torch.OutOfMemoryError):  # decoding backs off (batch_size auto) or says so
                 completions = forced_completions(

@@ -9,10 +9,10 @@ or has ended, that is the row's (cut) completion. One forward replaces a decodin
 per token, and no row waits for the batch's longest answer.
 
 The reference is tried as written, then after a space (a model prompted ``Answer:``
-writes `` 42``, whose tokens are not those of ``42``). A row neither settles (the argmax
-leaves the answer's tokens with a text that may still be right: another tokenisation of
-the same text, more leading spaces) gets ``None`` and is decoded by the caller as before,
-so every completion judged is greedy decoding's, cut.
+writes `` 42``, whose tokens are not those of ``42``). A row that neither spelling settles
+(the argmax leaves the answer's tokens with a text that may still be right: another
+tokenisation of the same text, more leading spaces) gets ``None`` and is decoded by the
+caller as before, so every completion judged is greedy decoding's, cut.
 """
 
 from __future__ import annotations

@@ -96,8 +96,8 @@ def generate(
         idx = order[start : start + size]
         try:
             with generation_ready(tokenizer):
-                rows = StopCheck(tokenizer, stop, [settled[i] for i in idx]) if settled else stops
-                answers = decoder.decode(model, [encoded[i] for i in idx], max_new_tokens, rows)
+                check = StopCheck(tokenizer, stop, [settled[i] for i in idx]) if settled else stops
+                answers = decoder.decode(model, [encoded[i] for i in idx], max_new_tokens, check)
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if batch_size != "auto" or size == 1 or not is_oom(err):
                 raise

@@ -5,7 +5,6 @@ family (fp32 Llama), the random GPT-2 family, and a bf16 copy of the demo family
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 from pathlib import Path
@@ -145,58 +144,6 @@ def test_the_hybrid_tier_reads_only_the_stacks_it_does_not_keep(demo_family):
     assert read["hybrid"] == disk.plan.footprint.cache - hybrid.plan.cached_bytes  # only what it does not keep
     kept = hybrid_stacks({"a": 5, "b": 3, "c": 2, "d": 1}, 6)
     assert kept == ("a", "d")  # largest first, then what still fits
-
-
-def test_a_streamed_tier_asks_the_os_for_the_next_stack_before_merging_this_one(demo_family, monkeypatch):
-    """Disk and hybrid: while a stack is merged the OS already reads the next one, from every
-    checkpoint; a kept stack, once built, is not asked for again."""
-    rec = _recipe(demo_family / "models", ["add", "greek"], "ties", [{"weight": 1.0, "density": 0.5}] * 2, {})
-    events: list[tuple[str, str]] = []
-    asked = Checkpoint.prefetch
-    monkeypatch.setattr(Checkpoint, "prefetch", lambda self, name: (events.append(("ask", name)), asked(self, name)))
-    disk = Merger.for_recipe(rec, tier="disk")
-    half = disk.plan.device_needs["disk"] + disk.plan.footprint.cache // 2
-    for tier in ("disk", "hybrid"):
-        merger = Merger.for_recipe(rec, tier=tier, memory_budget=half if tier == "hybrid" else None)
-        model = load_live_model(merger)
-        merge = merger.merge_tensor
-        monkeypatch.setattr(
-            merger, "merge_tensor", lambda r, name, *a, m=merge: (events.append(("merge", name)), m(r, name, *a))
-        )
-        merger.merge_into(model, rec)
-        events.clear()
-        merger.merge_into(model, rec)  # the second candidate: the hybrid tier keeps what it built
-        names = [n for kind, n in events if kind == "merge"]
-        for before, after in itertools.pairwise(names):
-            wanted = 0 if merger.cache.kept(after) else len(merger.pool.models)
-            merged_at = events.index(("merge", before))
-            assert events[merged_at - wanted : merged_at] == [("ask", after)] * wanted, (tier, after)
-        assert len(names) == len(merger.merged_tensors)
-        assert not any(kind == "ask" and merger.cache.kept(n) for kind, n in events)  # built: in RAM
-        assert any(merger.cache.kept(n) for n in names) == (tier == "hybrid")
-        events.clear()
-
-
-def test_checkpoint_prefetch_asks_for_exactly_the_tensors_bytes_in_pieces(demo_family, monkeypatch):
-    """Linux starts one readahead window per ``posix_fadvise`` call and drops the rest of a
-    longer range, so the tensor's byte range is asked for in pieces that cover it exactly."""
-    from evomerge.models import checkpoint
-
-    ckpt = Checkpoint.open(demo_family / "models" / "greek")
-    name = max(ckpt.tensor_names, key=ckpt.numel)
-    calls: list[tuple[int, int, int]] = []
-    monkeypatch.setattr(
-        checkpoint.os, "posix_fadvise", lambda fd, offset, length, advice: calls.append((offset, length, advice))
-    )
-    monkeypatch.setattr(checkpoint, "PREFETCH_PIECE", 4096)
-    ckpt.prefetch(name)
-    nbytes = ckpt.numel(name) * ckpt.dtype(name).itemsize
-    assert len(calls) == -(-nbytes // 4096) > 1
-    assert all(advice == checkpoint.os.POSIX_FADV_WILLNEED and 0 < n <= 4096 for _, n, advice in calls)
-    assert all(a + n == b for (a, n, _), (b, _, _) in itertools.pairwise(calls))  # contiguous
-    with open(ckpt.path / "model.safetensors", "rb") as f:  # the first piece starts at the tensor's bytes
-        f.seek(calls[0][0])
-        assert f.read(nbytes) == ckpt.read(name).reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def test_an_impossible_budget_fails_before_any_tensor_is_read(demo_family, monkeypatch):

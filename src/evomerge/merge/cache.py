@@ -10,9 +10,7 @@ bytes). A tier only decides where stacks are kept:
   current tensor's merge on a second CUDA stream;
 - ``hybrid``: the plan's ``cached`` stacks as in ``host``, every other one as in ``disk``;
 - ``disk``: read from the checkpoints for every candidate, with ``pread`` (no mapped
-  pages left resident), into one buffer the size of the largest stack; while a stack is
-  merged, the OS is already reading the next one (``posix_fadvise(WILLNEED)``), so a pool
-  larger than RAM reads from the disk and merges at the same time.
+  pages left resident), into one buffer the size of the largest stack.
 
 ``bytes_read`` counts what was read from the checkpoints (a tier's cost per candidate).
 
@@ -99,11 +97,8 @@ class TensorCache:
         stack's copy runs on a side stream while the caller merges the current one."""
         names = list(names)
         if not (self._pin and names):
-            for i, name in enumerate(names):
-                stack = self.stack(name)
-                if i + 1 < len(names):
-                    self.prefetch(names[i + 1])  # read by the disk while the caller merges this one
-                yield name, stack
+            for name in names:
+                yield name, self.stack(name)
             return
         copier = torch.cuda.Stream(self.device)  # pragma: no cover - needs a GPU
 
@@ -126,18 +121,9 @@ class TensorCache:
             moved, done = pending
             if i + 1 < len(names):
                 pending = issue(names[i + 1])
-            if i + 2 < len(names):
-                self.prefetch(names[i + 2])
             torch.cuda.current_stream(self.device).wait_event(done)
             moved.record_stream(torch.cuda.current_stream(self.device))
             yield name, moved
-
-    def prefetch(self, name: str) -> None:
-        """Start the OS reading ``name``'s tensors from the checkpoints, where they will be
-        read: a stack not kept, or a kept one not built yet (``Checkpoint.prefetch``)."""
-        if not self.kept(name) or name not in self._stacks:
-            for model in self.pool.models:
-                model.prefetch(name)
 
     def _read(self, name: str) -> torch.Tensor:
         """Every model's tensor ``name``, checked and stacked, on the CPU."""

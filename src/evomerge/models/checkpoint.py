@@ -23,9 +23,6 @@ from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError
 
-#: ``Checkpoint.prefetch`` asks the OS for this many bytes a call (at most a readahead window)
-PREFETCH_PIECE = 1 << 20
-
 #: safetensors dtype names -> torch dtypes (the ones checkpoints use)
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -252,25 +249,6 @@ class Checkpoint:
         finally:
             os.close(fd)
         return tensor
-
-    def prefetch(self, name: str) -> None:
-        """Ask the OS to start reading tensor ``name`` into its page cache and return at once
-        (``posix_fadvise(WILLNEED)``), so that the disk reads it while the caller computes
-        and a later ``read`` copies it from RAM. Nothing is mapped or held by this process.
-        Asked for in pieces of ``PREFETCH_PIECE``: Linux starts at most one readahead window
-        per call (8 MiB here, 128 KiB by default) and drops the rest of a longer range.
-        A no-op for pickles and where the OS has no ``posix_fadvise``."""
-        file = self._file(name)
-        if file.suffix != ".safetensors" or not hasattr(os, "posix_fadvise"):
-            return
-        start, header = self._header(file)
-        begin, end = header[name]["data_offsets"]
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            for offset in range(start + begin, start + end, PREFETCH_PIECE):
-                os.posix_fadvise(fd, offset, min(PREFETCH_PIECE, start + end - offset), os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
 
     def _header(self, file: Path) -> tuple[int, dict[str, Any]]:
         """(where the data starts, the header) of a safetensors file."""

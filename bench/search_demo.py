@@ -19,8 +19,10 @@ fit; the respondents also on their own), search and held-out test, the generatio
 (items scored) of the respondents and of the search, and the search bookkeeping share
 per generation: ``(wall - merge - evaluation) / wall``. Against full evaluation, per seed then mean and spread: the
 generations (respondents included, the unit the issues count), the wall time up to the
-held-out test and with it, the respondents' generations over the search's, and the
-winner's held-out score. Ends with one JSON line.
+held-out test and with it, the respondents' generations over the search's, the winner's
+held-out score, and the scoring seconds alone (respondents + the candidates' scoring,
+against full evaluation's candidates' scoring): the wall-time ratio the run would reach
+if merging, loading, the IRT fit and the bookkeeping cost nothing. Ends with one JSON line.
 
     .venv/bin/python bench/search_demo.py [--out runs/bench-search] [--seeds 0 1 2]
 """
@@ -104,6 +106,7 @@ def measure(name: str, out: Path, seed: int = 0, respondents_of: str | None = No
     store = RunStore.in_dir(run_dir)
     generations = store.generations()
     shares = [(g.seconds["wall"] - g.seconds["merge"] - g.seconds["eval"]) / g.seconds["wall"] for g in generations]
+    evaluation = sum(g.seconds["eval"] for g in generations)  # the candidates' scoring alone
     items = sum(len(next(iter(e.items.values()))) for e in store.evaluations())
     store.close()
     respondents_file = run_dir / "respondents-mix.json"
@@ -117,6 +120,8 @@ def measure(name: str, out: Path, seed: int = 0, respondents_of: str | None = No
           f"{respondent_items} by the respondents ({len(respondents)}); stop: {result.stop_reason}")  # fmt: skip
     print(f"   run {total:.1f}s: setup {setup:.1f}s (loading, respondents {respondents_clock.seconds:.1f}s, IRT fit), "
           f"search {search:.1f}s, held-out test {test:.1f}s; peak RSS {peak_rss_gib():.2f} GiB")  # fmt: skip
+    merging = sum(g.seconds["merge"] for g in generations)
+    print(f"   the search's candidates: scoring {evaluation:.1f}s, merging {merging:.1f}s")
     print(f"   bookkeeping share of a generation: at most {100 * max(shares):.2f}%, "
           f"{100 * sum(shares) / len(shares):.2f}% on average")  # fmt: skip
     for t in result.tests:
@@ -127,6 +132,7 @@ def measure(name: str, out: Path, seed: int = 0, respondents_of: str | None = No
         "setup_seconds": round(setup, 1),
         "respondents_seconds": round(respondents_clock.seconds, 2),
         "search_seconds": round(search, 1),
+        "search_scoring_seconds": round(evaluation, 2),
         "test_seconds": round(test, 1),
         "evaluations": result.evaluations,
         "items_scored": items,
@@ -152,6 +158,10 @@ def ratios(irt: dict, full: dict) -> dict:
         "respondents_over_search_generations": irt["respondent_items"] / irt["items_scored"],
         "setup_over_search_seconds": irt["setup_seconds"] / irt["search_seconds"],
         "respondents_over_search_seconds": irt["respondents_seconds"] / irt["search_seconds"],
+        # the ratio if merging, loading, the IRT fit and the search's bookkeeping cost nothing:
+        # scoring alone (the respondents' and the candidates') against full evaluation's
+        "scoring_full_over_mpirt": full["search_scoring_seconds"]
+        / (irt["respondents_seconds"] + irt["search_scoring_seconds"]),
         "test_points_full_minus_mpirt": 100 * (full["best_test"] - irt["best_test"]),
     }
 
@@ -206,7 +216,8 @@ def main() -> None:
             f"  {label}: {gens['mean']:.2f}x (±{gens['std']:.2f}) fewer generations; {wall['mean']:.2f}x "
             f"(±{wall['std']:.2f}) less wall time up to the held-out test, {s['wall_full_over_mpirt']['mean']:.2f}x "
             f"with it; respondents/search generations {s['respondents_over_search_generations']['mean']:.2f}, "
-            f"seconds {s['respondents_over_search_seconds']['mean']:.2f}; "
+            f"seconds {s['respondents_over_search_seconds']['mean']:.2f}; scoring alone "
+            f"{s['scoring_full_over_mpirt']['mean']:.2f}x (±{s['scoring_full_over_mpirt']['std']:.2f}) less; "
             f"winner's test {best['mean']:.4f} (±{best['std']:.4f}), {gap['mean']:+.2f} points (±{gap['std']:.2f}) "
             "below full evaluation's"
         )

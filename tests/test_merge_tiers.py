@@ -101,6 +101,41 @@ def test_every_tier_gives_the_device_tiers_candidates_bit_for_bit(family, demo_f
     assert stack.dtype == (torch.bfloat16 if family == "bf16" else torch.float32)  # the checkpoints' own dtype
 
 
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "breadcrumbs_ties", "dare_ties", "slerp"])
+def test_bf16_rows_widened_in_the_kernel_equal_task_vectors_formed_first(bf16_family, monkeypatch, method):
+    """From bf16 checkpoints merged in fp32, the fused kernels read the rows' bf16 bits and
+    widen and subtract as they go (``chunks(raw=True)``): every merged tensor, kept in fp32,
+    equals bit for bit what the kernel gives when fed fp32 task vectors formed first."""
+    _, per_model, params = next(c for c in CASES if c[0] == method)
+    rec = _recipe(bf16_family, ["add", "greek", "cyrillic"], method, per_model, params)
+    merger = Merger.for_recipe(rec, tier="device")
+
+    def merged() -> dict[str, torch.Tensor]:
+        out = {}
+        for name in merger.merged_tensors:
+            out[name] = torch.empty(merger.output_shape(name), dtype=torch.float32)
+            merger.merge_tensor(rec, name, out[name])
+        return out
+
+    raw_chunks, chunks, used = Merger._raw_chunks, Merger.chunks, []
+
+    def counted(self, *args):
+        used.append(args[0].dtype)
+        yield from raw_chunks(self, *args)
+
+    monkeypatch.setattr(Merger, "_raw_chunks", counted)
+    widened = merged()
+    assert used and set(used) == {torch.bfloat16}  # the kernels read bits
+    monkeypatch.setattr(Merger, "chunks", lambda self, *a, raw=False, **k: chunks(self, *a, **k))
+    used.clear()
+    formed = merged()
+    assert not used
+    base = Checkpoint.open(bf16_family / "base")
+    assert any(not torch.equal(formed[n], base.tensor(n).float()) for n in formed)  # the merge did something
+    for name, tensor in formed.items():
+        assert torch.equal(widened[name], tensor), name
+
+
 def test_auto_takes_the_fastest_tier_that_fits_the_budget(demo_family):
     pool = ModelPool.open(demo_family / "models" / "base", [demo_family / "models" / e for e in ("add", "greek")])
     cpu = torch.device("cpu")

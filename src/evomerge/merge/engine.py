@@ -266,11 +266,21 @@ class Merger:
         rows: Sequence[int],
         target: torch.Tensor | None = None,
         dtype: torch.dtype = torch.float32,
+        *,
+        raw: bool = False,
     ) -> Iterator[Chunk]:
         """``(offset, reference, task vectors of rows, out)`` per chunk, fp32; what the caller
         writes into ``out`` is copied into ``target`` (in its dtype) after each chunk. With a
         16-bit ``dtype`` the chunks hold what mergekit computes in it: the inputs rounded to
-        ``dtype`` and their difference rounded again (every value exact in fp32)."""
+        ``dtype`` and their difference rounded again (every value exact in fp32).
+
+        ``raw`` (for a fused kernel, which widens and subtracts as it reads): where the stack
+        is bf16 on the CPU and ``dtype`` fp32, nothing is formed; ``reference`` is row 0's own
+        bf16 entries and each "task vector" the row's (``fused.as_array``). Forming them costs
+        more than a task-arithmetic merge's own pass."""
+        if raw and stack.dtype == torch.bfloat16 and dtype == torch.float32 and stack.device.type == "cpu":
+            yield from self._raw_chunks(stack, rows, target)
+            return
         scratch = self._chunk_buffer(len(rows) + 2)
         flat = None
         if target is not None:  # a non-contiguous parameter is assembled, then copied once
@@ -300,6 +310,21 @@ class Merger:
                 deltas.append(delta)
             out = flat[start:stop] if direct else scratch[len(rows) + 1, :n]  # type: ignore[index]
             yield start, reference, deltas, out
+            if flat is not None and not direct:
+                flat[start:stop].copy_(out)
+        if target is not None and flat is not None and not target.is_contiguous():
+            target.copy_(flat.view(target.shape))
+
+    def _raw_chunks(self, stack: torch.Tensor, rows: Sequence[int], target: torch.Tensor | None) -> Iterator[Chunk]:
+        """``chunks(raw=True)``: views of the stack's rows, ``out`` as ``chunks`` gives it."""
+        scratch = self._chunk_buffer(1)
+        flat = None if target is None else target.reshape(-1)  # a copy where not contiguous: written back below
+        direct = flat is not None and flat.dtype == torch.float32 and target is not None and target.is_contiguous()
+        numel, size = stack.shape[1], scratch.shape[1]
+        for start in range(0, numel, size):
+            stop = min(numel, start + size)
+            out = flat[start:stop] if direct else scratch[0, : stop - start]  # type: ignore[index]
+            yield start, stack[0, start:stop], [stack[r, start:stop] for r in rows], out
             if flat is not None and not direct:
                 flat[start:stop].copy_(out)
         if target is not None and flat is not None and not target.is_contiguous():

@@ -12,7 +12,10 @@ of mergekit's ops rounded to bf16 as torch rounds it (``bf16``): the result is m
 bit for bit, at the fp32 pass's speed.
 
 The engine feeds the kernel one chunk of fp32 task vectors at a time (formed from the
-checkpoints' own dtype), with ``offset`` the chunk's first entry. Masks are decided per
+checkpoints' own dtype), with ``offset`` the chunk's first entry; from a bf16 checkpoint,
+computed in fp32, it hands over the rows' own bf16 bits instead (``chunks(raw=True)``) and
+the kernel widens each entry and subtracts the reference as it reads them: the same fp32
+values, without a pass that writes the task vectors out and one that reads them back. Masks are decided per
 entry ``j`` (its index in the whole tensor):
 
 - magnitude masks (TIES, breadcrumbs): a *cut* per task vector, ``(lo, hi)`` magnitudes
@@ -32,6 +35,7 @@ to this file). On other devices the engine uses the eager PyTorch kernels.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from numba import njit, prange, types
 from numba.extending import overload
 
@@ -62,6 +66,17 @@ def bf16(x):  # pragma: no cover - compiled
     bits = np.float32(x).view(np.uint32)
     bits = np.uint32((bits + _ROUND + ((bits >> _S16_32) & _ONE)) & _HIGH)  # numba widens to 64 bits
     return bits.view(np.float32)
+
+
+@njit(cache=True, inline="always")
+def widen(bits):  # pragma: no cover - compiled
+    """A bf16 value, given as its 16 bits, as an fp32 (exact)."""
+    return np.uint32(np.uint32(bits) << _S16_32).view(np.float32)  # numba widens the shift to 64 bits
+
+
+def as_array(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor for the kernels: fp32 as is, bf16 as its bits (uint16: numpy has no bf16)."""
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
 
 #: Small tensors run single-threaded: waking a thread pool costs more than they do.
@@ -132,6 +147,7 @@ def _span_overload(
 ):
     each = range(len(deltas))
     rounding = not isinstance(rescale, types.NoneType)
+    raw = base.dtype == types.uint16  # bf16 bits: task vectors formed here (chunks(raw=True))
 
     def r(expression: str) -> str:  # one bf16 op: the fp32 result, rounded
         return f"bf16({expression})" if rounding else expression
@@ -150,6 +166,8 @@ def _span_overload(
         keep = "np.float32(level(jj, sd{i})) < hi{i}"
         setup = "hi{i} = hi[{i}]\nsd{i} = seeds[{i}]"
         load = "a{i} = d{i}[j]"
+    if raw:
+        load = load.replace("d{i}[j]", "widen(d{i}[j]) - bj")
     setup += "\nd{i} = deltas[{i}]\ns{i} = scale[{i}]\nw{i} = weights[{i}]"
     if rounding:
         setup += "\nr{i} = rescale[{i}]"
@@ -178,7 +196,14 @@ def _span_overload(
     }
     weighted = r(r("a{i} * r{i}") + " * w{i}") if rounding else "a{i} * s{i}"
     mask = lines(f"{load}\nx{{i}} = {weighted} if {keep} else zero")
-    out = r("base[j] + " + r("mixed * delta_scale")) if rounding else "base[j] * base_scale + mixed * delta_scale"
+    reference = "bj" if raw else "base[j]"
+    out = (
+        r(f"{reference} + " + r("mixed * delta_scale"))
+        if rounding
+        else f"{reference} * base_scale + mixed * delta_scale"
+    )
+    if raw:
+        mask = "bj = widen(base[j])\n" + mask
     source = _SPAN_TEMPLATE.format(
         wsum=r(terms("weights[{i}]")),
         setup=_indent(lines(setup), 4),
@@ -187,7 +212,7 @@ def _span_overload(
             for name, combine in loops.items()
         },
     )
-    namespace = {"np": np, "level": level, "bf16": bf16}
+    namespace = {"np": np, "level": level, "bf16": bf16, "widen": widen}
     exec(source, namespace)  # our own template, formatted with integers
     return namespace["span"]
 

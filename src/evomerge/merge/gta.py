@@ -77,13 +77,14 @@ def gta(job: TensorJob) -> None:
     w = torch.tensor(weights, dtype=dtype).float().numpy() if bf16 else np.asarray(weights, np.float32)
     scale = np.asarray(rescale, np.float32) * w
     sparse = [d < 1 for d in densities]
-    for start, reference, deltas, out in merger.chunks(stack, rows, job.target, dtype):
-        if merger.fused and (bf16 or not half):
+    fused_pass = merger.fused and (bf16 or not half)
+    for start, reference, deltas, out in merger.chunks(stack, rows, job.target, dtype, raw=fused_pass):
+        if fused_pass:
             from . import fused  # numba: compiled on first use
 
-            arrays = tuple(d.numpy() for d in deltas)
+            arrays = tuple(fused.as_array(d) for d in deltas)
             fused.gta_merge(
-                reference.numpy(),
+                fused.as_array(reference),
                 arrays,
                 cuts.arrays(),
                 start,

@@ -21,11 +21,11 @@ def combine(job: TensorJob, coefficients: dict[int, float]) -> None:
         target.copy_(stack[rows[0] if rows else 0].view(target.shape))
         return
     vector = torch.tensor(c, dtype=torch.float32, device=merger.device)
-    for _, reference, deltas, out in merger.chunks(stack, rows, target):
+    for _, reference, deltas, out in merger.chunks(stack, rows, target, raw=merger.fused and bool(rows)):
         if merger.fused and rows:
             from . import fused  # numba: compiled on first use
 
-            fused.combine((reference.numpy(), *(d.numpy() for d in deltas)), c, out.numpy())
+            fused.combine((fused.as_array(reference), *(fused.as_array(d) for d in deltas)), c, out.numpy())
         else:
             torch.mv(torch.stack([reference, *deltas]).t(), vector, out=out)
 

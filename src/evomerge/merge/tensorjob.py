@@ -54,10 +54,13 @@ class MergeContext(Protocol):
         rows: Sequence[int],
         target: torch.Tensor | None = None,
         dtype: torch.dtype = torch.float32,
+        *,
+        raw: bool = False,
     ) -> Iterator[Chunk]:
         """fp32 chunks of the reference and the rows' task vectors; ``out`` lands in ``target``.
         With a 16-bit ``dtype``, the values are those mergekit computes in it: the inputs
-        rounded to ``dtype``, their difference rounded again (exact in fp32)."""
+        rounded to ``dtype``, their difference rounded again (exact in fp32). ``raw``: from a
+        bf16 stack in fp32 on the CPU, the rows' own bf16 entries, for a fused kernel."""
         ...
 
     def sweep(self, stack: torch.Tensor, rows: list[int], dtype: torch.dtype = torch.float32) -> Sweep:

@@ -117,19 +117,21 @@ def test_bf16_rows_widened_in_the_kernel_equal_task_vectors_formed_first(bf16_fa
             merger.merge_tensor(rec, name, out[name])
         return out
 
-    raw_chunks, chunks, used = Merger._raw_chunks, Merger.chunks, []
+    from evomerge.merge import fused
 
-    def counted(self, *args):
-        used.append(args[0].dtype)
-        yield from raw_chunks(self, *args)
+    as_array, chunks, used = fused.as_array, Merger.chunks, []
 
-    monkeypatch.setattr(Merger, "_raw_chunks", counted)
+    def counted(t: torch.Tensor):
+        used.append(t.dtype)
+        return as_array(t)
+
+    monkeypatch.setattr(fused, "as_array", counted)
     widened = merged()
     assert used and set(used) == {torch.bfloat16}  # the kernels read bits
     monkeypatch.setattr(Merger, "chunks", lambda self, *a, raw=False, **k: chunks(self, *a, **k))
     used.clear()
     formed = merged()
-    assert not used
+    assert used and set(used) == {torch.float32}  # the same kernels, fed formed task vectors
     base = Checkpoint.open(bf16_family / "base")
     assert any(not torch.equal(formed[n], base.tensor(n).float()) for n in formed)  # the merge did something
     for name, tensor in formed.items():

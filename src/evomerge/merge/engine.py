@@ -278,9 +278,7 @@ class Merger:
         is bf16 on the CPU and ``dtype`` fp32, nothing is formed; ``reference`` is row 0's own
         bf16 entries and each "task vector" the row's (``fused.as_array``). Forming them costs
         more than a task-arithmetic merge's own pass."""
-        if raw and stack.dtype == torch.bfloat16 and dtype == torch.float32 and stack.device.type == "cpu":
-            yield from self._raw_chunks(stack, rows, target)
-            return
+        raw = raw and stack.dtype == torch.bfloat16 and dtype == torch.float32 and stack.device.type == "cpu"
         scratch = self._chunk_buffer(len(rows) + 2)
         flat = None
         if target is not None:  # a non-contiguous parameter is assembled, then copied once
@@ -295,19 +293,10 @@ class Merger:
         for start in range(0, numel, size):
             stop = min(numel, start + size)
             n = stop - start
-            reference = scratch[0, :n]
-            reference16 = stack[0, start:stop].to(dtype) if half else None
-            reference.copy_(stack[0, start:stop] if reference16 is None else reference16)
-            deltas = []
-            for i, r in enumerate(rows, start=1):
-                delta = scratch[i, :n]
-                if reference16 is None and stack.dtype == torch.float32:
-                    torch.sub(stack[r, start:stop], reference, out=delta)
-                elif reference16 is None:  # widened first: torch's mixed-dtype sub is 1.6x slower
-                    delta.copy_(stack[r, start:stop]).sub_(reference)
-                else:
-                    delta.copy_(stack[r, start:stop].to(dtype) - reference16)
-                deltas.append(delta)
+            if raw:
+                reference, deltas = stack[0, start:stop], [stack[r, start:stop] for r in rows]
+            else:
+                reference, deltas = self._formed(stack, rows, start, stop, dtype if half else None, scratch)
             out = flat[start:stop] if direct else scratch[len(rows) + 1, :n]  # type: ignore[index]
             yield start, reference, deltas, out
             if flat is not None and not direct:
@@ -315,20 +304,26 @@ class Merger:
         if target is not None and flat is not None and not target.is_contiguous():
             target.copy_(flat.view(target.shape))
 
-    def _raw_chunks(self, stack: torch.Tensor, rows: Sequence[int], target: torch.Tensor | None) -> Iterator[Chunk]:
-        """``chunks(raw=True)``: views of the stack's rows, ``out`` as ``chunks`` gives it."""
-        scratch = self._chunk_buffer(1)
-        flat = None if target is None else target.reshape(-1)  # a copy where not contiguous: written back below
-        direct = flat is not None and flat.dtype == torch.float32 and target is not None and target.is_contiguous()
-        numel, size = stack.shape[1], scratch.shape[1]
-        for start in range(0, numel, size):
-            stop = min(numel, start + size)
-            out = flat[start:stop] if direct else scratch[0, : stop - start]  # type: ignore[index]
-            yield start, stack[0, start:stop], [stack[r, start:stop] for r in rows], out
-            if flat is not None and not direct:
-                flat[start:stop].copy_(out)
-        if target is not None and flat is not None and not target.is_contiguous():
-            target.copy_(flat.view(target.shape))
+    @staticmethod
+    def _formed(
+        stack: torch.Tensor, rows: Sequence[int], start: int, stop: int, half: torch.dtype | None, scratch: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One chunk's fp32 reference (scratch row 0) and task vectors (rows 1...), as ``chunks`` says."""
+        n = stop - start
+        reference = scratch[0, :n]
+        reference16 = stack[0, start:stop].to(half) if half is not None else None
+        reference.copy_(stack[0, start:stop] if reference16 is None else reference16)
+        deltas = []
+        for i, r in enumerate(rows, start=1):
+            delta = scratch[i, :n]
+            if reference16 is None and stack.dtype == torch.float32:
+                torch.sub(stack[r, start:stop], reference, out=delta)
+            elif reference16 is None:  # widened first: torch's mixed-dtype sub is 1.6x slower
+                delta.copy_(stack[r, start:stop]).sub_(reference)
+            else:
+                delta.copy_(stack[r, start:stop].to(half) - reference16)
+            deltas.append(delta)
+        return reference, deltas
 
     def sweep(self, stack: torch.Tensor, rows: list[int], dtype: torch.dtype = torch.float32) -> masks.Sweep:
         """Chunks of the task vectors of ``rows``, for the mask scans and L1 norms."""

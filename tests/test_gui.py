@@ -199,8 +199,9 @@ def test_a_bad_population_shows_the_message_by_the_field_and_starts_nothing(page
     launch(page, "bad", population=-3, generations=2, tasks=small_tasks)
     page.wait_for_function("document.querySelector('#message').innerText.includes('Not started')", timeout=30_000)
     page.wait_for_function("document.querySelector('#population-error').innerText.includes('must be 1 or more')")
-    # while its event is still pending, Gradio shows a running timer ("0.0s") on each output: wait it out
-    page.wait_for_function(r"!/^\s*\d+(\.\d+)?s\s*$/.test(document.querySelector('#generations-error').innerText)")
+    # while its event is pending, Gradio's status tracker shows a timer on each output ("0.0s",
+    # "processing | 0.1s", "queue: 1/2 | 0.0s", "0.2/1.5s"): wait it out
+    page.wait_for_function(r"!/\d(\.\d+)?s\s*$/.test(document.querySelector('#generations-error').innerText)")
     assert page.locator("#generations-error").inner_text().strip() == ""  # only the field at fault
     assert not (server[2] / "bad").exists()
     set_number(page, "population", POP)  # fixed: the message goes
